@@ -1,0 +1,144 @@
+"""Artifact kinds, the typed record of an artifact on disk, and atomic file helpers."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@dataclass(frozen=True)
+class ArtifactKind:
+    key: str
+    format: str  # torch | onnx | tflite
+    precision: str  # fp32 | fp16 | int8
+    label: str
+
+
+ARTIFACT_KINDS: dict[str, ArtifactKind] = {
+    k.key: k
+    for k in (
+        ArtifactKind("torch-fp32", "torch", "fp32", "PyTorch fp32"),
+        ArtifactKind("onnx-fp32", "onnx", "fp32", "ONNX fp32"),
+        ArtifactKind("onnx-fp16", "onnx", "fp16", "ONNX fp16"),
+        ArtifactKind("onnx-int8", "onnx", "int8", "ONNX int8 (QDQ)"),
+        ArtifactKind("tflite-fp32", "tflite", "fp32", "TFLite fp32"),
+        ArtifactKind("tflite-fp16", "tflite", "fp16", "TFLite fp16"),
+        ArtifactKind("tflite-int8", "tflite", "int8", "TFLite int8"),
+    )
+}
+REFERENCE_KIND = "torch-fp32"
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    scale: float
+    zero_point: int
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One deployable model file and what a runtime needs to feed it."""
+
+    kind: str
+    path: str  # absolute, or relative to the manifest that lists it
+    input_name: str
+    input_shape: tuple[int, ...]
+    input_layout: str  # NCHW | NHWC
+    input_dtype: str  # float32 | int8 | uint8
+    output_dtype: str
+    input_quant: QuantParams | None = None
+    output_quant: QuantParams | None = None
+    sha256: str = ""
+    size_bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Artifact":
+        data = dict(data)
+        data["input_shape"] = tuple(data["input_shape"])
+        for key in ("input_quant", "output_quant"):
+            if data.get(key) is not None:
+                data[key] = QuantParams(**data[key])
+        return cls(**data)
+
+    @property
+    def label(self) -> str:
+        return ARTIFACT_KINDS[self.kind].label
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_json(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def stamp(artifact: Artifact, base: Path) -> Artifact:
+    """The artifact with its file's sha256 and size filled in."""
+    path = base / artifact.path
+    return Artifact(**{**asdict(artifact), "sha256": sha256_file(path), "size_bytes": path.stat().st_size,
+                       "input_quant": artifact.input_quant, "output_quant": artifact.output_quant})
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON through a temp file and an atomic rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a fresh temp directory beside ``final``; on success it replaces ``final`` whole.
+
+    On any error the temp directory is removed and ``final`` is left as it was.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tmp.chmod(0o755)  # mkdtemp makes it private; outputs are meant to be shared and deployed
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def remove_partials(directory: Path) -> None:
+    """Remove what an interrupted stage left behind (its ``.partial`` temp directories)."""
+    if directory.is_dir():
+        for leftover in directory.glob(".*.partial"):
+            shutil.rmtree(leftover, ignore_errors=True)

@@ -1,0 +1,104 @@
+"""The ``pipeline`` command: a thin layer over the Python API (``pipeline.run``, ``pipeline.load_target``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from .config import STAGES, build_config
+from .errors import PipelineError
+from .orchestrator import Run
+from .targets import list_targets, load_target
+
+# What each stage command runs: the model step belongs to export, calibration to quantize.
+STAGE_COMMANDS = {
+    "export": ("model", "export"),
+    "quantize": ("quantize",),
+    "convert": ("convert",),
+    "evaluate": ("evaluate",),
+    "bench": ("bench",),
+    "report": ("report",),
+    "bundle": ("bundle",),
+}
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--config", type=Path, help="YAML file of options; flags override it")
+    add("--target", dest="targets", help="board name(s), comma-separated, or a path to a profile YAML")
+    add("--model", help="built-in name, package.module:factory, or a TorchScript (.pt) / torch.export (.pt2) file")
+    add("--weights", help="state_dict checkpoint for a built-in or factory model")
+    add("--data", help="directory of IDX files, image-folder tree, or .npz with x/y (default: Fashion-MNIST)")
+    add("--out", help="run directory (default: out)")
+    add("--epochs", type=int, help="teacher training epochs when no weights are given")
+    add("--train-subset", type=int, help="train the teacher on a random subset of this many samples")
+    add("--calibration-method", choices=["minmax", "percentile", "entropy"])
+    add("--calibration-samples", type=int, help="representative training samples for int8 calibration")
+    add("--eval-samples", type=int, help="evaluate on a random subset of the held-out split")
+    add("--bench-runs", type=int, help="timed inferences per artifact")
+    add("--force", action="store_true", default=None, help="re-run every stage even if its inputs are unchanged")
+    add("--from", dest="from_stage", choices=STAGES, help="re-run from this stage on")
+
+
+def _config(args: argparse.Namespace, stage_command: bool):
+    config_file = args.config
+    if config_file is None and stage_command:
+        previous = Path(args.out or "out") / "pipeline.yaml"
+        config_file = previous if previous.is_file() else None  # a stage continues the run it belongs to
+    overrides = {
+        "targets": args.targets, "model": args.model, "weights": args.weights, "data": args.data, "out": args.out,
+        "eval_samples": args.eval_samples, "force": args.force, "from_stage": args.from_stage,
+        "train": {k: v for k, v in (("epochs", args.epochs), ("train_subset", args.train_subset)) if v is not None},
+        "calibration": {k: v for k, v in (("method", args.calibration_method),
+                                          ("num_samples", args.calibration_samples)) if v is not None},
+        "bench": {"runs": args.bench_runs} if args.bench_runs is not None else {},
+    }
+    if stage_command:  # a stage command never inherits --force/--from from the saved configuration
+        overrides["force"] = bool(args.force)
+        overrides["from_stage"] = args.from_stage
+    return build_config(config_file, **overrides)
+
+
+def _print_result(results: dict[str, Path]) -> None:
+    for target, directory in results.items():
+        report = directory / "report.md"
+        print(f"{target}: {report if report.is_file() else directory}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pipeline", description="Trained PyTorch CNN -> benchmarked artifacts per board")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_options(sub.add_parser("run", help="all stages for one or more targets"))
+    for name in STAGE_COMMANDS:
+        _run_options(sub.add_parser(name, help=f"the {name} stage alone, on the run directory's earlier output"))
+    targets = sub.add_parser("targets", help="list or show target profiles").add_subparsers(dest="action", required=True)
+    targets.add_parser("list", help="the available target profiles")
+    show = targets.add_parser("show", help="one profile, validated")
+    show.add_argument("name")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "targets":
+            if args.action == "list":
+                for name in list_targets():
+                    print(f"{name:18s} {load_target(name).description}")
+            else:
+                print(yaml.safe_dump(load_target(args.name).to_dict(), sort_keys=False), end="")
+            return 0
+        if args.command == "run":
+            _print_result(Run(_config(args, False)).execute())
+        else:
+            _print_result(Run(_config(args, True)).execute(STAGE_COMMANDS[args.command]))
+        return 0
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

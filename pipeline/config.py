@@ -1,0 +1,115 @@
+"""The run configuration: one dataclass, read from a YAML file and overridden by command-line flags."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from calibration import CalibrationOptions
+
+from .errors import ConfigError
+from .train import TrainOptions
+
+STAGES = ("model", "export", "quantize", "convert", "evaluate", "bench", "report", "bundle")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    runs: int = 200
+    warmup: int = 20
+    max_seconds: float = 20.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    targets: tuple[str, ...] = ("raspberry-pi-4",)
+    model: str = "fmnist-resnet"
+    weights: str | None = None
+    data: str | None = None  # None: Fashion-MNIST from the Debian package
+    out: str = "out"
+    image_size: tuple[int, int] | None = None  # resize image-folder data to (H, W)
+    eval_samples: int | None = None  # evaluate on a random subset of the held-out split (None: all)
+    parity_atol: float = 1e-3  # max |logit| difference allowed between ONNX fp32 and PyTorch
+    train: TrainOptions = field(default_factory=TrainOptions)
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
+    bench: BenchOptions = field(default_factory=BenchOptions)
+    force: bool = False
+    from_stage: str | None = None
+
+    def __post_init__(self):
+        if isinstance(self.targets, str):
+            object.__setattr__(self, "targets", tuple(t.strip() for t in self.targets.split(",") if t.strip()))
+        if not self.targets:
+            raise ConfigError("targets: at least one target is needed")
+        if self.from_stage is not None and self.from_stage not in STAGES:
+            raise ConfigError(f"from_stage: bad value {self.from_stage!r}, expected one of {', '.join(STAGES)}")
+        if self.image_size is not None:
+            object.__setattr__(self, "image_size", tuple(self.image_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["calibration"]["method"] = self.calibration.method.value
+        data["targets"] = list(self.targets)
+        return data
+
+
+_NESTED = {"train": TrainOptions, "calibration": CalibrationOptions, "bench": BenchOptions}
+
+
+def _typed(cls: type, data: Any, where: str, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: field '{where}': bad value {data!r}, expected a mapping")
+    valid = [f.name for f in fields(cls)]
+    for key in data:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{source}: unknown field '{where}{key}'{hint}; valid fields: {', '.join(valid)}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise ConfigError(f"{source}: field '{where.rstrip('.') or '<top level>'}': {exc}") from exc
+
+
+def build_config(file: str | Path | None = None, **overrides: Any) -> RunConfig:
+    """The configuration from ``file`` (YAML), then ``overrides`` (None values are ignored).
+
+    Nested sections can be overridden key by key: ``build_config(train={"epochs": 1})``.
+    """
+    data: dict[str, Any] = {}
+    source = str(file) if file else "<options>"
+    if file:
+        path = Path(file)
+        if not path.is_file():
+            raise ConfigError(f"{path}: configuration file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of options at the top level")
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in _NESTED and isinstance(value, dict):
+            data[key] = {**data.get(key, {}), **value}
+        else:
+            data[key] = value
+    for key, cls in _NESTED.items():
+        if key in data:
+            data[key] = _typed(cls, data[key], f"{key}.", source)
+    config = _typed(RunConfig, data, "", source)
+    return config
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    from .artifacts import write_text
+
+    write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def with_options(config: RunConfig, **changes: Any) -> RunConfig:
+    return replace(config, **changes)

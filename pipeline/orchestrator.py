@@ -1,0 +1,413 @@
+"""The runner of the pipeline: decides which steps run, skips the finished ones, and resumes.
+
+A step is one stage applied to one set of inputs. Steps that targets have in common (model, export,
+calibration, int8/fp16 quantization, TFLite conversion) live in ``out/shared/`` and run once; the
+per-target steps (evaluate, bench, report, bundle) write ``out/<target>/``. Every step writes into a
+temp directory that replaces its output whole, then records the hash of its inputs in
+``out/.state/<step>.json``; a step whose record matches its inputs is skipped.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from calibration import CalibrationRanges, DataSplits, PreprocessSpec, calibrate, load_dataset
+
+from .artifacts import (ARTIFACT_KINDS, REFERENCE_KIND, Artifact, QuantParams, atomic_dir, remove_partials,
+                        sha256_file, sha256_json, write_json)
+from .config import STAGES, RunConfig, save_config
+from .errors import ModelError, StageOrderError
+from .models import ModelSource, build_model, check_input, count_flops, count_params
+from .targets import TargetProfile, load_target
+
+PARITY_SAMPLES = 64
+
+
+class Run:
+    """One pipeline run over a run directory: ``Run(config).execute()``."""
+
+    def __init__(self, config: RunConfig, log: Callable[[str], None] = print):
+        self.config = config
+        self.out = Path(config.out)
+        self.targets: list[TargetProfile] = [load_target(t) for t in config.targets]
+        self.log = log
+        self.requested: set[str] = set(STAGES)
+
+    # ---- inputs shared by the steps -------------------------------------------------------
+    @cached_property
+    def data(self) -> DataSplits:
+        return load_dataset(self.config.data, self.config.image_size)
+
+    @cached_property
+    def source(self) -> ModelSource:
+        return ModelSource(self.config.model, self.config.weights)
+
+    def _source_identity(self) -> dict:
+        identity = {"model": self.config.model, "kind": self.source.kind}
+        for key, value in (("weights", self.config.weights), ("file", self.config.model)):
+            if value and Path(value).is_file():
+                identity[f"{key}_sha256"] = sha256_file(value)
+        return identity
+
+    # ---- the step mechanism ---------------------------------------------------------------
+    def _forced(self, stage: str) -> bool:
+        start = self.config.from_stage
+        return self.config.force or (start is not None and STAGES.index(stage) >= STAGES.index(start))
+
+    def step(self, step_id: str, stage: str, params: dict, upstream: Iterable[dict], directory: Path,
+             produce: Callable[[Path], dict], flatten: bool = False) -> dict:
+        """Run ``produce(tmpdir) -> outputs`` unless a record with the same inputs exists; return the record."""
+        upstream = list(upstream)
+        inputs_hash = sha256_json({"params": params, "upstream": [u["outputs_hash"] for u in upstream]})
+        record_path = self.out / ".state" / f"{step_id.replace('/', '__')}.json"
+        record = _read_json(record_path)
+        valid = (record is not None and record["inputs_hash"] == inputs_hash
+                 and all((self.out / f).is_file() for f in record["files"].values()))
+        if stage not in self.requested:
+            if not valid:
+                raise StageOrderError(
+                    f"{self.out}: stage '{stage}' has no up-to-date output ({step_id}); run 'pipeline {stage}' "
+                    f"or 'pipeline run' on this directory first"
+                )
+            return record
+        if valid and not self._forced(stage):
+            self.log(f"[skip] {step_id}: inputs unchanged")
+            return record
+        self.log(f"[run ] {step_id}")
+        started = time.perf_counter()
+        remove_partials(directory.parent)
+        if flatten:  # the outputs go straight into ``directory``, each file replaced atomically
+            with atomic_dir(directory / ".staging") as tmp:
+                outputs = produce(tmp)
+            staging = directory / ".staging"
+            for file in staging.iterdir():
+                os.replace(file, directory / file.name)
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            with atomic_dir(directory) as tmp:
+                outputs = produce(tmp)
+        files = {k: (directory / v).relative_to(self.out).as_posix() for k, v in outputs.pop("files", {}).items()}
+        record = {
+            "step": step_id, "stage": stage, "inputs_hash": inputs_hash, "params": params, "files": files,
+            "data": outputs, "seconds": round(time.perf_counter() - started, 2),
+            "outputs_hash": sha256_json({"files": {k: sha256_file(self.out / v) for k, v in files.items()},
+                                         "data": outputs}),
+        }
+        write_json(record_path, record)
+        return record
+
+    def path(self, record: dict, key: str) -> Path:
+        return self.out / record["files"][key]
+
+    # ---- shared steps ---------------------------------------------------------------------
+    def model_step(self) -> dict:
+        cfg = self.config
+        params = {"source": self._source_identity(), "image_size": cfg.image_size,
+                  "train": asdict(cfg.train) if self.source.needs_training else None,
+                  "data": self.data.fingerprint()}
+
+        def produce(tmp: Path) -> dict:
+            from .train import train_classifier
+
+            height, width, channels = self.data.image_shape
+            input_shape = (1, channels, height, width)
+            num_classes = len(self.data.classes)
+            model = build_model(self.source, channels, num_classes)
+            check_input(model, input_shape, self.config.model, num_classes)
+            preprocess = PreprocessSpec.from_images(self.data.train.images)
+            stats = None
+            if self.source.needs_training:
+                model, stats = train_classifier(
+                    model, self.data.train, self.data.test, preprocess, cfg.train,
+                    {"model": cfg.model, "data": self.data.fingerprint()},
+                )
+            files = {"torchscript": "model.torchscript.pt"}
+            if self.source.kind in ("builtin", "factory"):
+                import torch
+
+                torch.save(model.state_dict(), tmp / "weights.pt")
+                files["weights"] = "weights.pt"
+            _save_torchscript(model, input_shape, tmp / files["torchscript"])
+            return {
+                "files": files, "input_shape": list(input_shape), "classes": list(self.data.classes),
+                "preprocess": asdict(preprocess), "params": count_params(model),
+                "flops": count_flops(model, input_shape), "training": stats, "dataset": self.data.source,
+            }
+
+        return self.step("model", "model", params, [], self.out / "shared" / "model", produce)
+
+    def load_torch(self, model_record: dict):
+        """The model as a module: rebuilt from its source with the weights the model step wrote."""
+        weights = model_record["files"].get("weights")
+        source = ModelSource(self.config.model, str(self.out / weights) if weights else None)
+        data = model_record["data"]
+        return build_model(source, data["input_shape"][1], len(data["classes"]))
+
+    def preprocess(self, model_record: dict) -> PreprocessSpec:
+        spec = model_record["data"]["preprocess"]
+        return PreprocessSpec(tuple(spec["mean"]), tuple(spec["std"]))
+
+    def export_step(self, model_record: dict, opset: int) -> dict:
+        from .stages.export import export_onnx, onnx_parity
+
+        def produce(tmp: Path) -> dict:
+            model = self.load_torch(model_record)
+            path = tmp / "model.onnx"
+            shape = tuple(model_record["data"]["input_shape"])
+            export_onnx(model, shape, path, opset)
+            inputs = self.preprocess(model_record).apply(self.data.test.take(PARITY_SAMPLES).images)
+            worst = onnx_parity(model, path, inputs, self.config.parity_atol)
+            return {"files": {"onnx": "model.onnx"}, "parity_max_abs": worst, "opset": opset}
+
+        return self.step(f"export-opset{opset}", "export", {"opset": opset, "atol": self.config.parity_atol},
+                         [model_record], self.out / "shared" / f"export-opset{opset}", produce)
+
+    def calibrate_step(self, model_record: dict, export_record: dict) -> dict:
+        options = self.config.calibration
+        name = f"calibrate-opset{export_record['data']['opset']}-{options.method.value}"
+
+        def produce(tmp: Path) -> dict:
+            subset = self.data.train.take(options.num_samples, options.seed)
+            inputs = self.preprocess(model_record).apply(subset.images)
+            ranges = calibrate(self.path(export_record, "onnx"), "input", inputs, options)
+            ranges.save(tmp / "ranges.json")
+            np.save(tmp / "inputs.npy", inputs)
+            np.save(tmp / "images.npy", subset.images)
+            return {"files": {"ranges": "ranges.json", "inputs": "inputs.npy", "images": "images.npy"},
+                    "method": options.method.value, "num_samples": len(inputs), "tensors": len(ranges.ranges)}
+
+        params = {**asdict(options), "method": options.method.value}
+        return self.step(name, "quantize", params, [model_record, export_record], self.out / "shared" / name, produce)
+
+    def int8_onnx_step(self, export_record: dict, calib_record: dict, target: TargetProfile) -> dict:
+        from .stages.quantize import quantize_int8
+
+        scheme = target.int8
+        name = (f"quantize-opset{export_record['data']['opset']}-{calib_record['data']['method']}-"
+                f"{scheme.granularity.value}-{'sym' if scheme.activation_symmetric else 'asym'}")
+
+        def produce(tmp: Path) -> dict:
+            ranges = CalibrationRanges.load(self.path(calib_record, "ranges"))
+            quantize_int8(self.path(export_record, "onnx"), ranges, tmp / "model_int8.onnx", scheme)
+            return {"files": {"onnx": "model_int8.onnx"}}
+
+        params = {"granularity": scheme.granularity.value, "symmetric": scheme.activation_symmetric}
+        return self.step(name, "quantize", params, [export_record, calib_record], self.out / "shared" / name, produce)
+
+    def fp16_onnx_step(self, export_record: dict) -> dict:
+        from .stages.quantize import convert_fp16
+
+        name = f"fp16-opset{export_record['data']['opset']}"
+
+        def produce(tmp: Path) -> dict:
+            convert_fp16(self.path(export_record, "onnx"), tmp / "model_fp16.onnx")
+            return {"files": {"onnx": "model_fp16.onnx"}}
+
+        return self.step(name, "quantize", {}, [export_record], self.out / "shared" / name, produce)
+
+    def tflite_step(self, export_record: dict, calib_record: dict, target: TargetProfile) -> dict:
+        from .stages.convert import convert_tflite, tflite_io
+
+        scheme = target.int8
+        name = (f"convert-opset{export_record['data']['opset']}-{scheme.granularity.value}-"
+                f"{scheme.io_dtype.value}-{target.input_layout.value}")
+
+        def produce(tmp: Path) -> dict:
+            outputs = convert_tflite(
+                self.path(export_record, "onnx"), np.load(self.path(calib_record, "inputs")),
+                np.load(self.path(calib_record, "images")), tmp, scheme.granularity.value, scheme.io_dtype,
+                target.input_layout,
+            )
+            return {"files": {k: p.name for k, p in outputs.items()},
+                    "io": {k: tflite_io(p) for k, p in outputs.items()}}
+
+        params = {"granularity": scheme.granularity.value, "io": scheme.io_dtype.value,
+                  "layout": target.input_layout.value}
+        return self.step(name, "convert", params, [export_record, calib_record], self.out / "shared" / name, produce)
+
+    # ---- artifacts of a target ------------------------------------------------------------
+    def artifacts(self, target: TargetProfile, model_record: dict, sources: dict[str, tuple[dict, str]]) -> list[Artifact]:
+        """The target's artifacts, paths relative to ``out/<target>/``, the reference first."""
+        target_dir = self.out / target.name
+        shape = tuple(model_record["data"]["input_shape"])
+        found = []
+        for kind in (REFERENCE_KIND, *[k for k in ARTIFACT_KINDS if k in target.artifacts and k != REFERENCE_KIND]):
+            record, key = sources[kind]
+            path = self.path(record, key)
+            common = {"kind": kind, "path": os.path.relpath(path, target_dir), "sha256": sha256_file(path),
+                      "size_bytes": path.stat().st_size}
+            if ARTIFACT_KINDS[kind].format == "tflite":
+                io = record["data"]["io"][key]
+                found.append(Artifact(
+                    **common, input_name=io["input_name"], input_shape=tuple(io["input_shape"]),
+                    input_layout=target.input_layout.value, input_dtype=io["input_dtype"],
+                    output_dtype=io["output_dtype"],
+                    input_quant=QuantParams(**io["input_quant"]) if io["input_quant"] else None,
+                    output_quant=QuantParams(**io["output_quant"]) if io["output_quant"] else None,
+                ))
+            else:
+                found.append(Artifact(**common, input_name="input", input_shape=shape, input_layout="NCHW",
+                                      input_dtype="float32", output_dtype="float32"))
+        return found
+
+    def bundle_info(self, model_record: dict) -> dict:
+        data = model_record["data"]
+        return {"model": {"source": self.config.model, "params": data["params"], "flops": data["flops"]},
+                "input": {"shape": data["input_shape"], "dtype": "float32", "scale": "pixels / 255"},
+                "preprocess": data["preprocess"], "classes": data["classes"]}
+
+    # ---- the whole run --------------------------------------------------------------------
+    def execute(self, stages: Iterable[str] | None = None) -> dict[str, Path]:
+        """Run ``stages`` (all by default) for every target; returns each target's directory."""
+        self.requested = set(stages or STAGES)
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(self.config, self.out / "pipeline.yaml")
+        model_record = self.model_step()
+        results = {}
+        shared: dict[tuple, dict] = {}
+
+        def once(key: tuple, make: Callable[[], dict]) -> dict:
+            if key not in shared:
+                shared[key] = make()
+            return shared[key]
+
+        for target in self.targets:
+            wants = set(target.artifacts)
+            export = once(("export", target.onnx_opset), lambda: self.export_step(model_record, target.onnx_opset))
+            sources: dict[str, tuple[dict, str]] = {REFERENCE_KIND: (model_record, "torchscript"),
+                                                    "onnx-fp32": (export, "onnx")}
+            if wants & {"onnx-int8", "tflite-fp32", "tflite-fp16", "tflite-int8"}:
+                calib = once(("calib", target.onnx_opset), lambda: self.calibrate_step(model_record, export))
+                if "onnx-int8" in wants:
+                    sources["onnx-int8"] = (once(("int8", target.onnx_opset, target.int8),
+                                                 lambda: self.int8_onnx_step(export, calib, target)), "onnx")
+                if wants & {"tflite-fp32", "tflite-fp16", "tflite-int8"}:
+                    tfl = once(("tflite", target.onnx_opset, target.int8, target.input_layout),
+                               lambda: self.tflite_step(export, calib, target))
+                    for precision in ("fp32", "fp16", "int8"):
+                        sources[f"tflite-{precision}"] = (tfl, precision)
+            if "onnx-fp16" in wants:
+                sources["onnx-fp16"] = (once(("fp16", target.onnx_opset), lambda: self.fp16_onnx_step(export)), "onnx")
+            if not self.requested & {"evaluate", "bench", "report", "bundle"}:
+                continue
+            results[target.name] = self._target_steps(target, model_record, export, sources)
+        return results
+
+    def _target_steps(self, target: TargetProfile, model_record: dict, export: dict, sources: dict) -> Path:
+        from .stages import bench as bench_stage
+        from .stages import bundle as bundle_stage
+        from .stages import evaluate as evaluate_stage
+        from .stages import report as report_stage
+
+        target_dir = self.out / target.name
+        # More threads than this host has cores would measure contention, not the model.
+        threads = min(target.threads, os.cpu_count() or 1)
+        artifacts = self.artifacts(target, model_record, sources)
+        artifact_records = [sources[a.kind][0] for a in artifacts]
+        manifest = {**self.bundle_info(model_record), "artifacts": [a.to_dict() for a in artifacts]}
+        write_json(target_dir / "artifacts.json", manifest)
+
+        def evaluate(tmp: Path) -> dict:
+            test = self.data.test.take(self.config.eval_samples)
+            inputs = self.preprocess(model_record).apply(test.images)
+            rows = evaluate_stage.evaluate_artifacts(artifacts, target_dir, inputs, test.labels, threads)
+            return {"evaluations": evaluate_stage.to_dicts(rows)}
+
+        evaluation = self.step(f"{target.name}/evaluate", "evaluate",
+                               {"samples": self.config.eval_samples},
+                               [model_record, *artifact_records], target_dir / "evaluate", evaluate)
+        if "evaluate" in self.requested:
+            evaluate_stage.check_tolerance(evaluation["data"]["evaluations"], target.accuracy_tolerance, target.name)
+
+        def bench(tmp: Path) -> dict:
+            results = bench_stage.bench_artifacts(target_dir / "artifacts.json", artifacts, threads,
+                                                  self.config.bench, tmp)
+            return {"files": {r["artifact"]: f"{r['artifact']}.json" for r in results}, "results": results}
+
+        benched = self.step(f"{target.name}/bench", "bench",
+                            {"bench": asdict(self.config.bench), "threads": threads},
+                            artifact_records, target_dir / "bench", bench)
+
+        def report(tmp: Path) -> dict:
+            budgets = target.budgets
+            data = model_record["data"]
+            rows = report_stage.merge_rows(evaluation["data"]["evaluations"], benched["data"]["results"],
+                                           budgets.max_model_size_mb)
+            content = {
+                "target": target.to_dict(), "rows": rows,
+                "recommendation": report_stage.recommend(rows, target.accuracy_tolerance),
+                "model": {"source": self.config.model, "params": data["params"], "flops": data["flops"],
+                          "input_shape": data["input_shape"]},
+                "budget_text": _budget_text(target, data),
+                "dataset": data["dataset"], "export_parity": export["data"]["parity_max_abs"],
+                "calibration": {"method": self.config.calibration.method.value,
+                                "num_samples": self.config.calibration.num_samples},
+                "system": benched["data"]["results"][0]["system"],
+                "versions": bundle_stage.tool_versions(),
+            }
+            names = report_stage.write_report(content, tmp)
+            return {"files": {n: n for n in names}}
+
+        self.step(f"{target.name}/report", "report", {}, [model_record, export, evaluation, benched],
+                  target_dir, report, flatten=True)
+
+        def bundle(tmp: Path) -> dict:
+            bundle_stage.write_bundle(tmp, artifacts, target_dir, {"target": target.name,
+                                                                   **self.bundle_info(model_record)})
+            return {"files": {"manifest": "manifest.json"}}
+
+        self.step(f"{target.name}/bundle", "bundle", {}, [model_record, *artifact_records],
+                  target_dir / "bundle", bundle)
+        return target_dir
+
+
+def _budget_text(target: TargetProfile, data: dict) -> str:
+    b = target.budgets
+    parts = []
+    if b.max_flops:
+        parts.append(f"FLOPs {data['flops'] / 1e6:.1f}M of {b.max_flops / 1e6:.0f}M "
+                     f"({'within' if data['flops'] <= b.max_flops else 'OVER'})")
+    if b.max_params:
+        parts.append(f"parameters {data['params'] / 1e3:.0f}k of {b.max_params / 1e3:.0f}k "
+                     f"({'within' if data['params'] <= b.max_params else 'OVER'})")
+    if b.max_model_size_mb:
+        parts.append(f"model size at most {b.max_model_size_mb:g} MiB per artifact")
+    return "; ".join(parts) or "none"
+
+
+def _read_json(path: Path) -> dict | None:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _save_torchscript(model, input_shape: tuple[int, ...], path: Path) -> None:
+    """The PyTorch reference artifact: a traced TorchScript file the runner can time in a fresh process."""
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = model if isinstance(model, torch.jit.ScriptModule) else torch.jit.trace(model, torch.zeros(input_shape))
+            traced.save(str(path))
+    except Exception as exc:
+        raise ModelError(f"{path.name}: cannot trace the model to TorchScript ({str(exc).splitlines()[0][:200]})") from exc
+
+
+def run(config: RunConfig | None = None, stages: Iterable[str] | None = None, **options: Any) -> dict[str, Path]:
+    """Run the pipeline: ``run(targets="raspberry-pi-4")`` or ``run(build_config("pipeline.yaml"))``."""
+    from .config import build_config
+
+    return Run(config or build_config(**options)).execute(stages)

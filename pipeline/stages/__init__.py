@@ -1,0 +1,1 @@
+"""One module per stage. Each exposes free functions with explicit arguments; the orchestrator chains them."""

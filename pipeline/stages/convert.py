@@ -1,0 +1,146 @@
+"""Convert: ONNX -> TFLite fp32, fp16 and int8 through onnx2tf, without the network and whatever the PATH.
+
+onnx2tf runs in a child process (``python -m pipeline.stages.convert job.json``): it calls ``sys.exit``
+on errors, changes TensorFlow's global state and must run in a working directory of our choosing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import ConversionError
+from ..targets import IODtype, Layout
+
+# onnx2tf validates any 4-D 3-channel input against this file and downloads it when it is not in
+# the working directory; the stage writes it there from the user's own calibration data.
+ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+ONNX2TF_OUTPUTS = {"fp32": "model_float32.tflite", "fp16": "model_float16.tflite"}
+_PROGRESS = re.compile(r"(\d+) / (\d+)")
+
+
+@dataclass(frozen=True)
+class TFLiteJob:
+    onnx_path: str
+    output_dir: str
+    calibration_npy: str  # preprocessed inputs in the TFLite input layout
+    channels: int
+    quant_type: str  # per-channel | per-tensor
+    io_dtype: str  # dtype of the full-integer model's input and output
+    keep_nchw: bool
+
+
+def write_onnx2tf_sample(images_nhwc: np.ndarray, directory: Path) -> None:
+    """20 RGB 128x128 images in [0, 1] made from the user's images, so that onnx2tf never downloads its own."""
+    import torch
+
+    picks = images_nhwc[np.linspace(0, len(images_nhwc) - 1, 20).astype(int)]
+    tensor = torch.from_numpy(np.ascontiguousarray(picks.transpose(0, 3, 1, 2)))
+    tensor = torch.nn.functional.interpolate(tensor, size=(128, 128), mode="bilinear", align_corners=False)
+    rgb = tensor.expand(-1, 3, -1, -1) if tensor.shape[1] == 1 else tensor[:, :3]
+    np.save(directory / ONNX2TF_SAMPLE, rgb.permute(0, 2, 3, 1).contiguous().numpy().astype(np.float32))
+
+
+def convert_tflite(
+    onnx_path: Path, calibration_inputs_nchw: np.ndarray, raw_images_nhwc: np.ndarray, out_dir: Path,
+    quant_type: str, io_dtype: IODtype, layout: Layout,
+) -> dict[str, Path]:
+    """Convert to TFLite; returns {"fp32", "fp16", "int8"} -> file in ``out_dir``."""
+    work = out_dir / "onnx2tf"
+    work.mkdir(parents=True, exist_ok=True)
+    model_copy = work / "model.onnx"  # onnx2tf overwrites its input with the simplified graph
+    shutil.copyfile(onnx_path, model_copy)
+    calib = calibration_inputs_nchw if layout is Layout.NCHW else calibration_inputs_nchw.transpose(0, 2, 3, 1)
+    np.save(work / "calibration.npy", np.ascontiguousarray(calib, dtype=np.float32))
+    write_onnx2tf_sample(raw_images_nhwc, work)
+    job = TFLiteJob(
+        onnx_path=str(model_copy), output_dir=str(work / "tf"), calibration_npy=str(work / "calibration.npy"),
+        channels=int(calibration_inputs_nchw.shape[1]), quant_type=quant_type, io_dtype=io_dtype.value,
+        keep_nchw=layout is Layout.NCHW,
+    )
+    (work / "job.json").write_text(json.dumps(asdict(job)))
+    env = dict(os.environ)
+    # onnx2tf runs the `onnxsim` program by name: put this interpreter's bin folder first on PATH.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    log_path = out_dir / "onnx2tf.log"
+    with open(log_path, "w") as log, tqdm(desc="convert to TFLite (onnx2tf)", unit="op") as bar:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.stages.convert", str(work / "job.json")],
+            cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for line in process.stdout:
+            log.write(line)
+            match = _PROGRESS.search(line)
+            if match:
+                bar.total = int(match.group(2))
+                bar.n = int(match.group(1))
+                bar.refresh()
+        code = process.wait()
+    outputs = {key: work / "tf" / name for key, name in ONNX2TF_OUTPUTS.items()}
+    outputs["int8"] = work / "tf" / (
+        "model_integer_quant.tflite" if io_dtype is IODtype.FLOAT32 else "model_full_integer_quant.tflite"
+    )
+    missing = [p.name for p in outputs.values() if not p.is_file()]
+    if code != 0 or missing:
+        raise ConversionError(f"{onnx_path.name}: onnx2tf failed ({_last_error(log_path)}); full log: {log_path}")
+    final = {}
+    for key, path in outputs.items():
+        final[key] = out_dir / f"model_{key}.tflite"
+        os.replace(path, final[key])
+    shutil.rmtree(work / "tf", ignore_errors=True)
+    return final
+
+
+def _last_error(log_path: Path) -> str:
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", l).strip() for l in log_path.read_text(errors="replace").splitlines()]
+    errors = [l for l in lines if l.startswith(("ERROR", "Error")) or "Error:" in l]
+    return (errors[-1] if errors else (lines[-1] if lines else "no output"))[:300]
+
+
+def _run_job(job: TFLiteJob) -> None:
+    import onnx2tf
+
+    zeros = np.zeros((1, 1, 1, job.channels) if not job.keep_nchw else (1, job.channels, 1, 1), np.float32)
+    onnx2tf.convert(
+        input_onnx_file_path=job.onnx_path,
+        output_folder_path=job.output_dir,
+        output_integer_quantized_tflite=True,
+        quant_type=job.quant_type,
+        # the calibration file already holds normalised inputs: mean 0, std 1
+        custom_input_op_name_np_data_path=[["input", job.calibration_npy, zeros, zeros + 1.0]],
+        input_quant_dtype=job.io_dtype,
+        output_quant_dtype=job.io_dtype,
+        keep_ncw_or_nchw_or_ncdhw_input_names=["input"] if job.keep_nchw else None,
+        copy_onnx_input_output_names_to_tflite=True,
+    )
+
+
+def tflite_io(path: Path) -> dict:
+    """Input name/shape/dtype and the I/O quantization of a .tflite file, read by the interpreter itself."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+
+    def quant(details):
+        scale, zero_point = details["quantization"]
+        return {"scale": float(scale), "zero_point": int(zero_point)} if scale else None
+
+    return {
+        "input_name": inp["name"], "input_shape": tuple(int(d) for d in inp["shape"]),
+        "input_dtype": np.dtype(inp["dtype"]).name, "output_dtype": np.dtype(out["dtype"]).name,
+        "input_quant": quant(inp), "output_quant": quant(out),
+    }
+
+
+if __name__ == "__main__":
+    _run_job(TFLiteJob(**json.loads(Path(sys.argv[1]).read_text())))

@@ -1,0 +1,145 @@
+"""Report: per-target Markdown, JSON and self-contained HTML (plots embedded), with a measured recommendation."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+from ..artifacts import ARTIFACT_KINDS, REFERENCE_KIND
+
+FLOP_NOTE = "FLOPs count a multiply-add as 2 operations (torch.utils.flop_counter)."
+
+
+def merge_rows(evaluations: list[dict], benches: list[dict], size_budget_mb: float | None) -> list[dict]:
+    by_kind = {b["artifact"]: b for b in benches}
+    rows = []
+    for e in evaluations:
+        b = by_kind[e["kind"]]
+        size_mb = b["size_bytes"] / 2**20
+        rows.append({
+            **e, "label": ARTIFACT_KINDS[e["kind"]].label, "runtime": f"{b['runtime']} {b['runtime_version']}",
+            "size_bytes": b["size_bytes"], "latency_ms": b["latency_ms"], "load_ms": b["load_ms"],
+            "first_inference_ms": b["first_inference_ms"], "peak_rss_mb": b["peak_rss_mb"],
+            "threads": b["threads"], "runs": b["runs"],
+            "fits_size_budget": size_budget_mb is None or size_mb <= size_budget_mb,
+        })
+    return rows
+
+
+def recommend(rows: list[dict], tolerance: float) -> dict | None:
+    """The fastest deployable artifact (by median latency) within the accuracy tolerance and size budget."""
+    eligible = [r for r in rows if r["kind"] != REFERENCE_KIND and r["drop"] <= tolerance and r["fits_size_budget"]]
+    if not eligible:
+        return None
+    best = min(eligible, key=lambda r: r["latency_ms"]["p50"])
+    return {"kind": best["kind"], "p50_ms": best["latency_ms"]["p50"], "top1": best["top1"], "drop": best["drop"],
+            "reason": f"fastest median latency among {len(eligible)} artifacts within {tolerance:g} points of fp32"}
+
+
+def _plots(rows: list[dict]) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r["kind"] for r in rows]
+    figures = {}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        ax.scatter(r["latency_ms"]["p50"], r["top1"], s=40)
+        ax.annotate(r["kind"], (r["latency_ms"]["p50"], r["top1"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("median latency (ms)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("accuracy vs latency")
+    ax.grid(alpha=0.3)
+    figures["accuracy_vs_latency.png"] = fig
+    for name, values, unit in (("size_per_artifact.png", [r["size_bytes"] / 1024 for r in rows], "size (KiB)"),
+                               ("latency_per_artifact.png", [r["latency_ms"]["p50"] for r in rows], "median latency (ms)")):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.barh(labels, values, color="#4a7ab5")
+        ax.set_xlabel(unit)
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3)
+        fig.tight_layout()
+        figures[name] = fig
+    out = {}
+    for name, fig in figures.items():
+        buffer = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buffer, format="png", dpi=100)
+        plt.close(fig)
+        out[name] = buffer.getvalue()
+    return out
+
+
+def _table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    header = ["artifact", "runtime", "size (KiB)", "top-1 (%)", "drop (pts)", "agreement (%)", "max logit diff",
+              "p50 (ms)", "p90 (ms)", "p99 (ms)", "mean ± std (ms)", "load (ms)", "first (ms)", "peak RSS (MiB)"]
+    body = []
+    for r in rows:
+        lat = r["latency_ms"]
+        body.append([
+            r["kind"], r["runtime"], f"{r['size_bytes'] / 1024:.1f}", f"{r['top1']:.2f}", f"{r['drop']:+.2f}",
+            f"{r['agreement']:.2f}", f"{r['max_logit_diff']:.4f}", f"{lat['p50']:.3f}", f"{lat['p90']:.3f}",
+            f"{lat['p99']:.3f}", f"{lat['mean']:.3f} ± {lat['std']:.3f}", f"{r['load_ms']:.1f}",
+            f"{r['first_inference_ms']:.2f}", f"{r['peak_rss_mb']:.0f}",
+        ])
+    return header, body
+
+
+def write_report(data: dict, directory: Path) -> list[str]:
+    """Write report.md, report.json, report.html and the plots into ``directory``; return the file names."""
+    import json
+
+    rows, target = data["rows"], data["target"]
+    pngs = _plots(rows)
+    for name, png in pngs.items():
+        (directory / name).write_bytes(png)
+    (directory / "report.json").write_text(json.dumps(data, indent=2, default=str))
+    header, body = _table(rows)
+    rec = data["recommendation"]
+    rec_text = (f"**{rec['kind']}** — {rec['p50_ms']:.3f} ms median, top-1 {rec['top1']:.2f}% "
+                f"({rec['drop']:+.2f} points vs PyTorch fp32); {rec['reason']}." if rec
+                else "none: no artifact is within the accuracy tolerance and size budget.")
+    model, system = data["model"], data["system"]
+    facts = [
+        ("Board", f"{target['description']} ({target['board']['cpu_arch']}, {target['board']['cores']} cores, "
+                  f"{target['board']['memory_mb']} MiB, accelerator: {target['board']['accelerator']})"),
+        ("Measured on", f"this host — {system.get('cpu', system['machine'])}, {system['cores']} cores, "
+                        f"{rows[0]['threads']} threads; not on the board itself"),
+        ("Model", f"{model['source']} — {model['params']:,} parameters, {model['flops'] / 1e6:.1f} MFLOPs, "
+                  f"input {model['input_shape']}"),
+        ("Budgets", data["budget_text"]),
+        ("Evaluation", f"{rows[0]['samples']} held-out samples from {data['dataset']}; tolerance "
+                       f"{target['accuracy_tolerance']:g} points below PyTorch fp32"),
+        ("Calibration", f"{data['calibration']['method']}, {data['calibration']['num_samples']} training samples"),
+        ("ONNX export parity", f"max |logit diff| vs PyTorch {data['export_parity']:.2e}"),
+        ("Latency", f"{rows[0]['runs']} timed runs per artifact after warm-up, each artifact in a fresh process"),
+    ]
+    md = [f"# {target['name']}: deployment report", ""]
+    md += [f"- **{k}:** {v}" for k, v in facts]
+    md += ["", f"**Recommended artifact:** {rec_text}", "", "| " + " | ".join(header) + " |",
+           "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(row) + " |" for row in body]
+    md += ["", FLOP_NOTE, ""]
+    md += [f"![{name}]({name})" for name in pngs]
+    md += ["", f"Tool versions: {', '.join(f'{k} {v}' for k, v in data['versions'].items())}", ""]
+    (directory / "report.md").write_text("\n".join(md))
+    images = "".join(
+        f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(p).decode()}"></figure>'
+        for n, p in pngs.items()
+    )
+    cells = lambda items, tag: "".join(f"<{tag}>{html.escape(i)}</{tag}>" for i in items)  # noqa: E731
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(target['name'])} report</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
+figure{{display:inline-block;margin:1em}}</style></head><body>
+<h1>{html.escape(target['name'])}: deployment report</h1>
+<ul>{''.join(f'<li><b>{html.escape(k)}:</b> {html.escape(str(v))}</li>' for k, v in facts)}</ul>
+<p><b>Recommended artifact:</b> {html.escape(rec_text.replace('**', ''))}</p>
+<table><tr>{cells(header, 'th')}</tr>{''.join(f'<tr>{cells(r, "td")}</tr>' for r in body)}</table>
+<p>{html.escape(FLOP_NOTE)}</p>{images}</body></html>
+"""
+    (directory / "report.html").write_text(page)
+    return ["report.md", "report.json", "report.html", *pngs]

@@ -1,0 +1,279 @@
+"""Target board profiles: YAML files validated at load into frozen dataclasses.
+
+A profile is found by name in ``targets/`` (``list_targets()``) or given as a path to a YAML file.
+Every validation error names the file, the field, the bad value and what was expected.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from dataclasses import dataclass, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .artifacts import ARTIFACT_KINDS
+from .errors import ConfigError
+
+
+def _targets_dir() -> Path:
+    """The repository's targets/ (checkout or editable install), else the copy installed as data files."""
+    checkout = Path(__file__).resolve().parents[1] / "targets"
+    return checkout if checkout.is_dir() else Path(sys.prefix) / "share" / "embedded-pipeline" / "targets"
+
+
+TARGETS_DIR = _targets_dir()
+
+
+class Int8Granularity(str, Enum):
+    PER_CHANNEL = "per-channel"
+    PER_TENSOR = "per-tensor"
+
+
+class IODtype(str, Enum):
+    FLOAT32 = "float32"
+    INT8 = "int8"
+    UINT8 = "uint8"
+
+
+class Layout(str, Enum):
+    NHWC = "NHWC"
+    NCHW = "NCHW"
+
+
+@dataclass(frozen=True)
+class Board:
+    cpu_arch: str
+    cpu: str
+    cores: int
+    memory_mb: int
+    accelerator: str
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    """How int8 artifacts are built for a board."""
+
+    granularity: Int8Granularity
+    io_dtype: IODtype  # input/output dtype of the TFLite int8 model
+    activation_symmetric: bool  # TensorRT wants zero-point 0 on activations
+
+
+@dataclass(frozen=True)
+class Budgets:
+    max_flops: int | None
+    max_params: int | None
+    max_model_size_mb: float | None
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    name: str
+    description: str
+    source: Path
+    board: Board
+    runtimes: tuple[str, ...]
+    artifacts: tuple[str, ...]
+    threads: int
+    onnx_opset: int
+    input_layout: Layout  # layout of the TFLite artifacts' input
+    int8: Int8Scheme
+    budgets: Budgets
+    accuracy_tolerance: float  # top-1 points an artifact may lose against torch fp32
+
+    def to_dict(self) -> dict[str, Any]:
+        def plain(value):
+            if isinstance(value, Enum):
+                return value.value
+            if isinstance(value, Path):
+                return str(value)
+            if isinstance(value, tuple):
+                return [plain(v) for v in value]
+            if hasattr(value, "__dataclass_fields__"):
+                return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
+            return value
+
+        return plain(self)
+
+
+KNOWN_RUNTIMES = ("litert", "tflite-runtime", "edgetpu", "onnxruntime", "onnxruntime-cuda", "tensorrt", "torch")
+_SI = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
+
+
+class _Fields:
+    """Reads typed fields out of a mapping, raising errors that name file, field, value and expectation."""
+
+    def __init__(self, source: Path, data: Any, prefix: str = ""):
+        self.source, self.prefix = source, prefix
+        if not isinstance(data, dict):
+            self.fail("", data, "a mapping")
+        self.data = data
+
+    def fail(self, key: str, value: Any, expected: str) -> None:
+        field = f"{self.prefix}{key}" or "<top level>"
+        raise ConfigError(f"{self.source}: field '{field}': bad value {value!r}, expected {expected}")
+
+    def check_keys(self, allowed: list[str]) -> None:
+        for key in self.data:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ConfigError(
+                    f"{self.source}: unknown field '{self.prefix}{key}'{hint}; valid fields: {', '.join(allowed)}"
+                )
+
+    def get(self, key: str, optional: bool = False) -> Any:
+        if key not in self.data:
+            if optional:
+                return None
+            raise ConfigError(f"{self.source}: missing field '{self.prefix}{key}'")
+        return self.data[key]
+
+    def sub(self, key: str) -> "_Fields":
+        return _Fields(self.source, self.get(key), f"{self.prefix}{key}.")
+
+    def string(self, key: str) -> str:
+        value = self.get(key)
+        if not isinstance(value, str) or not value:
+            self.fail(key, value, "a non-empty string")
+        return value
+
+    def integer(self, key: str, minimum: int = 1) -> int:
+        value = self.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.fail(key, value, f"an integer >= {minimum}")
+        return value
+
+    def number(self, key: str, minimum: float = 0.0) -> float:
+        value = self.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+            self.fail(key, value, f"a number >= {minimum}")
+        return float(value)
+
+    def boolean(self, key: str) -> bool:
+        value = self.get(key)
+        if not isinstance(value, bool):
+            self.fail(key, value, "true or false")
+        return value
+
+    def enum(self, key: str, kind: type[Enum]) -> Any:
+        value = self.get(key)
+        try:
+            return kind(value)
+        except ValueError:
+            self.fail(key, value, "one of " + ", ".join(m.value for m in kind))
+
+    def choices(self, key: str, valid: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.get(key)
+        if not isinstance(value, list) or not value:
+            self.fail(key, value, "a non-empty list")
+        for item in value:
+            if item not in valid:
+                self.fail(key, item, "one of " + ", ".join(valid))
+        return tuple(value)
+
+    def count(self, key: str) -> int | None:
+        """A positive count such as 20M or 300k, or null for no limit."""
+        value = self.get(key, optional=True)
+        if value is None:
+            return None
+        parsed = parse_count(value)
+        if parsed is None:
+            self.fail(key, value, "a positive count such as 300000, 300k, 20M or 1.5G, or null")
+        return parsed
+
+
+def parse_count(value: Any) -> int | None:
+    """'20M' -> 20_000_000; returns None when the value is not a positive count."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return int(value) if value > 0 else None
+    if isinstance(value, str) and value:
+        scale = _SI.get(value[-1], 1)
+        number = value[:-1] if value[-1] in _SI else value
+        try:
+            parsed = float(number) * scale
+        except ValueError:
+            return None
+        return int(parsed) if parsed > 0 else None
+    return None
+
+
+def list_targets() -> list[str]:
+    return sorted(p.stem for p in TARGETS_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
+
+
+def load_target(name_or_path: str | os.PathLike) -> TargetProfile:
+    """Load a profile by name (``raspberry-pi-4``) or by path to a YAML file."""
+    text = str(name_or_path)
+    path = Path(text)
+    if not (text.endswith((".yaml", ".yml")) or os.sep in text):
+        path = TARGETS_DIR / f"{text}.yaml"
+        if not path.is_file():
+            valid = list_targets()
+            close = difflib.get_close_matches(text, valid, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown target '{text}'{hint}; valid targets: {', '.join(valid)}")
+    if not path.is_file():
+        raise ConfigError(f"{path}: target profile file not found")
+    return _parse_profile(path, _read_yaml(path))
+
+
+def _parse_profile(path: Path, data: Any) -> TargetProfile:
+    top = _Fields(path, data)
+    top.check_keys([f.name for f in fields(TargetProfile) if f.name != "source"])
+    board = top.sub("board")
+    board.check_keys([f.name for f in fields(Board)])
+    int8 = top.sub("int8")
+    int8.check_keys(["granularity", "io_dtype", "activation_symmetric"])
+    budgets = top.sub("budgets")
+    budgets.check_keys([f.name for f in fields(Budgets)])
+    threads = top.integer("threads")
+    size = budgets.get("max_model_size_mb", optional=True)
+    if size is not None and (isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0):
+        budgets.fail("max_model_size_mb", size, "a positive number of megabytes, or null")
+    artifacts = top.choices("artifacts", tuple(ARTIFACT_KINDS))
+    profile = TargetProfile(
+        name=top.string("name"),
+        description=top.string("description"),
+        source=path,
+        board=Board(
+            cpu_arch=board.string("cpu_arch"),
+            cpu=board.string("cpu"),
+            cores=board.integer("cores"),
+            memory_mb=board.integer("memory_mb"),
+            accelerator=board.string("accelerator"),
+        ),
+        runtimes=top.choices("runtimes", KNOWN_RUNTIMES),
+        artifacts=artifacts,
+        threads=threads,
+        onnx_opset=top.integer("onnx_opset", minimum=13),
+        input_layout=top.enum("input_layout", Layout),
+        int8=Int8Scheme(
+            granularity=int8.enum("granularity", Int8Granularity),
+            io_dtype=int8.enum("io_dtype", IODtype),
+            activation_symmetric=int8.boolean("activation_symmetric"),
+        ),
+        budgets=Budgets(
+            max_flops=budgets.count("max_flops"),
+            max_params=budgets.count("max_params"),
+            max_model_size_mb=float(size) if size is not None else None,
+        ),
+        accuracy_tolerance=top.number("accuracy_tolerance"),
+    )
+    if profile.onnx_opset > 21:
+        top.fail("onnx_opset", profile.onnx_opset, "an opset between 13 and 21 (onnx 1.19 / onnxruntime 1.23)")
+    if path.parent == TARGETS_DIR and profile.name != path.stem:
+        top.fail("name", profile.name, f"'{path.stem}' (the file name)")
+    return profile

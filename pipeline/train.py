@@ -1,0 +1,100 @@
+"""Training of a built-in teacher when no weights are given, cached by everything that shapes the result."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from calibration import Dataset, PreprocessSpec
+
+from .artifacts import sha256_json, write_json
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 6e-3
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    hflip: bool = True  # Fashion-MNIST's garments are left-right symmetric
+    seed: int = 0
+    train_subset: int | None = None  # train on a random subset (tests, quick tries)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PIPELINE_CACHE", Path.home() / ".cache" / "embedded-pipeline"))
+
+
+def evaluate_torch(model: nn.Module, inputs: np.ndarray, labels: np.ndarray, batch: int = 500) -> float:
+    """Top-1 accuracy in percent."""
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(labels), batch):
+            logits = model(torch.from_numpy(inputs[start : start + batch]))
+            correct += int((logits.argmax(1).numpy() == labels[start : start + batch]).sum())
+    return 100.0 * correct / max(1, len(labels))
+
+
+def train_classifier(
+    model: nn.Module, train: Dataset, test: Dataset, preprocess: PreprocessSpec, options: TrainOptions,
+    cache_key_extra: dict,
+) -> tuple[nn.Module, dict]:
+    """Train ``model`` with cross-entropy (or load the cached result of the same training) and return it with stats."""
+    key = sha256_json({"options": asdict(options), **cache_key_extra})[:16]
+    cached = cache_dir() / "teachers" / f"{key}.pt"
+    if cached.is_file():
+        model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
+        stats = {"cached": str(cached), "test_top1": None, "seconds": 0.0}
+        return model.eval(), stats
+
+    torch.manual_seed(options.seed)
+    subset = train.take(options.train_subset, options.seed)
+    x = torch.from_numpy(preprocess.apply(subset.images))
+    y = torch.from_numpy(subset.labels)
+    x_test = preprocess.apply(test.images)
+    steps_per_epoch = max(1, len(y) // options.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr / 2, weight_decay=options.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, options.lr, total_steps=options.epochs * steps_per_epoch)
+    model = model.to(memory_format=torch.channels_last)
+    generator = torch.Generator().manual_seed(options.seed)
+    started = time.perf_counter()
+    accuracy = 0.0
+    for epoch in range(options.epochs):
+        model.train()
+        order = torch.randperm(len(y), generator=generator)
+        bar = tqdm(range(steps_per_epoch), desc=f"train teacher epoch {epoch + 1}/{options.epochs}", unit="batch")
+        for step in bar:
+            index = order[step * options.batch_size : (step + 1) * options.batch_size]
+            batch = x[index]
+            if options.hflip:
+                flip = torch.rand(len(index), generator=generator) < 0.5
+                batch = torch.where(flip[:, None, None, None], batch.flip(3), batch)
+            loss = nn.functional.cross_entropy(
+                model(batch.contiguous(memory_format=torch.channels_last)), y[index],
+                label_smoothing=options.label_smoothing,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.close()
+        accuracy = evaluate_torch(model, x_test, test.labels)
+        tqdm.write(f"epoch {epoch + 1}: test top-1 {accuracy:.2f}%")
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    stats = {"cached": None, "test_top1": accuracy, "seconds": round(time.perf_counter() - started, 1)}
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, cached)
+    write_json(cached.with_suffix(".json"), {"options": asdict(options), **cache_key_extra, **stats})
+    return model, stats
