@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,8 @@ STAGES = ("model", "export", "quantize", "convert", "evaluate", "bench", "report
 
 @dataclass(frozen=True)
 class BenchOptions:
-    runs: int = 200
-    warmup: int = 20
+    runs: int = 1000  # sub-millisecond models need many runs for a stable p99
+    warmup: int = 50
     max_seconds: float = 20.0
 
 
@@ -109,7 +109,3 @@ def save_config(config: RunConfig, path: Path) -> None:
     from .artifacts import write_text
 
     write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
-
-
-def with_options(config: RunConfig, **changes: Any) -> RunConfig:
-    return replace(config, **changes)

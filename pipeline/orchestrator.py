@@ -57,6 +57,10 @@ class Run:
         return identity
 
     # ---- the step mechanism ---------------------------------------------------------------
+    def wants(self, stage: str) -> bool:
+        """Whether ``stage`` is among or before the requested stages (later ones are not built)."""
+        return STAGES.index(stage) <= max(STAGES.index(s) for s in self.requested)
+
     def _forced(self, stage: str) -> bool:
         start = self.config.from_stage
         return self.config.force or (start is not None and STAGES.index(stage) >= STAGES.index(start))
@@ -283,21 +287,21 @@ class Run:
             export = once(("export", target.onnx_opset), lambda: self.export_step(model_record, target.onnx_opset))
             sources: dict[str, tuple[dict, str]] = {REFERENCE_KIND: (model_record, "torchscript"),
                                                     "onnx-fp32": (export, "onnx")}
-            if wants & {"onnx-int8", "tflite-fp32", "tflite-fp16", "tflite-int8"}:
+            tflite = {"tflite-fp32", "tflite-fp16", "tflite-int8"}
+            if self.wants("quantize") and wants & ({"onnx-int8"} | tflite):
                 calib = once(("calib", target.onnx_opset), lambda: self.calibrate_step(model_record, export))
                 if "onnx-int8" in wants:
                     sources["onnx-int8"] = (once(("int8", target.onnx_opset, target.int8),
                                                  lambda: self.int8_onnx_step(export, calib, target)), "onnx")
-                if wants & {"tflite-fp32", "tflite-fp16", "tflite-int8"}:
-                    tfl = once(("tflite", target.onnx_opset, target.int8, target.input_layout),
-                               lambda: self.tflite_step(export, calib, target))
+                if self.wants("convert") and wants & tflite:
+                    converted = once(("tflite", target.onnx_opset, target.int8, target.input_layout),
+                                     lambda: self.tflite_step(export, calib, target))
                     for precision in ("fp32", "fp16", "int8"):
-                        sources[f"tflite-{precision}"] = (tfl, precision)
-            if "onnx-fp16" in wants:
+                        sources[f"tflite-{precision}"] = (converted, precision)
+            if self.wants("quantize") and "onnx-fp16" in wants:
                 sources["onnx-fp16"] = (once(("fp16", target.onnx_opset), lambda: self.fp16_onnx_step(export)), "onnx")
-            if not self.requested & {"evaluate", "bench", "report", "bundle"}:
-                continue
-            results[target.name] = self._target_steps(target, model_record, export, sources)
+            if self.wants("evaluate"):
+                results[target.name] = self._target_steps(target, model_record, export, sources)
         return results
 
     def _target_steps(self, target: TargetProfile, model_record: dict, export: dict, sources: dict) -> Path:
@@ -325,6 +329,8 @@ class Run:
                                [model_record, *artifact_records], target_dir / "evaluate", evaluate)
         if "evaluate" in self.requested:
             evaluate_stage.check_tolerance(evaluation["data"]["evaluations"], target.accuracy_tolerance, target.name)
+        if not self.wants("bench"):
+            return target_dir
 
         def bench(tmp: Path) -> dict:
             results = bench_stage.bench_artifacts(target_dir / "artifacts.json", artifacts, threads,
@@ -334,6 +340,8 @@ class Run:
         benched = self.step(f"{target.name}/bench", "bench",
                             {"bench": asdict(self.config.bench), "threads": threads},
                             artifact_records, target_dir / "bench", bench)
+        if not self.wants("report"):
+            return target_dir
 
         def report(tmp: Path) -> dict:
             budgets = target.budgets
@@ -357,6 +365,8 @@ class Run:
 
         self.step(f"{target.name}/report", "report", {}, [model_record, export, evaluation, benched],
                   target_dir, report, flatten=True)
+        if not self.wants("bundle"):
+            return target_dir
 
         def bundle(tmp: Path) -> dict:
             bundle_stage.write_bundle(tmp, artifacts, target_dir, {"target": target.name,

@@ -54,6 +54,7 @@ def convert_tflite(
     quant_type: str, io_dtype: IODtype, layout: Layout,
 ) -> dict[str, Path]:
     """Convert to TFLite; returns {"fp32", "fp16", "int8"} -> file in ``out_dir``."""
+    out_dir = out_dir.resolve()  # onnx2tf runs in its own working directory
     work = out_dir / "onnx2tf"
     work.mkdir(parents=True, exist_ok=True)
     model_copy = work / "model.onnx"  # onnx2tf overwrites its input with the simplified graph

@@ -34,7 +34,8 @@ def recommend(rows: list[dict], tolerance: float) -> dict | None:
         return None
     best = min(eligible, key=lambda r: r["latency_ms"]["p50"])
     return {"kind": best["kind"], "p50_ms": best["latency_ms"]["p50"], "top1": best["top1"], "drop": best["drop"],
-            "reason": f"fastest median latency among {len(eligible)} artifacts within {tolerance:g} points of fp32"}
+            "reason": f"fastest median latency among the {len(eligible)} artifacts within {tolerance:g} points "
+                      "of PyTorch fp32 and the size budget"}
 
 
 def _plots(rows: list[dict]) -> dict[str, bytes]:

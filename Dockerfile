@@ -1,0 +1,22 @@
+# The pipeline's environment: Python 3.11 (onnx2tf 1.29.24's newest-supported line), CPU torch, Fashion-MNIST.
+FROM python:3.11-slim-bookworm
+
+# Debian's Fashion-MNIST package: the embedded default dataset.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends dataset-fashion-mnist=0.0~git20200523.55506a9-1 \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/pipeline
+COPY pyproject.toml README.md ./
+COPY pipeline ./pipeline
+COPY calibration ./calibration
+COPY benchmarks ./benchmarks
+COPY targets ./targets
+
+# torch==2.13.0 first, from the CPU index, so that no CUDA build is pulled in.
+RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+    && pip install --no-cache-dir .
+
+WORKDIR /work
+ENTRYPOINT ["pipeline"]
+CMD ["run", "--target", "raspberry-pi-4"]

@@ -1,0 +1,43 @@
+"""Shared fixtures: a small real run (fmnist-tiny on a Fashion-MNIST subset) built once per session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline import build_config
+from pipeline.orchestrator import Run
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = dict(
+    model="fmnist-tiny",
+    train={"epochs": 2, "train_subset": 4000},
+    calibration={"num_samples": 64},
+    eval_samples=400,
+    bench={"runs": 30, "warmup": 3, "max_seconds": 5.0},
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache(tmp_path_factory):
+    os.environ["PIPELINE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def small_config():
+    def make(out: Path, **changes):
+        options = {**SMALL, **changes}
+        return build_config(out=str(out), **options)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, small_config):
+    """One full run for a Raspberry Pi 4 and a Coral Edge TPU; returns (Run, log lines)."""
+    out = tmp_path_factory.mktemp("run")
+    lines: list[str] = []
+    run = Run(small_config(out, targets="raspberry-pi-4,coral-edgetpu"), log=lines.append)
+    run.execute()
+    return run, lines

@@ -1,0 +1,30 @@
+"""Models for the tests, importable as ``tests.helpers:<factory>``."""
+import torch
+from torch import nn
+
+from pipeline.models import fmnist_tiny
+
+
+def tiny_factory() -> nn.Module:
+    return fmnist_tiny(in_channels=1, num_classes=10)
+
+
+def rgb_net() -> nn.Module:
+    """A small 3-channel CNN (onnx2tf treats 4-D 3-channel inputs specially)."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+
+class FFTNet(nn.Module):
+    """Uses a spectral op that the ONNX exporter cannot express."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(28 * 15, 10)
+
+    def forward(self, x):
+        return self.head(torch.fft.rfft2(x).abs().flatten(1))
+
+
+def fft_net() -> nn.Module:
+    return FFTNet()

@@ -1,0 +1,64 @@
+"""TFLite conversion through onnx2tf: offline, whatever the PATH, for 1- and 3-channel inputs."""
+import numpy as np
+import pytest
+import torch
+
+from calibration import PreprocessSpec
+from pipeline.errors import ConversionError
+from pipeline.stages.convert import ONNX2TF_SAMPLE, convert_tflite, tflite_io
+from pipeline.stages.export import export_onnx
+from pipeline.targets import IODtype, Layout
+from tests.helpers import fft_net, rgb_net
+
+
+@pytest.fixture
+def offline_without_venv_on_path(monkeypatch):
+    # Any download would go to a closed local port and fail at once; PATH holds only system folders.
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+
+
+def test_rgb_model_converts_offline_with_bare_path(tmp_path, offline_without_venv_on_path):
+    torch.manual_seed(0)
+    images = np.random.default_rng(0).random((24, 16, 16, 3)).astype(np.float32)
+    spec = PreprocessSpec.from_images(images)
+    model = rgb_net().eval()
+    export_onnx(model, (1, 3, 16, 16), tmp_path / "rgb.onnx", 17)
+    files = convert_tflite(tmp_path / "rgb.onnx", spec.apply(images), images, tmp_path / "tfl", "per-channel",
+                           IODtype.INT8, Layout.NHWC)
+    assert sorted(files) == ["fp16", "fp32", "int8"] and all(p.is_file() for p in files.values())
+    assert (tmp_path / "tfl" / "onnx2tf" / ONNX2TF_SAMPLE).is_file()
+    log = (tmp_path / "tfl" / "onnx2tf.log").read_text()
+    assert "Model optimizing complete" in log and "Failed to optimize" not in log, "onnxsim must run"
+    io = tflite_io(files["int8"])
+    assert io["input_shape"] == (1, 16, 16, 3) and io["input_dtype"] == "int8" and io["input_quant"]["scale"] > 0
+    assert tflite_io(files["fp32"])["input_dtype"] == "float32"
+    # the fp32 TFLite model computes what PyTorch computes
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(files["fp32"]))
+    interpreter.allocate_tensors()
+    x = spec.apply(images[:1])
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x.transpose(0, 2, 3, 1).copy())
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(got, model(torch.from_numpy(x)).detach().numpy(), atol=1e-4)
+
+
+def test_op_the_exporter_cannot_handle(tmp_path):
+    with pytest.raises(ConversionError) as info:
+        export_onnx(fft_net().eval(), (1, 1, 28, 28), tmp_path / "fft.onnx", 17)
+    message = str(info.value)
+    assert message.startswith("fft.onnx: ONNX export at opset 17 failed") and "\n" not in message
+
+
+def test_converter_failure_is_one_line_and_leaves_no_tflite(tmp_path):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx file")
+    images = np.zeros((4, 8, 8, 1), np.float32)
+    with pytest.raises(ConversionError) as info:
+        convert_tflite(broken, images.transpose(0, 3, 1, 2), images, tmp_path / "tfl", "per-channel",
+                       IODtype.FLOAT32, Layout.NHWC)
+    assert str(info.value).startswith("broken.onnx: onnx2tf failed") and "\n" not in str(info.value)
+    assert not list((tmp_path / "tfl").glob("*.tflite"))

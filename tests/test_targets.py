@@ -1,0 +1,78 @@
+"""Every target profile loads and follows the conventions; bad profiles fail with file, field, value and valid set."""
+from pathlib import Path
+
+import pytest
+
+from pipeline import list_targets, load_target
+from pipeline.artifacts import ARTIFACT_KINDS
+from pipeline.cli import main
+from pipeline.errors import ConfigError
+from pipeline.targets import TARGETS_DIR
+
+EXPECTED = {"raspberry-pi-4", "raspberry-pi-5", "jetson-nano", "jetson-orin-nano", "coral-edgetpu", "host"}
+
+
+def test_the_six_boards_are_there():
+    assert EXPECTED <= set(list_targets())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_profile_is_valid_and_cites_its_source(name):
+    profile = load_target(name)
+    assert profile.name == name
+    assert set(profile.artifacts) <= set(ARTIFACT_KINDS)
+    assert 13 <= profile.onnx_opset <= 21 and profile.threads >= 1 and profile.accuracy_tolerance > 0
+    if name != "host":
+        assert "Sources:" in (TARGETS_DIR / f"{name}.yaml").read_text(), "cite the board's public specification"
+
+
+def test_board_specific_int8_schemes():
+    assert load_target("coral-edgetpu").int8.io_dtype.value == "int8"
+    assert load_target("jetson-nano").int8.activation_symmetric
+    assert {"onnx-fp16", "onnx-int8"} <= set(load_target("jetson-orin-nano").artifacts)
+    assert load_target("raspberry-pi-4").int8.granularity.value == "per-channel"
+
+
+def test_unknown_target_lists_the_valid_ones(capsys):
+    assert main(["targets", "show", "raspbery-pi-4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "unknown target 'raspbery-pi-4'" in err and "did you mean 'raspberry-pi-4'" in err and "jetson-nano" in err
+
+
+def _profile(tmp_path: Path, **changes) -> Path:
+    text = (TARGETS_DIR / "raspberry-pi-4.yaml").read_text().replace("name: raspberry-pi-4", "name: my-board")
+    for old, new in changes.items():
+        assert old in text
+        text = text.replace(old, new)
+    path = tmp_path / "board.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_user_profile_by_path(tmp_path):
+    assert load_target(str(_profile(tmp_path))).name == "my-board"
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("threads: 4", "threads: four", "field 'threads': bad value 'four', expected an integer >= 1"),
+        ("granularity: per-channel", "granularity: per-row",
+         "field 'int8.granularity': bad value 'per-row', expected one of per-channel, per-tensor"),
+        ("tflite-int8]", "tflite-int4]", "field 'artifacts': bad value 'tflite-int4', expected one of torch-fp32"),
+        ("max_flops: 40M", "max_flops: lots", "field 'budgets.max_flops': bad value 'lots'"),
+        ("threads: 4", "thread: 4", "unknown field 'thread' (did you mean 'threads'?)"),
+        ("onnx_opset: 17", "onnx_opset: 30", "field 'onnx_opset': bad value 30"),
+    ],
+)
+def test_bad_profile_names_file_field_and_value(tmp_path, old, new, message):
+    path = _profile(tmp_path, **{old: new})
+    with pytest.raises(ConfigError) as info:
+        load_target(str(path))
+    assert str(path) in str(info.value) and message in str(info.value)
+
+
+def test_targets_list_cli(capsys):
+    assert main(["targets", "list"]) == 0
+    assert "coral-edgetpu" in capsys.readouterr().out
