@@ -58,6 +58,8 @@ def test_npz_with_explicit_test_split(tmp_path):
         (lambda p: (p / "empty").mkdir() or p / "empty", "no images found"),
         (lambda p: np.savez(p / "bad.npz", images=np.zeros((3, 4, 4))) or p / "bad.npz", "needs arrays 'x' and 'y'"),
         (lambda p: (p / "t.txt").write_text("x") and p / "t.txt", "unsupported dataset file"),
+        (lambda p: np.savez(p / "none.npz", x=np.zeros((0, 8, 8), np.uint8), y=np.zeros(0)) or p / "none.npz",
+         "the train split is empty"),
     ],
 )
 def test_bad_datasets(tmp_path, make, message):
