@@ -22,8 +22,5 @@ class ArrayDataReader(CalibrationDataReader):
         batch = next(self._batches, None)
         return None if batch is None else {self.input_name: batch}
 
-    def rewind(self) -> None:
-        self._batches = self._iterate()
-
     def __len__(self) -> int:
         return -(-len(self.inputs) // self.batch_size)

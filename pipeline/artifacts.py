@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -60,19 +60,6 @@ class Artifact:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Artifact":
-        data = dict(data)
-        data["input_shape"] = tuple(data["input_shape"])
-        for key in ("input_quant", "output_quant"):
-            if data.get(key) is not None:
-                data[key] = QuantParams(**data[key])
-        return cls(**data)
-
-    @property
-    def label(self) -> str:
-        return ARTIFACT_KINDS[self.kind].label
-
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
@@ -84,13 +71,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def sha256_json(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def stamp(artifact: Artifact, base: Path) -> Artifact:
-    """The artifact with its file's sha256 and size filled in."""
-    path = base / artifact.path
-    return Artifact(**{**asdict(artifact), "sha256": sha256_file(path), "size_bytes": path.stat().st_size,
-                       "input_quant": artifact.input_quant, "output_quant": artifact.output_quant})
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -46,6 +46,10 @@ class Run:
         return load_dataset(self.config.data, self.config.image_size)
 
     @cached_property
+    def data_fingerprint(self) -> str:
+        return self.data.fingerprint()
+
+    @cached_property
     def source(self) -> ModelSource:
         return ModelSource(self.config.model, self.config.weights)
 
@@ -115,7 +119,7 @@ class Run:
         cfg = self.config
         params = {"source": self._source_identity(), "image_size": cfg.image_size,
                   "train": asdict(cfg.train) if self.source.needs_training else None,
-                  "data": self.data.fingerprint()}
+                  "data": self.data_fingerprint}
 
         def produce(tmp: Path) -> dict:
             from .train import train_classifier
@@ -130,7 +134,7 @@ class Run:
             if self.source.needs_training:
                 model, stats = train_classifier(
                     model, self.data.train, self.data.test, preprocess, cfg.train,
-                    {"model": cfg.model, "data": self.data.fingerprint()},
+                    {"model": cfg.model, "data": self.data_fingerprint},
                 )
             files = {"torchscript": "model.torchscript.pt"}
             if self.source.kind in ("builtin", "factory"):
@@ -357,7 +361,7 @@ class Run:
                 "dataset": data["dataset"], "export_parity": export["data"]["parity_max_abs"],
                 "calibration": {"method": self.config.calibration.method.value,
                                 "num_samples": self.config.calibration.num_samples},
-                "system": benched["data"]["results"][0]["system"],
+                "system": benched["data"]["results"][0]["system"], "profile_threads": target.threads,
                 "versions": bundle_stage.tool_versions(),
             }
             names = report_stage.write_report(content, tmp)

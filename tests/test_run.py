@@ -2,9 +2,9 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
+from pathlib import Path
 import pytest
 
 from pipeline.cli import main
@@ -184,3 +184,13 @@ def test_accuracy_gate_names_the_artifact(tmp_path, small_config):
     with pytest.raises(AccuracyError, match=r"pi: tflite-int8 drops 2.50 points \(top-1 87.50%\); the profile allows 1"):
         check_tolerance(rows, 1.0, "pi")
     check_tolerance(rows, 3.0, "pi")
+
+
+def test_int8_vs_float_benchmark_prints_ratios(tiny_run, tmp_path):
+    run, _ = tiny_run
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "int8_vs_float.py"
+    done = subprocess.run([sys.executable, str(script), str(run.out / "coral-edgetpu"), "--rounds", "1", "--runs", "20",
+                           "--json", str(tmp_path / "r.json")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-1000:]
+    assert "tflite-int8" in done.stdout and "1.00x" in done.stdout
+    assert set(json.loads((tmp_path / "r.json").read_text())["p50_ms"]) == {"torch-fp32", "tflite-fp32", "tflite-int8"}

@@ -108,7 +108,7 @@ def write_report(data: dict, directory: Path) -> list[str]:
         ("Board", f"{target['description']} ({target['board']['cpu_arch']}, {target['board']['cores']} cores, "
                   f"{target['board']['memory_mb']} MiB, accelerator: {target['board']['accelerator']})"),
         ("Measured on", f"this host — {system.get('cpu', system['machine'])}, {system['cores']} cores, "
-                        f"{rows[0]['threads']} threads; not on the board itself"),
+                        f"{rows[0]['threads']} threads (profile: {data['profile_threads']}); not on the board itself"),
         ("Model", f"{model['source']} — {model['params']:,} parameters, {model['flops'] / 1e6:.1f} MFLOPs, "
                   f"input {model['input_shape']}"),
         ("Budgets", data["budget_text"]),
