@@ -2,9 +2,9 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
-from pathlib import Path
 import pytest
 
 from pipeline.cli import main
