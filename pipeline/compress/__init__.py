@@ -1,0 +1,183 @@
+"""Compress: block-wise knowledge distillation that finds the most accurate student under a budget.
+
+After Ahmed, Zunino, Morerio, Murino, "Compact CNN Structure Learning by Knowledge Distillation"
+(ICPR 2020): cut the teacher into blocks, distil candidate student blocks block-wise, choose one per
+block under a FLOPs / parameter budget (an exact multiple-choice knapsack), assemble, fine-tune with
+distillation. FLOPs count a multiply-add as 2 operations (``pipeline.models.count_flops``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from ..models import count_flops, count_params
+from ..targets import parse_count
+from ..train import evaluate_torch
+from .blocks import cut_teacher
+from .search import block_shapes, distill_blockwise, make_candidates
+from .selection import Option, pareto_front, select
+from .student import assemble, save_student
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_flops: int | None = None
+    max_params: int | None = None
+    flops_ratio: float | None = None  # of the teacher's
+    params_ratio: float | None = None
+
+    def __post_init__(self):
+        for name in ("max_flops", "max_params"):
+            value = getattr(self, name)
+            if value is not None:
+                parsed = parse_count(value)
+                if parsed is None:
+                    raise ConfigError(f"{name}: bad value {value!r}, expected a positive count such as 300k or 20M")
+                object.__setattr__(self, name, parsed)
+        for name in ("flops_ratio", "params_ratio"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= 1:
+                raise ConfigError(f"{name}: bad value {value!r}, expected a ratio in (0, 1]")
+
+    def limits(self, teacher_flops: int, teacher_params: int) -> tuple[int | None, int | None]:
+        flops = [v for v in (self.max_flops, self.flops_ratio and int(self.flops_ratio * teacher_flops)) if v]
+        params = [v for v in (self.max_params, self.params_ratio and int(self.params_ratio * teacher_params)) if v]
+        return (min(flops) if flops else None), (min(params) if params else None)
+
+
+@dataclass(frozen=True)
+class CompressOptions:
+    budget: Budget = field(default_factory=Budget)
+    boundaries: tuple[str, ...] | None = None  # names in the teacher's `features` that start a block
+    frozen: tuple[str, ...] = ()  # blocks kept as they are
+    blockwise_epochs: int = 2
+    finetune_epochs: int = 4
+    temperature: float = 4.0
+    alpha: float = 0.7  # weight of the distillation term against cross-entropy
+    patience: int = 2
+    batch_size: int = 128
+    lr: float = 3e-3
+    pick: int | None = None  # a point of the Pareto front instead of the budget's best
+    seed: int = 0
+
+
+def _distillation_loss(student_logits, teacher_logits, labels, temperature, alpha):
+    soft = nn.functional.kl_div(
+        nn.functional.log_softmax(student_logits / temperature, 1), nn.functional.softmax(teacher_logits / temperature, 1),
+        reduction="batchmean",
+    ) * temperature**2
+    return alpha * soft + (1 - alpha) * nn.functional.cross_entropy(student_logits, labels)
+
+
+def finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor,
+             y_val: np.ndarray, options: CompressOptions) -> dict:
+    """End-to-end distillation from the teacher's logits, early-stopped on validation top-1."""
+    teacher.eval()
+    steps_per_epoch = max(1, len(y) // options.batch_size)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=options.lr, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, options.lr, total_steps=options.finetune_epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(options.seed)
+    best, best_state, stale, history = -1.0, None, 0, []
+    for epoch in range(options.finetune_epochs):
+        student.train()
+        order = torch.randperm(len(y), generator=generator)
+        for step in tqdm(range(steps_per_epoch), desc=f"fine-tune student {epoch + 1}/{options.finetune_epochs}",
+                         unit="batch"):
+            index = order[step * options.batch_size : (step + 1) * options.batch_size]
+            with torch.no_grad():
+                target = teacher(x[index])
+            loss = _distillation_loss(student(x[index]), target, y[index], options.temperature, options.alpha)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        accuracy = evaluate_torch(student, x_val, y_val)
+        history.append(accuracy)
+        if accuracy > best:
+            best, stale = accuracy, 0
+            best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= options.patience:
+                break
+    if best_state is not None:
+        student.load_state_dict(best_state)
+    return {"val_top1_per_epoch": history, "best_val_top1": best}
+
+
+def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
+             val_y: np.ndarray, options: CompressOptions, out_dir: Path) -> tuple[nn.Module, dict]:
+    """Search, assemble and fine-tune a student of ``teacher``; write student.pt and student.json.
+
+    Returns the student and the compression report.
+
+    ``train_x``/``val_x`` are preprocessed NCHW inputs; ``teacher_source`` ({"model", "in_channels",
+    "num_classes"}) lets the student's spec rebuild the teacher-kept blocks.
+    """
+    timings = {}
+    started = time.perf_counter()
+    teacher = teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    input_shape = (1, *train_x.shape[1:])
+    blocks, head = cut_teacher(teacher, list(options.boundaries) if options.boundaries else None, options.frozen)
+    teacher_flops, teacher_params = count_flops(teacher, input_shape), count_params(teacher)
+    head_shape = block_shapes(blocks, input_shape)[-1][1]
+    fixed = (count_flops(head, head_shape), count_params(head))
+    max_flops, max_params = options.budget.limits(teacher_flops, teacher_params)
+    candidates = [make_candidates(b, i, o) for b, (i, o) in zip(blocks, block_shapes(blocks, input_shape))]
+    options_grid = [[Option(0.0, c.flops, c.params) for c in group] for group in candidates]
+    select(options_grid, max_flops, max_params, fixed)  # fail before training when the budget is unreachable
+    timings["setup_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    x, held_out = torch.from_numpy(train_x), torch.from_numpy(val_x[: max(256, len(val_x) // 4)])
+    distill_blockwise(blocks, candidates, x, held_out, options.blockwise_epochs, options.batch_size, options.lr,
+                      options.seed)
+    timings["blockwise_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    options_grid = [[Option(c.score, c.flops, c.params) for c in group] for group in candidates]
+    front = pareto_front(options_grid, max_params, fixed)
+    chosen = select(options_grid, max_flops, max_params, fixed)
+    if options.pick is not None:
+        if not 0 <= options.pick < len(front):
+            raise ConfigError(f"pick: bad value {options.pick}, expected a Pareto point 0..{len(front) - 1}")
+        chosen = front[options.pick]
+    timings["selection_s"] = time.perf_counter() - started
+
+    spec = {"teacher": teacher_source, "boundaries": [b.name for b in blocks],
+            "blocks": [candidates[b][c].spec for b, c in enumerate(chosen.choice)]}
+    student = assemble(spec, teacher)
+    for b, c in enumerate(chosen.choice):  # the block-wise trained weights
+        student.features[b].load_state_dict(candidates[b][c].module.state_dict())
+    for p in student.parameters():
+        p.requires_grad_(True)
+    started = time.perf_counter()
+    tuning = finetune(student, teacher, x, torch.from_numpy(train_y), val_x, val_y, options)
+    timings["finetune_s"] = time.perf_counter() - started
+    student.eval()
+    save_student(student, spec, out_dir)
+    report = {
+        "flop_convention": "a multiply-add counts as 2 FLOPs",
+        "budget": {"max_flops": max_flops, "max_params": max_params},
+        "teacher": {"flops": teacher_flops, "params": teacher_params, "val_top1": evaluate_torch(teacher, val_x, val_y)},
+        "student": {"flops": count_flops(student, input_shape), "params": count_params(student),
+                    "val_top1": evaluate_torch(student, val_x, val_y), "predicted_flops": chosen.flops,
+                    "predicted_params": chosen.params, **tuning},
+        "blocks": [{"block": blocks[b].name, "chosen": candidates[b][c].spec, "score": candidates[b][c].score,
+                    "flops": candidates[b][c].flops, "params": candidates[b][c].params,
+                    "candidates": len(candidates[b])} for b, c in enumerate(chosen.choice)],
+        "pareto_front": [{"flops": s.flops, "params": s.params, "score": s.score,
+                          "blocks": [candidates[b][c].spec["type"] for b, c in enumerate(s.choice)]} for s in front],
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "options": {**asdict(options), "budget": asdict(options.budget)},
+    }
+    return student, report

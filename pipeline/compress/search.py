@@ -1,0 +1,129 @@
+"""Candidates per teacher block and their block-wise distillation.
+
+Every candidate maps its teacher block's input to the block's output shape. All candidates of all
+blocks train at once from one frozen-teacher forward per batch: each learns to reproduce its block's
+output from the teacher's own block input (normalised MSE), so the candidates are independent.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..models import BasicBlock, count_flops, count_params
+from .blocks import TeacherBlock, build_block
+
+EXPANSIONS, KERNELS, DEPTHS = (1, 2, 4, 6), (3, 5), (1, 2)
+WIDTH_FRACTIONS = (0.5, 0.25)
+
+
+@dataclass
+class Candidate:
+    spec: dict[str, Any]  # {"type": ..., builder arguments}; type "teacher" keeps the teacher's block
+    module: nn.Module
+    flops: int
+    params: int
+    score: float = float("nan")
+    trainable: bool = True
+    history: list[float] = field(default_factory=list)
+
+
+def _spec_candidates(cin: int, cout: int, stride: int, teacher: nn.Module) -> Iterable[dict]:
+    if stride == 1 and cin == cout:
+        yield {"type": "identity"}
+    for e in EXPANSIONS:
+        for k in KERNELS:
+            for d in DEPTHS:
+                yield {"type": "inverted_residual", "cin": cin, "cout": cout, "stride": stride, "expansion": e,
+                       "kernel": k, "depth": d}
+    for k in KERNELS:
+        yield {"type": "separable", "cin": cin, "cout": cout, "stride": stride, "kernel": k}
+    if isinstance(teacher, BasicBlock):
+        for fraction in WIDTH_FRACTIONS:
+            yield {"type": "basic", "cin": cin, "cout": cout, "stride": stride, "mid": max(4, int(cout * fraction))}
+
+
+def make_candidates(block: TeacherBlock, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> list[Candidate]:
+    """The teacher block itself first, then (unless frozen) the student blocks with the same I/O shapes."""
+    teacher = Candidate({"type": "teacher", "block": block.name}, copy.deepcopy(block.module),
+                        count_flops(block.module, in_shape), count_params(block.module), score=0.0, trainable=False)
+    if block.frozen:
+        return [teacher]
+    cin, cout = in_shape[1], out_shape[1]
+    stride = in_shape[2] // out_shape[2]
+    found = [teacher]
+    for spec in _spec_candidates(cin, cout, stride, block.module):
+        module = build_block(spec)
+        with torch.no_grad():
+            if tuple(module.eval()(torch.zeros(in_shape)).shape) != tuple(out_shape):
+                continue  # e.g. an odd size that a stride-2 depthwise conv rounds differently
+        found.append(Candidate(spec, module, count_flops(module, in_shape), count_params(module)))
+    return found
+
+
+def block_shapes(blocks: list[TeacherBlock], input_shape: tuple[int, ...]) -> list[tuple[tuple, tuple]]:
+    shapes, x = [], torch.zeros(input_shape)
+    with torch.no_grad():
+        for block in blocks:
+            y = block.module.eval()(x)
+            shapes.append((tuple(x.shape), tuple(y.shape)))
+            x = y
+    return shapes
+
+
+def _teacher_features(blocks: list[TeacherBlock], x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    inputs, outputs = [], []
+    with torch.no_grad():
+        for block in blocks:
+            inputs.append(x)
+            x = block.module(x)
+            outputs.append(x)
+    return inputs, outputs
+
+
+def _nmse(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return ((y - target) ** 2).mean() / (target ** 2).mean().clamp_min(1e-8)
+
+
+def distill_blockwise(blocks: list[TeacherBlock], candidates: list[list[Candidate]], train: torch.Tensor,
+                      held_out: torch.Tensor, epochs: int, batch_size: int = 128, lr: float = 3e-3, seed: int = 0) -> None:
+    """Train every trainable candidate on its block; set each candidate's held-out score (normalised MSE)."""
+    torch.manual_seed(seed)
+    for block in blocks:
+        block.module.eval()
+    trainable = [c for group in candidates for c in group if c.trainable]
+    params = [p for c in trainable for p in c.module.parameters()]
+    steps = epochs * max(1, len(train) // batch_size)
+    optimizer = torch.optim.Adam(params, lr=lr) if params else None
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps) if params else None
+    generator = torch.Generator().manual_seed(seed)
+    bar = tqdm(total=steps, desc=f"block-wise distillation ({len(trainable)} candidates)", unit="batch")
+    for _ in range(epochs if params else 0):
+        order = torch.randperm(len(train), generator=generator)
+        for start in range(0, len(train) - batch_size + 1, batch_size):
+            inputs, outputs = _teacher_features(blocks, train[order[start : start + batch_size]])
+            loss = sum(_nmse(c.module.train()(inputs[b]), outputs[b]) for b, group in enumerate(candidates)
+                       for c in group if c.trainable)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item() / len(trainable):.4f}")
+    bar.close()
+    sums = [[0.0] * len(group) for group in candidates]
+    batches = 0
+    with torch.no_grad():
+        for start in range(0, len(held_out), batch_size):
+            inputs, outputs = _teacher_features(blocks, held_out[start : start + batch_size])
+            batches += 1
+            for b, group in enumerate(candidates):
+                for i, c in enumerate(group):
+                    sums[b][i] += float(_nmse(c.module.eval()(inputs[b]), outputs[b]))
+    for b, group in enumerate(candidates):
+        for i, c in enumerate(group):
+            c.score = sums[b][i] / max(1, batches)

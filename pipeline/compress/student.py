@@ -1,0 +1,55 @@
+"""The assembled student: chosen blocks plus the teacher's head; saved as a state_dict and a JSON spec."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..models import ModelSource, build_model
+from .blocks import build_block, cut_teacher
+
+SPEC_SCHEMA = "embedded-pipeline/student/1"
+
+
+class Student(nn.Module):
+    """``classifier(features(x))`` like the teacher, so that a student can be compressed again."""
+
+    def __init__(self, blocks: list[nn.Module], head: nn.Module):
+        super().__init__()
+        self.features = nn.Sequential(*blocks)
+        self.classifier = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def assemble(spec: dict[str, Any], teacher: nn.Module | None = None) -> Student:
+    """A student from its spec; blocks of type "teacher" (and the head) are copied from ``teacher``.
+
+    Without ``teacher`` the teacher's architecture is rebuilt from the spec's source (weights then come
+    from the student's own state_dict).
+    """
+    if teacher is None:
+        source = spec["teacher"]
+        teacher = build_model(ModelSource(source["model"]), source["in_channels"], source["num_classes"])
+    blocks, head = cut_teacher(teacher, spec["boundaries"])
+    by_name = {b.name: b.module for b in blocks}
+    modules = [copy.deepcopy(by_name[s["block"]]) if s["type"] == "teacher" else build_block(s) for s in spec["blocks"]]
+    return Student(modules, copy.deepcopy(head))
+
+
+def save_student(student: Student, spec: dict[str, Any], directory: Path) -> None:
+    torch.save(student.state_dict(), directory / "student.pt")
+    (directory / "student.json").write_text(json.dumps({"schema": SPEC_SCHEMA, **spec}, indent=2))
+
+
+def load_student(spec_path: Path, weights: Path | None = None) -> Student:
+    spec = json.loads(Path(spec_path).read_text())
+    student = assemble(spec)
+    state = torch.load(weights or Path(spec_path).with_name("student.pt"), map_location="cpu", weights_only=True)
+    student.load_state_dict(state)
+    return student.eval()

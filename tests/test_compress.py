@@ -1,0 +1,94 @@
+"""Block-wise distillation compression: exact selection, budgets met as measured, rebuildable students."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from calibration import PreprocessSpec, load_dataset
+from pipeline.compress import Budget, CompressOptions, compress
+from pipeline.compress.blocks import cut_teacher
+from pipeline.compress.selection import Option, brute_force, pareto_front, select
+from pipeline.compress.student import load_student
+from pipeline.errors import ConfigError, ModelError
+from pipeline.models import count_flops, count_params, fmnist_tiny
+from pipeline.train import TrainOptions, train_classifier
+
+
+def _instance(seed: int) -> list[list[Option]]:
+    rng = np.random.default_rng(seed)
+    return [[Option(float(rng.random()), int(rng.integers(1, 100)), int(rng.integers(1, 50)))
+             for _ in range(rng.integers(2, 5))] for _ in range(4)]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_selection_equals_brute_force(seed):
+    options = _instance(seed)
+    flops_budget, params_budget = 180 + 10 * seed, 90 + 5 * seed
+    expected = brute_force(options, flops_budget, params_budget, fixed=(5, 3))
+    if expected is None:
+        with pytest.raises(ConfigError):
+            select(options, flops_budget, params_budget, fixed=(5, 3))
+        return
+    got = select(options, flops_budget, params_budget, fixed=(5, 3))
+    assert got.score == pytest.approx(expected.score) and got.flops <= flops_budget and got.params <= params_budget
+
+
+def test_pareto_front_is_non_dominated_and_reaches_the_best():
+    options = _instance(3)
+    front = pareto_front(options, None)
+    assert all(a.flops < b.flops and a.score > b.score for a, b in zip(front, front[1:]))
+    assert front[-1].score == pytest.approx(brute_force(options, None, None).score)
+
+
+def test_budget_below_the_smallest_student_names_the_block():
+    options = [[Option(0.0, 50, 1), Option(0.1, 40, 1)], [Option(0.0, 500, 1), Option(0.3, 300, 1)]]
+    with pytest.raises(ConfigError, match=r"smallest student needs 340 FLOPs \(block 1 alone at least 300"):
+        select(options, 100, None)
+
+
+def test_models_that_cannot_be_cut():
+    with pytest.raises(ModelError, match="cannot cut into blocks"):
+        cut_teacher(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3)))
+    with pytest.raises(ModelError, match=r"unknown block name\(s\) 7"):
+        cut_teacher(fmnist_tiny(), ["0", "7"])
+
+
+def test_bad_budget_values():
+    with pytest.raises(ConfigError, match="max_flops: bad value 'lots'"):
+        Budget(max_flops="lots")
+    with pytest.raises(ConfigError, match="params_ratio: bad value 2"):
+        Budget(params_ratio=2)
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory):
+    data = load_dataset(None)
+    train, val = data.train.take(3000, seed=1), data.test.take(600, seed=1)
+    spec = PreprocessSpec.from_images(train.images)
+    teacher, _ = train_classifier(fmnist_tiny(), train, val, spec, TrainOptions(epochs=2), {"test": "compress"})
+    out = tmp_path_factory.mktemp("compress")
+    options = CompressOptions(budget=Budget(flops_ratio=0.6, params_ratio=0.6), blockwise_epochs=1, finetune_epochs=1)
+    student, report = compress(teacher, {"model": "fmnist-tiny", "in_channels": 1, "num_classes": 10},
+                      spec.apply(train.images), train.labels, spec.apply(val.images), val.labels, options, out)
+    with torch.no_grad():
+        reference = student(torch.from_numpy(spec.apply(val.images[:8])))
+    return report, out, (spec.apply(val.images[:8]), reference)
+
+
+def test_budget_is_met_by_the_measured_student(compressed):
+    report, out, _ = compressed
+    student = load_student(out / "student.json")
+    flops, params = count_flops(student, (1, 1, 28, 28)), count_params(student)
+    assert flops <= report["budget"]["max_flops"] and params <= report["budget"]["max_params"]
+    assert flops == report["student"]["flops"] == report["student"]["predicted_flops"]
+    assert report["pareto_front"] and report["student"]["val_top1"] > 30
+
+
+def test_student_rebuilt_from_its_spec_gives_identical_outputs(compressed):
+    report, out, (x, reference) = compressed
+    rebuilt = load_student(out / "student.json")
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(torch.from_numpy(x)), reference, rtol=0, atol=0)
+    spec = json.loads((out / "student.json").read_text())
+    assert [b["chosen"] for b in report["blocks"]] == spec["blocks"]
