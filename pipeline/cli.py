@@ -14,6 +14,7 @@ from .targets import list_targets, load_target
 
 # What each stage command runs: the model step belongs to export, calibration to quantize.
 STAGE_COMMANDS = {
+    "compress": ("model", "compress"),
     "export": ("model", "export"),
     "quantize": ("quantize",),
     "convert": ("convert",),
@@ -38,6 +39,13 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     add("--calibration-samples", type=int, help="representative training samples for int8 calibration")
     add("--eval-samples", type=int, help="evaluate on a random subset of the held-out split")
     add("--bench-runs", type=int, help="timed inferences per artifact")
+    add("--compress", action="store_true", default=None,
+        help="compress the model by block-wise distillation before export (budget: the targets' profiles)")
+    add("--max-flops", help="student FLOPs budget, e.g. 20M (a multiply-add counts as 2 FLOPs)")
+    add("--max-params", help="student parameter budget, e.g. 300k")
+    add("--flops-ratio", type=float, help="student FLOPs budget as a fraction of the teacher's")
+    add("--params-ratio", type=float, help="student parameter budget as a fraction of the teacher's")
+    add("--pick", type=int, help="use point N of the compression Pareto front instead of the budget's best")
     add("--force", action="store_true", default=None, help="re-run every stage even if its inputs are unchanged")
     add("--from", dest="from_stage", choices=STAGES, help="re-run from this stage on")
 
@@ -54,6 +62,7 @@ def _config(args: argparse.Namespace, stage_command: bool):
         "calibration": {k: v for k, v in (("method", args.calibration_method),
                                           ("num_samples", args.calibration_samples)) if v is not None},
         "bench": {"runs": args.bench_runs} if args.bench_runs is not None else {},
+        "compress": _compress_overrides(args),
     }
     if stage_command:  # a stage command never inherits --force/--from from the saved configuration
         overrides["force"] = bool(args.force)
@@ -61,7 +70,20 @@ def _config(args: argparse.Namespace, stage_command: bool):
     return build_config(config_file, **overrides)
 
 
+def _compress_overrides(args: argparse.Namespace) -> dict:
+    budget = {k: getattr(args, k) for k in ("max_flops", "max_params", "flops_ratio", "params_ratio")
+              if getattr(args, k) is not None}
+    overrides = {"budget": budget} if budget else {}
+    if args.pick is not None:
+        overrides["pick"] = args.pick
+    if args.compress or args.command == "compress":
+        overrides["enabled"] = True
+    return overrides
+
+
 def _print_result(results: dict[str, Path]) -> None:
+    if not results:
+        print("done")
     for target, directory in results.items():
         report = directory / "report.md"
         print(f"{target}: {report if report.is_file() else directory}")

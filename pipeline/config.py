@@ -10,10 +10,11 @@ import yaml
 
 from calibration import CalibrationOptions
 
+from .compress import CompressOptions
 from .errors import ConfigError
 from .train import TrainOptions
 
-STAGES = ("model", "export", "quantize", "convert", "evaluate", "bench", "report", "bundle")
+STAGES = ("model", "compress", "export", "quantize", "convert", "evaluate", "bench", "report", "bundle")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class RunConfig:
     train: TrainOptions = field(default_factory=TrainOptions)
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     bench: BenchOptions = field(default_factory=BenchOptions)
+    compress: CompressOptions = field(default_factory=CompressOptions)
     force: bool = False
     from_stage: str | None = None
 
@@ -50,13 +52,22 @@ class RunConfig:
             object.__setattr__(self, "image_size", tuple(self.image_size))
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        """Plain YAML-safe data: enums as their values, tuples as lists."""
+
+        def plain(value):
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [plain(v) for v in value]
+            return value.value if hasattr(value, "value") and not isinstance(value, (int, float, str)) else value
+
+        data = plain(asdict(self))
         data["calibration"]["method"] = self.calibration.method.value
-        data["targets"] = list(self.targets)
         return data
 
 
-_NESTED = {"train": TrainOptions, "calibration": CalibrationOptions, "bench": BenchOptions}
+_NESTED = {"train": TrainOptions, "calibration": CalibrationOptions, "bench": BenchOptions,
+           "compress": CompressOptions}
 
 
 def _typed(cls: type, data: Any, where: str, source: str) -> Any:

@@ -102,6 +102,8 @@ class ModelSource:
             return "factory"
         if self.model.endswith(".pt2"):
             return "exported"
+        if self.model.endswith(".json"):
+            return "student"
         if self.model.endswith((".pt", ".pth", ".ts", ".torchscript")):
             return "torchscript"
         return "unknown"
@@ -130,6 +132,16 @@ def build_model(source: ModelSource, in_channels: int, num_classes: int) -> nn.M
         model = _BUILTINS[source.model](in_channels=in_channels, num_classes=num_classes)
     elif kind == "factory":
         model = _factory(source.model)()
+    elif kind == "student":
+        from .compress.student import load_student
+
+        path = Path(source.model)
+        if not path.is_file():
+            raise ModelError(f"{path}: student spec not found")
+        weights = Path(source.weights) if source.weights else path.with_name("student.pt")
+        if not weights.is_file():
+            raise ModelError(f"{weights}: student weights not found (pass --weights)")
+        return load_student(path, weights)
     elif kind in ("torchscript", "exported"):
         if source.weights:
             raise ModelError(f"{source.weights}: --weights is for factory and built-in models; {source.model} holds its own")
@@ -140,7 +152,7 @@ def build_model(source: ModelSource, in_channels: int, num_classes: int) -> nn.M
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ModelError(
             f"{source.model}: unknown model{hint}; give a built-in name ({valid}), package.module:factory, "
-            "or a TorchScript (.pt) / torch.export (.pt2) file"
+            "a TorchScript (.pt) / torch.export (.pt2) file, or a compressed student's .json spec"
         )
     if not isinstance(model, nn.Module):
         raise ModelError(f"{source.model}: the factory returned {type(model).__name__}, not a torch.nn.Module")

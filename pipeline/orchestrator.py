@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -151,8 +151,47 @@ class Run:
 
         return self.step("model", "model", params, [], self.out / "shared" / "model", produce)
 
+    def compress_step(self, model_record: dict) -> dict:
+        """The student found by block-wise distillation under the strictest budget of the run's targets."""
+        from .compress import compress
+        from .stages.report import compression_markdown
+
+        options = self.config.compress
+        flops = [t.budgets.max_flops for t in self.targets if t.budgets.max_flops]
+        params = [t.budgets.max_params for t in self.targets if t.budgets.max_params]
+        budget = options.budget.with_defaults(min(flops, default=None), min(params, default=None))
+
+        def produce(tmp: Path) -> dict:
+            data = model_record["data"]
+            order = np.random.default_rng(options.seed).permutation(len(self.data.train))
+            val_index = order[: options.val_samples]
+            train_index = order[options.val_samples :][: options.train_subset]
+            spec = self.preprocess(model_record)
+            images, labels = self.data.train.images, self.data.train.labels
+            teacher_source = {"model": self.config.model, "in_channels": data["input_shape"][1],
+                              "num_classes": len(data["classes"])}
+            student, report = compress(
+                self.load_torch(model_record), teacher_source, spec.apply(images[train_index]), labels[train_index],
+                spec.apply(images[val_index]), labels[val_index], replace(options, budget=budget), tmp,
+            )
+            write_json(tmp / "compression.json", report)
+            (tmp / "compression.md").write_text(compression_markdown(report))
+            _save_torchscript(student, tuple(data["input_shape"]), tmp / "model.torchscript.pt")
+            return {"files": {"torchscript": "model.torchscript.pt", "student_spec": "student.json",
+                              "student_weights": "student.pt", "report": "compression.json"},
+                    **{k: data[k] for k in ("input_shape", "classes", "preprocess", "dataset")},
+                    "params": report["student"]["params"], "flops": report["student"]["flops"],
+                    "teacher": {"params": data["params"], "flops": data["flops"]}, "compression": report}
+
+        params = {**self.config.to_dict()["compress"], "budget": asdict(budget)}
+        return self.step("compress", "compress", params, [model_record], self.out / "shared" / "compress", produce)
+
     def load_torch(self, model_record: dict):
-        """The model as a module: rebuilt from its source with the weights the model step wrote."""
+        """The model as a module: rebuilt from its source with the weights the model or compress step wrote."""
+        if "student_spec" in model_record["files"]:
+            from .compress.student import load_student
+
+            return load_student(self.path(model_record, "student_spec"), self.path(model_record, "student_weights"))
         weights = model_record["files"].get("weights")
         source = ModelSource(self.config.model, str(self.out / weights) if weights else None)
         data = model_record["data"]
@@ -278,6 +317,8 @@ class Run:
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(self.config, self.out / "pipeline.yaml")
         model_record = self.model_step()
+        if self.config.compress.enabled and self.wants("compress"):
+            model_record = self.compress_step(model_record)
         results = {}
         shared: dict[tuple, dict] = {}
 
@@ -356,7 +397,7 @@ class Run:
                 "target": target.to_dict(), "rows": rows,
                 "recommendation": report_stage.recommend(rows, target.accuracy_tolerance),
                 "model": {"source": self.config.model, "params": data["params"], "flops": data["flops"],
-                          "input_shape": data["input_shape"]},
+                          "input_shape": data["input_shape"], "teacher": data.get("teacher")},
                 "budget_text": _budget_text(target, data),
                 "dataset": data["dataset"], "export_parity": export["data"]["parity_max_abs"],
                 "calibration": {"method": self.config.calibration.method.value,

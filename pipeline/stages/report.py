@@ -11,6 +11,28 @@ from ..artifacts import ARTIFACT_KINDS, REFERENCE_KIND
 FLOP_NOTE = "FLOPs count a multiply-add as 2 operations (torch.utils.flop_counter)."
 
 
+def compression_markdown(report: dict) -> str:
+    """Teacher vs student, the chosen block per position, the Pareto front and the time per phase."""
+    t, s = report["teacher"], report["student"]
+    lines = [
+        "# Compression", "", FLOP_NOTE, "",
+        f"Budget: FLOPs <= {report['budget']['max_flops'] or 'any'}, parameters <= {report['budget']['max_params'] or 'any'}",
+        "", "| model | FLOPs | parameters | val top-1 (%) |", "|---|---|---|---|",
+        f"| teacher | {t['flops']:,} | {t['params']:,} | {t['val_top1']:.2f} |",
+        f"| student | {s['flops']:,} ({s['flops'] / t['flops']:.2f}x) | {s['params']:,} ({s['params'] / t['params']:.2f}x) "
+        f"| {s['val_top1']:.2f} |",
+        "", "| block | chosen | distillation error | FLOPs | parameters | candidates |", "|---|---|---|---|---|---|",
+    ]
+    for b in report["blocks"]:
+        chosen = ", ".join(f"{k}={v}" for k, v in b["chosen"].items())
+        lines.append(f"| {b['block']} | {chosen} | {b['score']:.4f} | {b['flops']:,} | {b['params']:,} | {b['candidates']} |")
+    lines += ["", "Pareto front (pick one with `--pick N`):", "", "| N | FLOPs | parameters | summed error |",
+              "|---|---|---|---|"]
+    lines += [f"| {i} | {p['flops']:,} | {p['params']:,} | {p['score']:.4f} |" for i, p in enumerate(report["pareto_front"])]
+    lines += ["", "Time per phase (s): " + ", ".join(f"{k[:-2]} {v}" for k, v in report["timings_s"].items()), ""]
+    return "\n".join(lines)
+
+
 def merge_rows(evaluations: list[dict], benches: list[dict], size_budget_mb: float | None) -> list[dict]:
     by_kind = {b["artifact"]: b for b in benches}
     rows = []
@@ -109,8 +131,12 @@ def write_report(data: dict, directory: Path) -> list[str]:
                   f"{target['board']['memory_mb']} MiB, accelerator: {target['board']['accelerator']})"),
         ("Measured on", f"this host — {system.get('cpu', system['machine'])}, {system['cores']} cores, "
                         f"{rows[0]['threads']} threads (profile: {data['profile_threads']}); not on the board itself"),
-        ("Model", f"{model['source']} — {model['params']:,} parameters, {model['flops'] / 1e6:.1f} MFLOPs, "
+        ("Model", f"{'student of ' if model.get('teacher') else ''}{model['source']} — {model['params']:,} parameters, {model['flops'] / 1e6:.1f} MFLOPs, "
                   f"input {model['input_shape']}"),
+        *([("Compression", f"block-wise distilled student of {model['source']}: "
+                            f"{model['flops'] / model['teacher']['flops']:.2f}x the teacher's FLOPs, "
+                            f"{model['params'] / model['teacher']['params']:.2f}x its parameters "
+                            "(details: shared/compress/compression.md)")] if model.get("teacher") else []),
         ("Budgets", data["budget_text"]),
         ("Evaluation", f"{rows[0]['samples']} held-out samples from {data['dataset']}; tolerance "
                        f"{target['accuracy_tolerance']:g} points below PyTorch fp32"),

@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Searched student vs uniformly width-scaled baselines at equal FLOPs, on Fashion-MNIST.
+
+    python benchmarks/compress_vs_baselines.py --epochs 5 --flops-ratio 0.5 --params-ratio 0.2 --json result.json
+
+Trains, with the same number of epochs for all: the teacher (fmnist-resnet, cross-entropy); the
+searched student at the budget (block-wise distillation + distillation fine-tuning); the teacher's
+architecture uniformly width-scaled to the student's FLOPs, trained from scratch with cross-entropy;
+and the same width-scaled net trained with plain logit distillation from the teacher. Prints one
+table (FLOPs, params, test top-1, ratios to the teacher) and writes it as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from calibration import PreprocessSpec, load_dataset
+from pipeline.compress import Budget, CompressOptions, compress, finetune
+from pipeline.models import ResNetCNN, count_flops, count_params, fmnist_resnet
+from pipeline.train import TrainOptions, evaluate_torch, train_classifier
+
+TEACHER_WIDTHS = (32, 64, 128, 128)
+INPUT = (1, 1, 28, 28)
+
+
+def width_scaled(target_flops: int) -> tuple[ResNetCNN, float]:
+    """The teacher's layout with every width times w, w chosen so that FLOPs just reach ``target_flops``."""
+    low, high = 0.05, 1.0
+    for _ in range(30):
+        mid = (low + high) / 2
+        net = ResNetCNN(1, 10, tuple(max(4, round(w * mid)) for w in TEACHER_WIDTHS))
+        low, high = (mid, high) if count_flops(net, INPUT) <= target_flops else (low, mid)
+    return ResNetCNN(1, 10, tuple(max(4, round(w * low)) for w in TEACHER_WIDTHS)), low
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--flops-ratio", type=float, default=0.5)
+    parser.add_argument("--params-ratio", type=float, default=0.2)
+    parser.add_argument("--train-subset", type=int, default=None)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    data = load_dataset(None)
+    spec = PreprocessSpec.from_images(data.train.images)
+    train = data.train.take(args.train_subset)
+    order = np.random.default_rng(0).permutation(len(train))
+    val_index, fit_index = order[:5000], order[5000:]
+    x_test, y_test = spec.apply(data.test.images), data.test.labels
+    rows, started = [], time.perf_counter()
+
+    teacher, _ = train_classifier(fmnist_resnet(), train, data.test, spec, TrainOptions(epochs=args.epochs),
+                                  {"model": "fmnist-resnet", "benchmark": "compress", "subset": args.train_subset})
+    t_flops, t_params = count_flops(teacher, INPUT), count_params(teacher)
+    rows.append(("teacher", t_flops, t_params, evaluate_torch(teacher, x_test, y_test)))
+
+    options = CompressOptions(budget=Budget(flops_ratio=args.flops_ratio, params_ratio=args.params_ratio),
+                              blockwise_epochs=max(1, args.epochs // 2), finetune_epochs=args.epochs)
+    x_fit, y_fit = spec.apply(train.images[fit_index]), train.labels[fit_index]
+    x_val, y_val = spec.apply(train.images[val_index]), train.labels[val_index]
+    out = Path("benchmarks/.compress_student")
+    out.mkdir(parents=True, exist_ok=True)
+    student, report = compress(teacher, {"model": "fmnist-resnet", "in_channels": 1, "num_classes": 10},
+                               x_fit, y_fit, x_val, y_val, options, out)
+    s_flops = count_flops(student, INPUT)
+    rows.append(("searched student", s_flops, count_params(student), evaluate_torch(student, x_test, y_test)))
+
+    scratch, width = width_scaled(s_flops)
+    scratch, _ = train_classifier(scratch, train, data.test, spec, TrainOptions(epochs=args.epochs),
+                                  {"model": f"width-{width:.3f}", "benchmark": "compress", "subset": args.train_subset})
+    rows.append((f"width x{width:.2f}, cross-entropy", count_flops(scratch, INPUT), count_params(scratch),
+                 evaluate_torch(scratch, x_test, y_test)))
+
+    distilled, _ = width_scaled(s_flops)
+    kd_options = CompressOptions(finetune_epochs=args.epochs, patience=args.epochs)
+    finetune(distilled, teacher, torch.from_numpy(x_fit), torch.from_numpy(y_fit), x_val, y_val, kd_options)
+    rows.append((f"width x{width:.2f}, distillation", count_flops(distilled, INPUT), count_params(distilled),
+                 evaluate_torch(distilled.eval(), x_test, y_test)))
+
+    print(f"{'model':32s} {'FLOPs':>12s} {'params':>10s} {'top-1':>7s} {'FLOPs/T':>8s} {'params/T':>9s} {'top-1 - T':>9s}")
+    for name, flops, params, top1 in rows:
+        print(f"{name:32s} {flops:12,d} {params:10,d} {top1:7.2f} {flops / t_flops:8.2f} {params / t_params:9.2f} "
+              f"{top1 - rows[0][3]:+9.2f}")
+    print(f"total {time.perf_counter() - started:.0f} s; FLOPs count a multiply-add as 2", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps({"epochs": args.epochs, "rows": [
+            {"model": n, "flops": f, "params": p, "top1": a} for n, f, p, a in rows], "compression": report}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
