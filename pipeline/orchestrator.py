@@ -90,7 +90,7 @@ class Run:
             return record
         self.log(f"[run ] {step_id}")
         started = time.perf_counter()
-        remove_partials(directory.parent)
+        remove_partials(directory if flatten else directory.parent)
         if flatten:  # the outputs go straight into ``directory``, each file replaced atomically
             with atomic_dir(directory / ".staging") as tmp:
                 outputs = produce(tmp)
@@ -122,11 +122,14 @@ class Run:
                   "data": self.data_fingerprint}
 
         def produce(tmp: Path) -> dict:
+            import torch
+
             from .train import train_classifier
 
             height, width, channels = self.data.image_shape
             input_shape = (1, channels, height, width)
             num_classes = len(self.data.classes)
+            torch.manual_seed(cfg.train.seed)  # the same initial weights on every run
             model = build_model(self.source, channels, num_classes)
             check_input(model, input_shape, self.config.model, num_classes)
             preprocess = PreprocessSpec.from_images(self.data.train.images)
@@ -138,8 +141,6 @@ class Run:
                 )
             files = {"torchscript": "model.torchscript.pt"}
             if self.source.kind in ("builtin", "factory"):
-                import torch
-
                 torch.save(model.state_dict(), tmp / "weights.pt")
                 files["weights"] = "weights.pt"
             _save_torchscript(model, input_shape, tmp / files["torchscript"])

@@ -12,8 +12,8 @@ from pipeline.orchestrator import Run
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(
     model="fmnist-tiny",
-    train={"epochs": 2, "train_subset": 4000},
-    calibration={"num_samples": 64},
+    train={"epochs": 4, "train_subset": 10000},
+    calibration={"num_samples": 128},
     eval_samples=400,
     bench={"runs": 30, "warmup": 3, "max_seconds": 5.0},
 )

@@ -115,3 +115,24 @@ def test_run_with_compress_sends_the_student_through_every_stage(tmp_path, capsy
     # the student's spec is a model source of its own
     student = load_student(out / "shared" / "compress" / "student.json")
     assert count_flops(student, (1, 1, 28, 28)) == report["student"]["flops"]
+
+
+def test_two_process_ddp_run_agrees_across_ranks(tmp_path):
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    weights = tmp_path / "teacher.pt"
+    torch.save(fmnist_tiny().state_dict(), weights)
+    out = tmp_path / "ddp"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "pipeline.compress.torchrun_main", "--model", "fmnist-tiny", "--weights", str(weights), "--out", str(out),
+         "--train-subset", "1024", "--val-samples", "256", "--finetune-epochs", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((out / "compression.json").read_text())
+    assert report["world_size"] == 2
+    assert (out / "rank0.sha256").read_text() == (out / "rank1.sha256").read_text()
+    assert load_student(out / "student.json") is not None

@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..models import count_flops, count_params
 from ..targets import parse_count
 from ..train import evaluate_torch
+from . import distributed
 from .blocks import cut_teacher
 from .search import block_shapes, distill_blockwise, make_candidates
 from .selection import Option, pareto_front, select
@@ -101,22 +102,24 @@ def finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.T
     teacher.eval()
     steps_per_epoch = max(1, len(y) // options.batch_size)
     optimizer = torch.optim.AdamW(student.parameters(), lr=options.lr, weight_decay=5e-4)
+    model = distributed.wrap(student)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, options.lr, total_steps=options.finetune_epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(options.seed)
     best, best_state, stale, history = -1.0, None, 0, []
     for epoch in range(options.finetune_epochs):
-        student.train()
+        model.train()
         order = torch.randperm(len(y), generator=generator)
         for step in tqdm(range(steps_per_epoch), desc=f"fine-tune student {epoch + 1}/{options.finetune_epochs}",
-                         unit="batch"):
-            index = order[step * options.batch_size : (step + 1) * options.batch_size]
+                         unit="batch", disable=not distributed.is_main()):
+            index = distributed.shard(order[step * options.batch_size : (step + 1) * options.batch_size])
             with torch.no_grad():
                 target = teacher(x[index])
-            loss = _distillation_loss(student(x[index]), target, y[index], options.temperature, options.alpha)
+            loss = _distillation_loss(model(x[index]), target, y[index], options.temperature, options.alpha)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
+        distributed.sync_buffers(student)
         accuracy = evaluate_torch(student, x_val, y_val)
         history.append(accuracy)
         if accuracy > best:
@@ -183,7 +186,8 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
     tuning = finetune(student, teacher, x, torch.from_numpy(train_y), val_x, val_y, options)
     timings["finetune_s"] = time.perf_counter() - started
     student.eval()
-    save_student(student, spec, out_dir)
+    if distributed.is_main():
+        save_student(student, spec, out_dir)
     report = {
         "flop_convention": "a multiply-add counts as 2 FLOPs",
         "budget": {"max_flops": max_flops, "max_params": max_params},
@@ -197,6 +201,7 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
         "pareto_front": [{"flops": s.flops, "params": s.params, "score": s.score,
                           "blocks": [candidates[b][c].spec["type"] for b, c in enumerate(s.choice)]} for s in front],
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "world_size": distributed.world_size(),
         "options": {**asdict(options), "budget": asdict(options.budget)},
     }
     return student, report

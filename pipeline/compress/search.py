@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..models import BasicBlock, count_flops, count_params
+from . import distributed
 from .blocks import TeacherBlock, build_block
 
 EXPANSIONS, KERNELS, DEPTHS = (1, 2, 4, 6), (3, 5), (1, 2)
@@ -89,32 +90,47 @@ def _nmse(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((y - target) ** 2).mean() / (target ** 2).mean().clamp_min(1e-8)
 
 
+class CandidateBank(nn.Module):
+    """All trainable candidates as one module whose forward is their summed block losses (one DDP unit)."""
+
+    def __init__(self, candidates: list[list[Candidate]]):
+        super().__init__()
+        self.index = [(b, i) for b, group in enumerate(candidates) for i, c in enumerate(group) if c.trainable]
+        self.members = nn.ModuleList([candidates[b][i].module for b, i in self.index])
+
+    def forward(self, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> torch.Tensor:
+        return sum(_nmse(m(inputs[b]), outputs[b]) for (b, _), m in zip(self.index, self.members))
+
+
 def distill_blockwise(blocks: list[TeacherBlock], candidates: list[list[Candidate]], train: torch.Tensor,
                       held_out: torch.Tensor, epochs: int, batch_size: int = 128, lr: float = 3e-3, seed: int = 0) -> None:
     """Train every trainable candidate on its block; set each candidate's held-out score (normalised MSE)."""
     torch.manual_seed(seed)
     for block in blocks:
         block.module.eval()
-    trainable = [c for group in candidates for c in group if c.trainable]
-    params = [p for c in trainable for p in c.module.parameters()]
+    bank = CandidateBank(candidates)
+    trainable = len(bank.index)
+    params = list(bank.parameters())
+    bank = distributed.wrap(bank.train())
     steps = epochs * max(1, len(train) // batch_size)
     optimizer = torch.optim.Adam(params, lr=lr) if params else None
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps) if params else None
     generator = torch.Generator().manual_seed(seed)
-    bar = tqdm(total=steps, desc=f"block-wise distillation ({len(trainable)} candidates)", unit="batch")
+    bar = tqdm(total=steps, desc=f"block-wise distillation ({trainable} candidates)", unit="batch",
+               disable=not distributed.is_main())
     for _ in range(epochs if params else 0):
         order = torch.randperm(len(train), generator=generator)
         for start in range(0, len(train) - batch_size + 1, batch_size):
-            inputs, outputs = _teacher_features(blocks, train[order[start : start + batch_size]])
-            loss = sum(_nmse(c.module.train()(inputs[b]), outputs[b]) for b, group in enumerate(candidates)
-                       for c in group if c.trainable)
+            inputs, outputs = _teacher_features(blocks, distributed.shard(train[order[start : start + batch_size]]))
+            loss = bank(inputs, outputs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item() / len(trainable):.4f}")
+            bar.set_postfix(loss=f"{loss.item() / trainable:.4f}")
     bar.close()
+    distributed.sync_buffers(bank)
     sums = [[0.0] * len(group) for group in candidates]
     batches = 0
     with torch.no_grad():
