@@ -81,8 +81,8 @@ class Run:
         if stage not in self.requested:
             if not valid:
                 raise StageOrderError(
-                    f"{self.out}: stage '{stage}' has no up-to-date output ({step_id}); run 'pipeline {stage}' "
-                    f"or 'pipeline run' on this directory first"
+                    f"{self.out}: stage '{stage}' has no up-to-date output ({step_id}); run "
+                    f"'pipeline {'export' if stage == 'model' else stage}' or 'pipeline run' on this directory first"
                 )
             return record
         if valid and not self._forced(stage):

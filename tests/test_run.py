@@ -138,7 +138,7 @@ def test_stage_commands_run_alone_on_the_previous_output(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert main(["evaluate", "--out", out, "--target", str(profile), *_cli()]) == 7
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "stage 'model' has no up-to-date output" in err
+    assert "\n" not in err and "stage 'model' has no up-to-date output" in err and "run 'pipeline export'" in err
     assert main(["export", "--out", out, "--target", str(profile), *_cli()]) == 0
     assert (tmp_path / "run" / "shared" / "export-opset13" / "model.onnx").is_file()
     # later stage commands read the run's saved configuration: no options needed
