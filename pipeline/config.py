@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import yaml
 from calibration import CalibrationOptions
 
 from .compress import CompressOptions
+from .artifacts import plain_data, write_text
 from .errors import ConfigError
 from .train import TrainOptions
 
@@ -53,17 +54,7 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-safe data: enums as their values, tuples as lists."""
-
-        def plain(value):
-            if isinstance(value, dict):
-                return {k: plain(v) for k, v in value.items()}
-            if isinstance(value, (list, tuple)):
-                return [plain(v) for v in value]
-            return value.value if hasattr(value, "value") and not isinstance(value, (int, float, str)) else value
-
-        data = plain(asdict(self))
-        data["calibration"]["method"] = self.calibration.method.value
-        return data
+        return plain_data(self)
 
 
 _NESTED = {"train": TrainOptions, "calibration": CalibrationOptions, "bench": BenchOptions,
@@ -117,6 +108,4 @@ def build_config(file: str | Path | None = None, **overrides: Any) -> RunConfig:
 
 
 def save_config(config: RunConfig, path: Path) -> None:
-    from .artifacts import write_text
-
     write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

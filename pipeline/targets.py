@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .artifacts import ARTIFACT_KINDS
+from .artifacts import ARTIFACT_KINDS, plain_data
 from .errors import ConfigError
 
 
@@ -85,18 +85,7 @@ class TargetProfile:
     accuracy_tolerance: float  # top-1 points an artifact may lose against torch fp32
 
     def to_dict(self) -> dict[str, Any]:
-        def plain(value):
-            if isinstance(value, Enum):
-                return value.value
-            if isinstance(value, Path):
-                return str(value)
-            if isinstance(value, tuple):
-                return [plain(v) for v in value]
-            if hasattr(value, "__dataclass_fields__"):
-                return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
-            return value
-
-        return plain(self)
+        return plain_data(self)
 
 
 KNOWN_RUNTIMES = ("litert", "tflite-runtime", "edgetpu", "onnxruntime", "onnxruntime-cuda", "tensorrt", "torch")

@@ -151,10 +151,10 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
     input_shape = (1, *train_x.shape[1:])
     blocks, head = cut_teacher(teacher, list(options.boundaries) if options.boundaries else None, options.frozen)
     teacher_flops, teacher_params = count_flops(teacher, input_shape), count_params(teacher)
-    head_shape = block_shapes(blocks, input_shape)[-1][1]
-    fixed = (count_flops(head, head_shape), count_params(head))
+    shapes = block_shapes(blocks, input_shape)
+    fixed = (count_flops(head, shapes[-1][1]), count_params(head))
     max_flops, max_params = options.budget.limits(teacher_flops, teacher_params)
-    candidates = [make_candidates(b, i, o) for b, (i, o) in zip(blocks, block_shapes(blocks, input_shape))]
+    candidates = [make_candidates(b, i, o) for b, (i, o) in zip(blocks, shapes)]
     options_grid = [[Option(0.0, c.flops, c.params) for c in group] for group in candidates]
     select(options_grid, max_flops, max_params, fixed)  # fail before training when the budget is unreachable
     timings["setup_s"] = time.perf_counter() - started
