@@ -4,7 +4,8 @@
     python benchmarks/compress_vs_baselines.py --epochs 5 --flops-ratio 0.5 --params-ratio 0.2 --json result.json
 
 Trains, with the same number of epochs for all: the teacher (fmnist-resnet, cross-entropy); the
-searched student at the budget (block-wise distillation + distillation fine-tuning); the teacher's
+searched student at the budget (block-wise distillation on --blockwise-subset samples for epochs // 2
+epochs, then distillation fine-tuning for the epochs); the teacher's
 architecture uniformly width-scaled to the student's FLOPs, trained from scratch with cross-entropy;
 and the same width-scaled net trained with plain logit distillation from the teacher. Prints one
 table (FLOPs, params, test top-1, ratios to the teacher) and writes it as JSON.
@@ -44,7 +45,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--flops-ratio", type=float, default=0.5)
     parser.add_argument("--params-ratio", type=float, default=0.2)
-    parser.add_argument("--train-subset", type=int, default=None)
+    parser.add_argument("--train-subset", type=int, default=None, help="train everything on this many samples")
+    parser.add_argument("--blockwise-subset", type=int, default=CompressOptions.blockwise_subset,
+                        help="samples for block-wise distillation (0: all)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     data = load_dataset(None)
@@ -61,7 +64,8 @@ def main() -> int:
     rows.append(("teacher", t_flops, t_params, evaluate_torch(teacher, x_test, y_test)))
 
     options = CompressOptions(budget=Budget(flops_ratio=args.flops_ratio, params_ratio=args.params_ratio),
-                              blockwise_epochs=max(1, args.epochs // 2), finetune_epochs=args.epochs)
+                              blockwise_epochs=max(1, args.epochs // 2), finetune_epochs=args.epochs,
+                              patience=args.epochs, blockwise_subset=args.blockwise_subset or None)
     x_fit, y_fit = spec.apply(train.images[fit_index]), train.labels[fit_index]
     x_val, y_val = spec.apply(train.images[val_index]), train.labels[val_index]
     out = Path("benchmarks/.compress_student")

@@ -8,8 +8,9 @@ from pathlib import Path
 import yaml
 
 from .config import STAGES, build_config
-from .errors import PipelineError
+from .errors import ConfigError, PipelineError
 from .orchestrator import Run
+from .stages.compare import write_comparison
 from .targets import list_targets, load_target
 
 # What each stage command runs: the model step belongs to export, calibration to quantize.
@@ -40,12 +41,20 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     add("--eval-samples", type=int, help="evaluate on a random subset of the held-out split")
     add("--bench-runs", type=int, help="timed inferences per artifact")
     add("--compress", action="store_true", default=None,
-        help="compress the model by block-wise distillation before export (budget: the targets' profiles)")
+        help="compress the model by block-wise distillation before export (the default; budget: the targets' profiles)")
+    add("--no-compress", action="store_true", default=None, help="export the model as it is, without compression")
     add("--max-flops", help="student FLOPs budget, e.g. 20M (a multiply-add counts as 2 FLOPs)")
     add("--max-params", help="student parameter budget, e.g. 300k")
     add("--flops-ratio", type=float, help="student FLOPs budget as a fraction of the teacher's")
     add("--params-ratio", type=float, help="student parameter budget as a fraction of the teacher's")
     add("--pick", type=int, help="use point N of the compression Pareto front instead of the budget's best")
+    add("--host", help="benchmark on this board over SSH (user@board) with the bundle instead of on this machine; "
+                       "'local' goes back to this machine")
+    add("--ssh-port", type=int, help="the board's SSH port")
+    add("--ssh-identity", help="private key file for SSH")
+    add("--ssh-known-hosts", help="known_hosts file for the board (a new host key is accepted and recorded there)")
+    add("--remote-python", help="the board's Python interpreter (default: python3)")
+    add("--bench-repeats", type=int, help="fresh-process repeats per artifact (the report gives their median)")
     add("--force", action="store_true", default=None, help="re-run every stage even if its inputs are unchanged")
     add("--from", dest="from_stage", choices=STAGES, help="re-run from this stage on")
 
@@ -61,9 +70,14 @@ def _config(args: argparse.Namespace, stage_command: bool):
         "train": {k: v for k, v in (("epochs", args.epochs), ("train_subset", args.train_subset)) if v is not None},
         "calibration": {k: v for k, v in (("method", args.calibration_method),
                                           ("num_samples", args.calibration_samples)) if v is not None},
-        "bench": {"runs": args.bench_runs} if args.bench_runs is not None else {},
+        "bench": {k: v for k, v in (("runs", args.bench_runs), ("repeats", args.bench_repeats), ("host", args.host),
+                                    ("ssh_port", args.ssh_port), ("ssh_identity", args.ssh_identity),
+                                    ("ssh_known_hosts", args.ssh_known_hosts), ("remote_python", args.remote_python))
+                  if v is not None},
         "compress": _compress_overrides(args),
     }
+    if args.host == "local":
+        overrides["bench"]["host"] = None
     if stage_command:  # a stage command never inherits --force/--from from the saved configuration
         overrides["force"] = bool(args.force)
         overrides["from_stage"] = args.from_stage
@@ -76,8 +90,12 @@ def _compress_overrides(args: argparse.Namespace) -> dict:
     overrides = {"budget": budget} if budget else {}
     if args.pick is not None:
         overrides["pick"] = args.pick
+    if args.compress and args.no_compress:
+        raise ConfigError("--compress and --no-compress: choose one")
     if args.compress or args.command == "compress":
         overrides["enabled"] = True
+    elif args.no_compress:
+        overrides["enabled"] = False
     return overrides
 
 
@@ -94,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _run_options(sub.add_parser("run", help="all stages for one or more targets"))
     for name in STAGE_COMMANDS:
-        _run_options(sub.add_parser(name, help=f"the {name} stage alone, on the run directory's earlier output"))
+        stage = sub.add_parser(name, help=f"the {name} stage alone, on the run directory's earlier output")
+        _run_options(stage)
+        if name == "report":
+            stage.add_argument("--compare", nargs="+", metavar="RUN",
+                               help="merge the reports of these run or target directories (or report.json files) "
+                                    "into one table, written to --out (default: comparison)")
     targets = sub.add_parser("targets", help="list or show target profiles").add_subparsers(dest="action", required=True)
     targets.add_parser("list", help="the available target profiles")
     show = targets.add_parser("show", help="one profile, validated")
@@ -108,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(yaml.safe_dump(load_target(args.name).to_dict(), sort_keys=False), end="")
             return 0
-        if args.command == "run":
+        if args.command == "report" and args.compare:
+            for path in write_comparison(args.compare, Path(args.out or "comparison")):
+                print(path)
+        elif args.command == "run":
             _print_result(Run(_config(args, False)).execute())
         else:
             _print_result(Run(_config(args, True)).execute(STAGE_COMMANDS[args.command]))

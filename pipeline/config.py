@@ -15,14 +15,32 @@ from .artifacts import plain_data, write_text
 from .errors import ConfigError
 from .train import TrainOptions
 
-STAGES = ("model", "compress", "export", "quantize", "convert", "evaluate", "bench", "report", "bundle")
+# The bundle comes before bench: a board is benchmarked with the bundle as it is deployed.
+STAGES = ("model", "compress", "export", "quantize", "convert", "evaluate", "bundle", "bench", "report")
 
 
 @dataclass(frozen=True)
 class BenchOptions:
     runs: int = 1000  # sub-millisecond models need many runs for a stable p99
     warmup: int = 50
-    max_seconds: float = 20.0
+    max_seconds: float = 20.0  # per repeat: a slow board stops timing here (after at least 10 runs)
+    repeats: int = 3  # fresh processes per artifact; the report gives the median of their statistics
+    noise_threshold: float = 0.1  # flag an artifact whose repeats' medians spread wider than this
+    host: str | None = None  # user@board: benchmark there over SSH instead of on this machine
+    ssh_port: int | None = None
+    ssh_identity: str | None = None  # private key file
+    ssh_known_hosts: str | None = None  # a known_hosts file; new host keys are accepted and recorded
+    remote_python: str = "python3"  # the board's interpreter (with numpy and the runtimes)
+    timeout_s: float = 1800.0  # for the whole remote benchmark
+
+    def __post_init__(self):
+        for name in ("runs", "warmup", "repeats"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "warmup" else 1):
+                raise ConfigError(f"bench.{name}: bad value {value!r}, expected an integer >= "
+                                  f"{0 if name == 'warmup' else 1}")
+        if not 0 < self.noise_threshold < 10:
+            raise ConfigError(f"bench.noise_threshold: bad value {self.noise_threshold!r}, expected a ratio such as 0.1")
 
 
 @dataclass(frozen=True)

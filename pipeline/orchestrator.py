@@ -2,7 +2,7 @@
 
 A step is one stage applied to one set of inputs. Steps that targets have in common (model, export,
 calibration, int8/fp16 quantization, TFLite conversion) live in ``out/shared/`` and run once; the
-per-target steps (evaluate, bench, report, bundle) write ``out/<target>/``. Every step writes into a
+per-target steps (evaluate, bundle, bench, report) write ``out/<target>/``. Every step writes into a
 temp directory that replaces its output whole, then records the hash of its inputs in
 ``out/.state/<step>.json``; a step whose record matches its inputs is skipped.
 """
@@ -28,6 +28,7 @@ from .models import ModelSource, build_model, check_input, count_flops, count_pa
 from .targets import TargetProfile, load_target
 
 PARITY_SAMPLES = 64
+EXECUTION_PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "onnxruntime-cuda": "CUDAExecutionProvider"}
 
 
 class Run:
@@ -166,7 +167,7 @@ class Run:
             data = model_record["data"]
             order = np.random.default_rng(options.seed).permutation(len(self.data.train))
             val_index = order[: options.val_samples]
-            train_index = order[options.val_samples :][: options.train_subset]
+            train_index = order[options.val_samples :][: options.finetune_subset]  # shuffled: block-wise takes its head
             spec = self.preprocess(model_record)
             images, labels = self.data.train.images, self.data.train.labels
             teacher_source = {"model": self.config.model, "in_channels": data["input_shape"][1],
@@ -305,11 +306,14 @@ class Run:
                                       input_dtype="float32", output_dtype="float32"))
         return found
 
-    def bundle_info(self, model_record: dict) -> dict:
+    def bundle_info(self, model_record: dict, target: TargetProfile) -> dict:
         data = model_record["data"]
         return {"model": {"source": self.config.model, "params": data["params"], "flops": data["flops"]},
                 "input": {"shape": data["input_shape"], "dtype": "float32", "scale": "pixels / 255"},
-                "preprocess": data["preprocess"], "classes": data["classes"]}
+                "preprocess": data["preprocess"], "classes": data["classes"],
+                # onnxruntime providers the board's runtimes bring, in its order of preference; CPU last
+                "execution_providers": [EXECUTION_PROVIDERS[r] for r in target.runtimes if r in EXECUTION_PROVIDERS]
+                + ["CPUExecutionProvider"]}
 
     # ---- the whole run --------------------------------------------------------------------
     def execute(self, stages: Iterable[str] | None = None) -> dict[str, Path]:
@@ -357,11 +361,10 @@ class Run:
         from .stages import report as report_stage
 
         target_dir = self.out / target.name
-        # More threads than this host has cores would measure contention, not the model.
-        threads = min(target.threads, os.cpu_count() or 1)
+        threads = min(target.threads, os.cpu_count() or 1)  # for evaluation on this host
         artifacts = self.artifacts(target, model_record, sources)
         artifact_records = [sources[a.kind][0] for a in artifacts]
-        manifest = {**self.bundle_info(model_record), "artifacts": [a.to_dict() for a in artifacts]}
+        manifest = {**self.bundle_info(model_record, target), "artifacts": [a.to_dict() for a in artifacts]}
         write_json(target_dir / "artifacts.json", manifest)
 
         def evaluate(tmp: Path) -> dict:
@@ -375,17 +378,44 @@ class Run:
                                [model_record, *artifact_records], target_dir / "evaluate", evaluate)
         if "evaluate" in self.requested:
             evaluate_stage.check_tolerance(evaluation["data"]["evaluations"], target.accuracy_tolerance, target.name)
+        bundled = None
+        if self.wants("bundle") and ("bundle" in self.requested or self.config.bench.host):
+            def bundle(tmp: Path) -> dict:
+                bundle_stage.write_bundle(tmp, artifacts, target_dir, {"target": target.name,
+                                                                       **self.bundle_info(model_record, target)})
+                return {"files": {"manifest": "manifest.json"}}
+
+            bundled = self.step(f"{target.name}/bundle", "bundle", {}, [model_record, *artifact_records],
+                                target_dir / "bundle", bundle)
         if not self.wants("bench"):
             return target_dir
 
-        def bench(tmp: Path) -> dict:
-            results = bench_stage.bench_artifacts(target_dir / "artifacts.json", artifacts, threads,
-                                                  self.config.bench, tmp)
-            return {"files": {r["artifact"]: f"{r['artifact']}.json" for r in results}, "results": results}
+        options = self.config.bench
+        if options.host:  # on the board, with the bundle as deployed
+            from .remote import SSHTarget, remote_bench
 
-        benched = self.step(f"{target.name}/bench", "bench",
-                            {"bench": asdict(self.config.bench), "threads": threads},
-                            artifact_records, target_dir / "bench", bench)
+            ssh = SSHTarget(options.host, port=options.ssh_port, identity_file=options.ssh_identity,
+                            python=options.remote_python, known_hosts=options.ssh_known_hosts)
+            threads, location, upstream = target.threads, {"kind": "ssh", "host": options.host}, [bundled]
+
+            def measure(out_json: Path) -> dict:
+                return remote_bench(ssh, self.path(bundled, "manifest").parent, target,
+                                    bench_stage.runner_args(options, threads), out_json, options.timeout_s, self.log)
+        else:
+            # More threads than this host has cores would measure contention, not the model.
+            threads, location, upstream = min(target.threads, os.cpu_count() or 1), {"kind": "local"}, artifact_records
+
+            def measure(out_json: Path) -> dict:
+                return bench_stage.bench_local(target_dir / "artifacts.json", threads, options, out_json, self.log)
+
+        def bench(tmp: Path) -> dict:
+            suite = measure(tmp / "bench.json")
+            return {"files": {"suite": "bench.json"}, "results": suite["results"], "system": suite["system"],
+                    "system_after": suite["system_after"], "location": suite["location"]}
+
+        timing = {k: v for k, v in asdict(options).items() if k not in ("timeout_s",)}
+        benched = self.step(f"{target.name}/bench", "bench", {"bench": timing, "threads": threads, "where": location},
+                            upstream, target_dir / "bench", bench)
         if not self.wants("report"):
             return target_dir
 
@@ -403,25 +433,30 @@ class Run:
                 "dataset": data["dataset"], "export_parity": export["data"]["parity_max_abs"],
                 "calibration": {"method": self.config.calibration.method.value,
                                 "num_samples": self.config.calibration.num_samples},
-                "system": benched["data"]["results"][0]["system"], "profile_threads": target.threads,
+                "measured_on": {**benched["data"]["location"], "system": benched["data"]["system"],
+                                "system_after": benched["data"]["system_after"]},
+                "profile_threads": target.threads,
+                "bench": {k: getattr(options, k) for k in ("repeats", "runs", "warmup", "noise_threshold")},
                 "versions": bundle_stage.tool_versions(),
+                "estimates": self._estimates(target, rows, data["flops"], export) if not options.host else [],
             }
             names = report_stage.write_report(content, tmp)
             return {"files": {n: n for n in names}}
 
         self.step(f"{target.name}/report", "report", {}, [model_record, export, evaluation, benched],
                   target_dir, report, flatten=True)
-        if not self.wants("bundle"):
-            return target_dir
-
-        def bundle(tmp: Path) -> dict:
-            bundle_stage.write_bundle(tmp, artifacts, target_dir, {"target": target.name,
-                                                                   **self.bundle_info(model_record)})
-            return {"files": {"manifest": "manifest.json"}}
-
-        self.step(f"{target.name}/bundle", "bundle", {}, [model_record, *artifact_records],
-                  target_dir / "bundle", bundle)
         return target_dir
+
+
+    def _estimates(self, target: TargetProfile, rows: list[dict], flops: int, export: dict) -> list[dict]:
+        """Roofline figures for the board from its profile, for a run that could not measure on it."""
+        from .estimate import estimate_all
+
+        if target.performance is None:
+            return []
+        kinds = [r["kind"] for r in rows if r["kind"] != REFERENCE_KIND]
+        return [{**asdict(e), "source": target.performance.source}
+                for e in estimate_all(kinds, flops, self.path(export, "onnx"), target.performance)]
 
 
 def _budget_text(target: TargetProfile, data: dict) -> str:

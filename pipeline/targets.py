@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import os
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,25 @@ class Budgets:
 
 
 @dataclass(frozen=True)
+class PeakGops:
+    """Giga-operations per second at each precision, on the compute path the board's artifacts of that
+    precision run on (GPU, NPU or CPU); None where the board has no such path."""
+
+    fp32: float | None
+    fp16: float | None
+    int8: float | None
+
+
+@dataclass(frozen=True)
+class Performance:
+    """Theoretical peaks for roofline estimates (``pipeline.estimate``) and where they come from."""
+
+    peak_gops: PeakGops
+    memory_bandwidth_gbs: float
+    source: str  # URL(s) of the specifications the figures come from, cited by the report
+
+
+@dataclass(frozen=True)
 class TargetProfile:
     name: str
     description: str
@@ -83,6 +102,9 @@ class TargetProfile:
     int8: Int8Scheme
     budgets: Budgets
     accuracy_tolerance: float  # top-1 points an artifact may lose against torch fp32
+    # runtime -> the shell command that installs it on the board; a dict is unhashable, so kept out of the hash
+    install: dict[str, str] = field(hash=False)
+    performance: Performance | None  # None: no roofline estimates for this board
 
     def to_dict(self) -> dict[str, Any]:
         return plain_data(self)
@@ -102,8 +124,8 @@ class _Fields:
         self.data = data
 
     def fail(self, key: str, value: Any, expected: str) -> None:
-        field = f"{self.prefix}{key}" or "<top level>"
-        raise ConfigError(f"{self.source}: field '{field}': bad value {value!r}, expected {expected}")
+        name = f"{self.prefix}{key}".rstrip(".") or "<top level>"  # a section itself: 'install', not 'install.'
+        raise ConfigError(f"{self.source}: field '{name}': bad value {value!r}, expected {expected}")
 
     def check_keys(self, allowed: list[str]) -> None:
         for key in self.data:
@@ -142,6 +164,14 @@ class _Fields:
             self.fail(key, value, f"a number >= {minimum}")
         return float(value)
 
+    def positive(self, key: str, unit: str = "number", nullable: bool = False) -> float | None:
+        value = self.get(key, optional=nullable)
+        if value is None and nullable:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            self.fail(key, value, f"a positive {unit}" + (", or null" if nullable else ""))
+        return float(value)
+
     def boolean(self, key: str) -> bool:
         value = self.get(key)
         if not isinstance(value, bool):
@@ -154,6 +184,16 @@ class _Fields:
             return kind(value)
         except ValueError:
             self.fail(key, value, "one of " + ", ".join(m.value for m in kind))
+
+    def install_commands(self, key: str, runtimes: tuple[str, ...]) -> dict[str, str]:
+        """Runtime name -> the shell command installing it; each of ``runtimes`` needs one."""
+        commands = self.sub(key)
+        commands.check_keys(list(KNOWN_RUNTIMES))
+        for name in runtimes:
+            if name not in commands.data:
+                raise ConfigError(f"{self.source}: missing field '{commands.prefix}{name}': expected the shell command "
+                                  f"that installs {name} on this board (every runtime in 'runtimes' needs one)")
+        return {name: commands.string(name) for name in commands.data}
 
     def choices(self, key: str, valid: tuple[str, ...]) -> tuple[str, ...]:
         value = self.get(key)
@@ -229,10 +269,8 @@ def _parse_profile(path: Path, data: Any) -> TargetProfile:
     budgets = top.sub("budgets")
     budgets.check_keys([f.name for f in fields(Budgets)])
     threads = top.integer("threads")
-    size = budgets.get("max_model_size_mb", optional=True)
-    if size is not None and (isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0):
-        budgets.fail("max_model_size_mb", size, "a positive number of megabytes, or null")
     artifacts = top.choices("artifacts", tuple(ARTIFACT_KINDS))
+    runtimes = top.choices("runtimes", KNOWN_RUNTIMES)
     profile = TargetProfile(
         name=top.string("name"),
         description=top.string("description"),
@@ -244,7 +282,7 @@ def _parse_profile(path: Path, data: Any) -> TargetProfile:
             memory_mb=board.integer("memory_mb"),
             accelerator=board.string("accelerator"),
         ),
-        runtimes=top.choices("runtimes", KNOWN_RUNTIMES),
+        runtimes=runtimes,
         artifacts=artifacts,
         threads=threads,
         onnx_opset=top.integer("onnx_opset", minimum=13),
@@ -257,12 +295,30 @@ def _parse_profile(path: Path, data: Any) -> TargetProfile:
         budgets=Budgets(
             max_flops=budgets.count("max_flops"),
             max_params=budgets.count("max_params"),
-            max_model_size_mb=float(size) if size is not None else None,
+            max_model_size_mb=budgets.positive("max_model_size_mb", "number of megabytes", nullable=True),
         ),
         accuracy_tolerance=top.number("accuracy_tolerance"),
+        install=top.install_commands("install", runtimes),
+        performance=_parse_performance(top),
     )
     if profile.onnx_opset > 21:
         top.fail("onnx_opset", profile.onnx_opset, "an opset between 13 and 21 (onnx 1.19 / onnxruntime 1.23)")
     if path.parent == TARGETS_DIR and profile.name != path.stem:
         top.fail("name", profile.name, f"'{path.stem}' (the file name)")
     return profile
+
+
+def _parse_performance(top: _Fields) -> Performance | None:
+    """The optional ``performance:`` section; absent or null means no roofline estimates."""
+    if top.get("performance", optional=True) is None:
+        return None
+    section = top.sub("performance")
+    section.check_keys([f.name for f in fields(Performance)])
+    peaks = section.sub("peak_gops")
+    peaks.check_keys([f.name for f in fields(PeakGops)])
+    return Performance(
+        peak_gops=PeakGops(**{f.name: peaks.positive(f.name, "number of giga-operations per second", nullable=True)
+                              for f in fields(PeakGops)}),
+        memory_bandwidth_gbs=section.positive("memory_bandwidth_gbs", "number of GB/s"),
+        source=section.string("source"),
+    )

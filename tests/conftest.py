@@ -15,7 +15,8 @@ SMALL = dict(
     train={"epochs": 4, "train_subset": 10000},
     calibration={"num_samples": 128},
     eval_samples=400,
-    bench={"runs": 30, "warmup": 3, "max_seconds": 5.0},
+    bench={"runs": 30, "warmup": 3, "max_seconds": 5.0, "repeats": 2},
+    compress={"enabled": False},
 )
 
 

@@ -95,17 +95,18 @@ def test_student_rebuilt_from_its_spec_gives_identical_outputs(compressed):
     assert [b["chosen"] for b in report["blocks"]] == spec["blocks"]
 
 
-def test_run_with_compress_sends_the_student_through_every_stage(tmp_path, capsys):
+def test_run_compresses_by_default_and_sends_the_student_through_every_stage(tmp_path, capsys):
     from pipeline.cli import main
 
     config = tmp_path / "pipeline.yaml"
     config.write_text(
         "model: fmnist-tiny\ntrain: {epochs: 2, train_subset: 3000}\ncalibration: {num_samples: 32}\n"
         "eval_samples: 200\nbench: {runs: 10, warmup: 1}\n"
-        "compress: {blockwise_epochs: 1, finetune_epochs: 1, train_subset: 2000, val_samples: 500}\n"
+        "compress: {blockwise_epochs: 1, finetune_epochs: 1, blockwise_subset: 1000, finetune_subset: 2000, "
+        "val_samples: 500}\n"
     )
     out = tmp_path / "run"
-    assert main(["run", "--config", str(config), "--out", str(out), "--target", "coral-edgetpu", "--compress",
+    assert main(["run", "--config", str(config), "--out", str(out), "--target", "coral-edgetpu",
                  "--flops-ratio", "0.6"]) == 0, capsys.readouterr().err
     report = json.loads((out / "shared" / "compress" / "compression.json").read_text())
     assert report["student"]["flops"] <= report["budget"]["max_flops"] <= 0.6 * report["teacher"]["flops"]

@@ -85,9 +85,10 @@ def test_second_run_skips_everything_and_from_reruns_later_stages(tiny_run, smal
     Run(small_config(run.out, targets="raspberry-pi-4,coral-edgetpu"), log=lines.append).execute()
     assert lines and all(line.startswith("[skip]") for line in lines)
     lines.clear()
-    Run(small_config(run.out, targets="raspberry-pi-4", from_stage="report"), log=lines.append).execute()
+    Run(small_config(run.out, targets="raspberry-pi-4", from_stage="bench"), log=lines.append).execute()
     ran = [line.split()[-1] for line in lines if line.startswith("[run ]")]
-    assert ran == ["raspberry-pi-4/report", "raspberry-pi-4/bundle"]
+    assert ran == ["raspberry-pi-4/bench", "raspberry-pi-4/report"]
+    assert any(line.strip().startswith("bench [") for line in lines)  # the benchmark's progress
 
 
 def test_changed_calibration_reruns_only_what_depends_on_it(tmp_path, small_config):
@@ -124,7 +125,7 @@ def test_interrupted_run_resumes(tmp_path, small_config, monkeypatch):
 
 def _cli(*args):
     return ["--model", "fmnist-tiny", "--epochs", "4", "--train-subset", "10000", "--calibration-samples", "128",
-            "--eval-samples", "400", "--bench-runs", "10", *args]
+            "--eval-samples", "400", "--bench-runs", "10", "--no-compress", *args]
 
 
 def test_stage_commands_run_alone_on_the_previous_output(tmp_path, capsys):
@@ -151,7 +152,8 @@ def test_stage_commands_run_alone_on_the_previous_output(tmp_path, capsys):
 def test_config_file_with_flag_override(tmp_path):
     config = tmp_path / "pipeline.yaml"
     config.write_text("targets: coral-edgetpu\nmodel: fmnist-tiny\ntrain: {epochs: 1, train_subset: 2000}\n"
-                      "calibration: {num_samples: 16}\neval_samples: 50\nbench: {runs: 5, warmup: 1}\n")
+                      "calibration: {num_samples: 16}\neval_samples: 50\nbench: {runs: 5, warmup: 1}\n"
+                      "compress: {enabled: false}\n")
     out = tmp_path / "run"
     assert main(["export", "--config", str(config), "--out", str(out), "--calibration-samples", "24"]) == 0
     import yaml

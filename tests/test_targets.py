@@ -2,12 +2,13 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline import list_targets, load_target
 from pipeline.artifacts import ARTIFACT_KINDS
 from pipeline.cli import main
 from pipeline.errors import ConfigError
-from pipeline.targets import TARGETS_DIR
+from pipeline.targets import KNOWN_RUNTIMES, TARGETS_DIR
 
 EXPECTED = {"raspberry-pi-4", "raspberry-pi-5", "jetson-nano", "jetson-orin-nano", "coral-edgetpu", "host"}
 
@@ -24,6 +25,13 @@ def test_every_profile_is_valid_and_cites_its_source(name):
     assert 13 <= profile.onnx_opset <= 21 and profile.threads >= 1 and profile.accuracy_tolerance > 0
     if name != "host":
         assert "Sources:" in (TARGETS_DIR / f"{name}.yaml").read_text(), "cite the board's public specification"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_runtime_has_an_install_command(name):
+    profile = load_target(name)
+    assert set(profile.runtimes) <= set(profile.install) <= set(KNOWN_RUNTIMES)
+    assert all(command.strip() and "\n" not in command for command in profile.install.values())
 
 
 def test_board_specific_int8_schemes():
@@ -64,6 +72,12 @@ def test_user_profile_by_path(tmp_path):
         ("max_flops: 40M", "max_flops: lots", "field 'budgets.max_flops': bad value 'lots'"),
         ("threads: 4", "thread: 4", "unknown field 'thread' (did you mean 'threads'?)"),
         ("onnx_opset: 17", "onnx_opset: 30", "field 'onnx_opset': bad value 30"),
+        ("  onnxruntime: python3 -m venv ~/.venvs/ep && ~/.venvs/ep/bin/pip install onnxruntime numpy\n", "",
+         "missing field 'install.onnxruntime': expected the shell command that installs onnxruntime on this board"),
+        ("  tflite-runtime: python3", "  tflite_runtime: python3",
+         "unknown field 'install.tflite_runtime' (did you mean 'tflite-runtime'?)"),
+        ("  litert: python3 -m venv ~/.venvs/ep && ~/.venvs/ep/bin/pip install ai-edge-litert numpy", "  litert: ''",
+         "field 'install.litert': bad value '', expected a non-empty string"),
     ],
 )
 def test_bad_profile_names_file_field_and_value(tmp_path, old, new, message):
@@ -71,6 +85,24 @@ def test_bad_profile_names_file_field_and_value(tmp_path, old, new, message):
     with pytest.raises(ConfigError) as info:
         load_target(str(path))
     assert str(path) in str(info.value) and message in str(info.value)
+
+
+def test_install_section_is_required(tmp_path):
+    text = _profile(tmp_path).read_text()
+    without_install = text[:text.index("install:")] + text[text.index("# Roofline"):]
+    (tmp_path / "board.yaml").write_text(without_install)
+    with pytest.raises(ConfigError, match="board.yaml: missing field 'install'"):
+        load_target(str(tmp_path / "board.yaml"))
+    (tmp_path / "board.yaml").write_text(without_install + "install: pip install onnxruntime\n")
+    with pytest.raises(ConfigError, match="field 'install': bad value 'pip install onnxruntime', expected a mapping"):
+        load_target(str(tmp_path / "board.yaml"))
+
+
+def test_targets_show_prints_install_and_performance(capsys):
+    assert main(["targets", "show", "jetson-nano"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["install"]["tensorrt"] == load_target("jetson-nano").install["tensorrt"]
+    assert shown["performance"]["peak_gops"]["fp16"] == 472 and shown["performance"]["source"].startswith("https://")
 
 
 def test_targets_list_cli(capsys):

@@ -1,36 +1,45 @@
-"""Bench: each artifact timed in a fresh process by the bundle's own runner, with the profile's thread count."""
+"""Bench: the bundle runner's ``bench-all`` on this host, or on the board over SSH (``pipeline.remote``).
+
+Both give the same versioned JSON (``embedded-pipeline/bench-suite/1``): every artifact timed in fresh
+processes, ``repeats`` times, with the median of the repeats and a noise flag.
+"""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from collections import deque
 from pathlib import Path
-
-from tqdm.auto import tqdm
 
 import benchmarks.runner
 
-from ..artifacts import Artifact
 from ..config import BenchOptions
 from ..errors import BenchmarkError
 
 RUNNER = Path(benchmarks.runner.__file__)
 
 
-def bench_artifacts(manifest_path: Path, artifacts: list[Artifact], threads: int, options: BenchOptions,
-                    workdir: Path) -> list[dict]:
-    """Benchmark every artifact of ``manifest_path`` in its own process (clean peak memory, no shared warm-up)."""
-    results = []
-    for artifact in tqdm(artifacts, desc="benchmark", unit="artifact"):
-        out = workdir / f"{artifact.kind}.json"
-        command = [
-            sys.executable, str(RUNNER), "--manifest", str(manifest_path), "bench", "--artifact", artifact.kind,
-            "--threads", str(threads), "--runs", str(options.runs), "--warmup", str(options.warmup),
-            "--max-seconds", str(options.max_seconds), "--json", str(out),
-        ]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0 or not out.is_file():
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise BenchmarkError(f"{artifact.path}: benchmark of {artifact.kind} failed: {last}")
-        results.append(json.loads(out.read_text()))
-    return results
+def runner_args(options: BenchOptions, threads: int) -> list[str]:
+    """The ``bench-all`` options, the same for a local and a remote run."""
+    return ["--threads", str(threads), "--runs", str(options.runs), "--warmup", str(options.warmup),
+            "--max-seconds", str(options.max_seconds), "--repeats", str(options.repeats),
+            "--noise-threshold", str(options.noise_threshold)]
+
+
+def bench_local(manifest_path: Path, threads: int, options: BenchOptions, out_json: Path,
+                log=print) -> dict:
+    """Run the runner's ``bench-all`` here on ``manifest_path``; its progress lines go to ``log``."""
+    command = [sys.executable, str(RUNNER), "--manifest", str(manifest_path), "bench-all",
+               *runner_args(options, threads), "--json", str(out_json)]
+    tail: deque[str] = deque(maxlen=5)
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as process:
+        for line in process.stderr:
+            tail.append(line.rstrip())
+            if line.startswith("["):
+                log(f"  bench {line.rstrip()}")
+    if process.returncode != 0 or not out_json.is_file():
+        raise BenchmarkError(f"{manifest_path}: benchmark failed: {tail[-1] if tail else 'no output'}")
+    suite = json.loads(out_json.read_text())
+    suite["location"] = {"kind": "local"}
+    out_json.write_text(json.dumps(suite, indent=2))
+    return suite

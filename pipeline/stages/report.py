@@ -34,17 +34,19 @@ def compression_markdown(report: dict) -> str:
 
 
 def merge_rows(evaluations: list[dict], benches: list[dict], size_budget_mb: float | None) -> list[dict]:
+    """One row per benchmarked artifact: its accuracy next to its latency (a board's bundle has no PyTorch row)."""
     by_kind = {b["artifact"]: b for b in benches}
     rows = []
     for e in evaluations:
-        b = by_kind[e["kind"]]
-        size_mb = b["size_bytes"] / 2**20
+        b = by_kind.get(e["kind"])
+        if b is None:
+            continue
         rows.append({
-            **e, "label": ARTIFACT_KINDS[e["kind"]].label, "runtime": f"{b['runtime']} {b['runtime_version']}",
-            "size_bytes": b["size_bytes"], "latency_ms": b["latency_ms"], "load_ms": b["load_ms"],
-            "first_inference_ms": b["first_inference_ms"], "peak_rss_mb": b["peak_rss_mb"],
-            "threads": b["threads"], "runs": b["runs"],
-            "fits_size_budget": size_budget_mb is None or size_mb <= size_budget_mb,
+            **e, "label": ARTIFACT_KINDS[e["kind"]].label,
+            "runtime": f"{b['runtime']} {b['runtime_version']}" + "".join(f" + {a}" for a in b["accelerators"]),
+            **{k: b[k] for k in ("size_bytes", "latency_ms", "load_ms", "first_inference_ms", "peak_rss_mb",
+                                 "rss_growth_mb", "throughput_per_s", "threads", "runs", "repeats", "spread", "noisy")},
+            "fits_size_budget": size_budget_mb is None or b["size_bytes"] / 2**20 <= size_budget_mb,
         })
     return rows
 
@@ -96,19 +98,64 @@ def _plots(rows: list[dict]) -> dict[str, bytes]:
     return out
 
 
+def spread_text(row: dict) -> str:
+    """The repeats' spread, marked when it is over the noise threshold."""
+    if row["spread"] is None:
+        return "n/a (1 repeat)"
+    return f"{row['spread']:.1%}" + (" NOISY" if row["noisy"] else "")
+
+
 def _table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     header = ["artifact", "runtime", "size (KiB)", "top-1 (%)", "drop (pts)", "agreement (%)", "max logit diff",
-              "p50 (ms)", "p90 (ms)", "p99 (ms)", "mean ± std (ms)", "load (ms)", "first (ms)", "peak RSS (MiB)"]
+              "p50 (ms)", "p90 (ms)", "p99 (ms)", "mean ± std (ms)", "spread", "inferences/s", "load (ms)",
+              "first (ms)", "peak RSS (MiB)", "RSS growth (MiB)"]
     body = []
     for r in rows:
         lat = r["latency_ms"]
         body.append([
             r["kind"], r["runtime"], f"{r['size_bytes'] / 1024:.1f}", f"{r['top1']:.2f}", f"{r['drop']:+.2f}",
             f"{r['agreement']:.2f}", f"{r['max_logit_diff']:.4f}", f"{lat['p50']:.3f}", f"{lat['p90']:.3f}",
-            f"{lat['p99']:.3f}", f"{lat['mean']:.3f} ± {lat['std']:.3f}", f"{r['load_ms']:.1f}",
-            f"{r['first_inference_ms']:.2f}", f"{r['peak_rss_mb']:.0f}",
+            f"{lat['p99']:.3f}", f"{lat['mean']:.3f} ± {lat['std']:.3f}", spread_text(r),
+            f"{r['throughput_per_s']:.0f}", f"{r['load_ms']:.1f}", f"{r['first_inference_ms']:.2f}",
+            f"{r['peak_rss_mb']:.0f}", f"{r['rss_growth_mb']:.0f}",
         ])
     return header, body
+
+
+ESTIMATE_TITLE = "Estimated on the board (roofline, not measured)"
+ESTIMATE_NOTE = ("max(FLOPs / peak throughput, bytes moved / memory bandwidth) from the profile's published figures: "
+                 "a lower bound that assumes peak throughput and no caching, not a measurement.")
+
+
+def _estimate_table(estimates: list[dict]) -> tuple[list[str], list[list[str]]]:
+    header = ["artifact", "precision", "estimated latency (ms)", "bound", "compute (ms)", "memory (ms)",
+              "peak (GOPS)", "bandwidth (GB/s)"]
+    body = [[e["kind"], e["precision"], f"{e['latency_ms']:.4f}", e["bound"], f"{e['compute_ms']:.4f}",
+             f"{e['memory_ms']:.4f}", f"{e['peak_gops']:g}", f"{e['bandwidth_gbs']:g}"] for e in estimates]
+    return header, body
+
+
+def measured_on_text(measured: dict, threads: int, profile_threads: int) -> str:
+    system = measured["system"]
+    machine = f"{system.get('board') or system.get('cpu') or system['machine']}, {system['machine']}, {system['cores']} cores"
+    if measured["kind"] == "ssh":
+        return f"the board, over SSH ({measured['host']}) — {machine}, {threads} threads"
+    return (f"this host — {machine}, {threads} threads (profile: {profile_threads}); not on the board itself, "
+            "see the estimates below")
+
+
+def conditions_text(measured: dict) -> str:
+    """Governor, temperatures before and after, throttling and load: what makes two runs disagree."""
+    before, after = measured["system"], measured["system_after"]
+    parts = [f"governor {before.get('governor', 'not exposed')}"]
+    temps = lambda s: ", ".join(f"{k} {v:.0f} °C" for k, v in s.get("temperature_c", {}).items())  # noqa: E731
+    parts.append(f"temperature {temps(before)} → {temps(after)}" if before.get("temperature_c")
+                 else "temperature not exposed")
+    if "throttled" in after:
+        parts.append(f"throttled flags {after['throttled']}")
+    if "load_average" in before:
+        parts.append(f"load average {before['load_average'][0]:.2f} → {after.get('load_average', ['?'])[0]:.2f}")
+    return "; ".join(parts)
 
 
 def write_report(data: dict, directory: Path) -> list[str]:
@@ -125,12 +172,12 @@ def write_report(data: dict, directory: Path) -> list[str]:
     rec_text = (f"**{rec['kind']}** — {rec['p50_ms']:.3f} ms median, top-1 {rec['top1']:.2f}% "
                 f"({rec['drop']:+.2f} points vs PyTorch fp32); {rec['reason']}." if rec
                 else "none: no artifact is within the accuracy tolerance and size budget.")
-    model, system = data["model"], data["system"]
+    model, bench = data["model"], data["bench"]
     facts = [
         ("Board", f"{target['description']} ({target['board']['cpu_arch']}, {target['board']['cores']} cores, "
                   f"{target['board']['memory_mb']} MiB, accelerator: {target['board']['accelerator']})"),
-        ("Measured on", f"this host — {system.get('cpu', system['machine'])}, {system['cores']} cores, "
-                        f"{rows[0]['threads']} threads (profile: {data['profile_threads']}); not on the board itself"),
+        ("Measured on", measured_on_text(data["measured_on"], rows[0]["threads"], data["profile_threads"])),
+        ("Conditions", conditions_text(data["measured_on"])),
         ("Model", f"{'student of ' if model.get('teacher') else ''}{model['source']} — {model['params']:,} parameters, {model['flops'] / 1e6:.1f} MFLOPs, "
                   f"input {model['input_shape']}"),
         *([("Compression", f"block-wise distilled student of {model['source']}: "
@@ -142,13 +189,20 @@ def write_report(data: dict, directory: Path) -> list[str]:
                        f"{target['accuracy_tolerance']:g} points below PyTorch fp32"),
         ("Calibration", f"{data['calibration']['method']}, {data['calibration']['num_samples']} training samples"),
         ("ONNX export parity", f"max |logit diff| vs PyTorch {data['export_parity']:.2e}"),
-        ("Latency", f"{rows[0]['runs']} timed runs per artifact after warm-up, each artifact in a fresh process"),
+        ("Latency", f"median of {bench['repeats']} repeats, each a fresh process ({bench['warmup']} warm-up, then up "
+                    f"to {bench['runs']} timed runs); spread = (max - min) / median of the repeats' medians, "
+                    f"NOISY above {bench['noise_threshold']:.0%}"),
     ]
     md = [f"# {target['name']}: deployment report", ""]
     md += [f"- **{k}:** {v}" for k, v in facts]
     md += ["", f"**Recommended artifact:** {rec_text}", "", "| " + " | ".join(header) + " |",
            "|" + "---|" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in body]
+    est_header, est_body = _estimate_table(data["estimates"])
+    if est_body:
+        md += ["", f"## {ESTIMATE_TITLE}", "", ESTIMATE_NOTE + f" Board figures: {data['estimates'][0]['source']}", "",
+               "| " + " | ".join(est_header) + " |", "|" + "---|" * len(est_header)]
+        md += ["| " + " | ".join(row) + " |" for row in est_body]
     md += ["", FLOP_NOTE, ""]
     md += [f"![{name}]({name})" for name in pngs]
     md += ["", f"Tool versions: {', '.join(f'{k} {v}' for k, v in data['versions'].items())}", ""]
@@ -158,6 +212,11 @@ def write_report(data: dict, directory: Path) -> list[str]:
         for n, p in pngs.items()
     )
     cells = lambda items, tag: "".join(f"<{tag}>{html.escape(i)}</{tag}>" for i in items)  # noqa: E731
+    estimates_html = (
+        f"<h2>{html.escape(ESTIMATE_TITLE)}</h2><p>{html.escape(ESTIMATE_NOTE)} Board figures: "
+        f"{html.escape(data['estimates'][0]['source'])}</p><table><tr>{cells(est_header, 'th')}</tr>"
+        + "".join(f"<tr>{cells(r, 'td')}</tr>" for r in est_body) + "</table>" if est_body else ""
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(target['name'])} report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
@@ -166,6 +225,7 @@ figure{{display:inline-block;margin:1em}}</style></head><body>
 <ul>{''.join(f'<li><b>{html.escape(k)}:</b> {html.escape(str(v))}</li>' for k, v in facts)}</ul>
 <p><b>Recommended artifact:</b> {html.escape(rec_text.replace('**', ''))}</p>
 <table><tr>{cells(header, 'th')}</tr>{''.join(f'<tr>{cells(r, "td")}</tr>' for r in body)}</table>
+{estimates_html}
 <p>{html.escape(FLOP_NOTE)}</p>{images}</body></html>
 """
     (directory / "report.html").write_text(page)
