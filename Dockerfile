@@ -1,9 +1,11 @@
 # The pipeline's environment: Python 3.11 (onnx2tf 1.29.24's newest-supported line), CPU torch, Fashion-MNIST.
 FROM python:3.11-slim-bookworm
 
-# Debian's Fashion-MNIST package: the embedded default dataset.
+# Debian's Fashion-MNIST package: the embedded default dataset; the OpenSSH client for
+# `pipeline bench --host` (unpinned: Debian's security updates replace its version).
+# hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends dataset-fashion-mnist=0.0~git20200523.55506a9-1 \
+    && apt-get install -y --no-install-recommends dataset-fashion-mnist=0.0~git20200523.55506a9-1 openssh-client \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/pipeline

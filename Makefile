@@ -4,7 +4,7 @@ VENV ?= .venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TARGET ?= raspberry-pi-4
 
-.PHONY: demo test setup data clean
+.PHONY: demo test setup data openssh clean
 
 demo: setup
 	$(VENV)/bin/pipeline run --target $(TARGET)
@@ -12,11 +12,16 @@ demo: setup
 test: setup
 	$(VENV)/bin/python -m pytest -q
 
-setup: data $(VENV)/.installed
+setup: data openssh $(VENV)/.installed
 
 # Fashion-MNIST (MIT) from Debian's package, installed only where it is absent.
 data:
 	@[ -d /usr/share/datasets/fashion-mnist ] || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; }
+
+# OpenSSH server and client for on-device benchmarking over SSH and its tests, installed only where sshd is
+# absent. The sshd service need not run: the tests (tests/sshd.py) start their own on 127.0.0.1.
+openssh:
+	@[ -x /usr/sbin/sshd ] && command -v ssh >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q openssh-server openssh-client; }
 
 # torch==2.13.0 first: the CPU wheel, so that nothing pulls a CUDA build.
 $(VENV)/.installed: pyproject.toml

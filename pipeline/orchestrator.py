@@ -394,9 +394,10 @@ class Run:
         if options.host:  # on the board, with the bundle as deployed
             from .remote import SSHTarget, remote_bench
 
-            ssh = SSHTarget(options.host, port=options.ssh_port, identity_file=options.ssh_identity,
-                            python=options.remote_python, known_hosts=options.ssh_known_hosts)
-            threads, location, upstream = target.threads, {"kind": "ssh", "host": options.host}, [bundled]
+            ssh = SSHTarget.parse(options.host, port=options.ssh_port, identity_file=options.ssh_identity,
+                                  python=options.remote_python, known_hosts=options.ssh_known_hosts)
+            threads, upstream = target.threads, [bundled]
+            location = {"kind": "ssh", "destination": ssh.destination, "port": ssh.port}
 
             def measure(out_json: Path) -> dict:
                 return remote_bench(ssh, self.path(bundled, "manifest").parent, target,

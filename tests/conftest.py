@@ -8,6 +8,9 @@ import pytest
 
 from pipeline import build_config
 from pipeline.orchestrator import Run
+from tests import sshd
+
+sshd_server = sshd.sshd_server  # a real OpenSSH server on 127.0.0.1 (tests/sshd.py)
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(

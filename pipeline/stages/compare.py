@@ -37,7 +37,7 @@ def _where(report: dict) -> str:
     measured = report["measured_on"]
     system = measured["system"]
     machine = f"{system.get('board') or system.get('cpu') or system['machine']} ({system['machine']})"
-    return f"ssh {measured['host']}: {machine}" if measured["kind"] == "ssh" else f"local host: {machine}"
+    return f"ssh {measured['destination']}: {machine}" if measured["kind"] == "ssh" else f"local host: {machine}"
 
 
 def comparison(report_paths: list[Path]) -> dict:

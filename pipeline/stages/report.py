@@ -139,7 +139,7 @@ def measured_on_text(measured: dict, threads: int, profile_threads: int) -> str:
     system = measured["system"]
     machine = f"{system.get('board') or system.get('cpu') or system['machine']}, {system['machine']}, {system['cores']} cores"
     if measured["kind"] == "ssh":
-        return f"the board, over SSH ({measured['host']}) — {machine}, {threads} threads"
+        return f"the board, over SSH ({measured['destination']}) — {machine}, {threads} threads"
     return (f"this host — {machine}, {threads} threads (profile: {profile_threads}); not on the board itself, "
             "see the estimates below")
 
