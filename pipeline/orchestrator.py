@@ -153,15 +153,19 @@ class Run:
 
         return self.step("model", "model", params, [], self.out / "shared" / "model", produce)
 
+    def compress_budget(self):
+        """The user's budget, its unset limits filled with the strictest of the targets' profiles."""
+        flops = [t.budgets.max_flops for t in self.targets if t.budgets.max_flops]
+        params = [t.budgets.max_params for t in self.targets if t.budgets.max_params]
+        return self.config.compress.budget.with_defaults(min(flops, default=None), min(params, default=None))
+
     def compress_step(self, model_record: dict) -> dict:
         """The student found by block-wise distillation under the strictest budget of the run's targets."""
         from .compress import compress
         from .stages.report import compression_markdown
 
         options = self.config.compress
-        flops = [t.budgets.max_flops for t in self.targets if t.budgets.max_flops]
-        params = [t.budgets.max_params for t in self.targets if t.budgets.max_params]
-        budget = options.budget.with_defaults(min(flops, default=None), min(params, default=None))
+        budget = self.compress_budget()
 
         def produce(tmp: Path) -> dict:
             data = model_record["data"]
@@ -323,8 +327,16 @@ class Run:
         save_config(self.config, self.out / "pipeline.yaml")
         model_record = self.model_step()
         if self.config.compress.enabled and self.wants("compress"):
-            model_record = self.compress_step(model_record)
-        results = {}
+            data = model_record["data"]
+            max_flops, max_params = self.compress_budget().limits(data["flops"], data["params"])
+            if data["flops"] <= (max_flops or data["flops"]) and data["params"] <= (max_params or data["params"]):
+                self.log(f"[skip] compress: the model already fits the budget (FLOPs <= {max_flops or 'any'}, "
+                         f"parameters <= {max_params or 'any'})")
+            else:
+                model_record = self.compress_step(model_record)
+        results: dict[str, Path] = {}
+        if not self.wants("export"):
+            return results
         shared: dict[tuple, dict] = {}
 
         def once(key: tuple, make: Callable[[], dict]) -> dict:

@@ -1,7 +1,8 @@
 """A real OpenSSH server for the tests: ``sshd -D -e`` on 127.0.0.1, a free port, temporary keys, this user.
 
-Import the ``sshd_server`` fixture into a test module. It yields an ``SSHServer`` whose ``target()``
-builds a ``pipeline.remote.SSHTarget`` for it. The server needs no running system sshd service and no
+The ``sshd_server`` fixture (registered in conftest.py) yields an ``SSHServer`` whose ``target()``
+builds a ``pipeline.remote.SSHTarget`` for it; ``python -m tests.sshd`` keeps one running and prints
+the ``pipeline bench`` flags that reach it. The server needs no running system sshd service and no
 changes to /etc/ssh: host key, authorized keys, pid file and log live in a temporary directory.
 """
 from __future__ import annotations
@@ -12,7 +13,11 @@ import platform
 import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +49,11 @@ class SSHServer:
         options = dict(destination=self.destination, port=self.port, identity_file=str(self.identity_file),
                        known_hosts=str(self.known_hosts), connect_timeout_s=5, retries=1)
         return SSHTarget(**{**options, **changes})
+
+    def cli_options(self) -> list[str]:
+        """The `pipeline bench` flags that reach this server."""
+        return ["--host", self.destination, "--ssh-port", str(self.port), "--ssh-identity", str(self.identity_file),
+                "--ssh-known-hosts", str(self.known_hosts)]
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.is_file() else ""
@@ -102,10 +112,9 @@ def require_openssh() -> None:
             pytest.fail(f"'{tool}' not found: install openssh-client (make setup does)", pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def sshd_server(tmp_path_factory):
-    require_openssh()
-    root = tmp_path_factory.mktemp("sshd")
+@contextmanager
+def running_sshd(root: Path) -> Iterator[SSHServer]:
+    """An OpenSSH server on 127.0.0.1 for the current user, its keys and configuration under ``root``."""
     for name in ("host_ed25519", "client_ed25519", "other_ed25519"):
         _keygen(root / name)
     (root / "authorized_keys").write_text((root / "client_ed25519.pub").read_text())
@@ -153,3 +162,20 @@ def sshd_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def sshd_server(tmp_path_factory):
+    require_openssh()
+    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
+
+
+if __name__ == "__main__":  # python -m tests.sshd: this machine as a "board" for trying `pipeline bench --host`
+    with tempfile.TemporaryDirectory() as tmp, running_sshd(Path(tmp)) as board:
+        print("pipeline bench options:", " ".join(board.cli_options()), "--remote-python", sys.executable, flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass

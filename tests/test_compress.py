@@ -137,3 +137,13 @@ def test_two_process_ddp_run_agrees_across_ranks(tmp_path):
     assert report["world_size"] == 2
     assert (out / "rank0.sha256").read_text() == (out / "rank1.sha256").read_text()
     assert load_student(out / "student.json") is not None
+
+
+def test_compression_is_skipped_when_the_model_already_fits(tmp_path, small_config):
+    from pipeline.orchestrator import Run
+
+    lines: list[str] = []
+    config = small_config(tmp_path, targets="jetson-nano", compress={"enabled": True})
+    assert Run(config, log=lines.append).execute(["model", "compress"]) == {}
+    assert "[skip] compress: the model already fits the budget (FLOPs <= 200000000, parameters <= 2000000)" in lines
+    assert not (tmp_path / "shared" / "compress").exists()

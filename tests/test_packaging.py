@@ -36,7 +36,7 @@ def test_ci_script_runs_locally(tmp_path):
     done = subprocess.run(
         [str(REPO / "scripts" / "ci-pipeline.sh"), "coral-edgetpu", str(tmp_path), "--model", "fmnist-tiny",
          "--epochs", "1", "--train-subset", "2000", "--calibration-samples", "32", "--eval-samples", "100",
-         "--bench-runs", "10"],
+         "--bench-runs", "10", "--no-compress"],
         capture_output=True, text=True, env=env, cwd=REPO,
     )
     assert done.returncode == 0, done.stderr[-2000:]

@@ -311,9 +311,7 @@ def test_pipeline_bench_on_the_board_and_merged_report(tiny_run, small_config, s
     Run(small_config(out, targets="host"), log=lambda line: None).execute()
     local = json.loads((out / "host" / "bench" / "bench.json").read_text())
     assert local["location"] == {"kind": "local"}
-    options = ["--out", str(out), "--target", "host", "--host", sshd_server.destination, "--ssh-port",
-               str(sshd_server.port), "--ssh-identity", str(sshd_server.identity_file), "--ssh-known-hosts",
-               str(sshd_server.known_hosts), "--remote-python", sys.executable]
+    options = ["--out", str(out), "--target", "host", *sshd_server.cli_options(), "--remote-python", sys.executable]
     assert main(["bench", *options]) == 0, capsys.readouterr().err
     remote = json.loads((out / "host" / "bench" / "bench.json").read_text())
     assert remote["schema"] == local["schema"] and remote["location"]["kind"] == "ssh"
