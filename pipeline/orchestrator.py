@@ -25,7 +25,7 @@ from .artifacts import (ARTIFACT_KINDS, REFERENCE_KIND, Artifact, QuantParams, a
 from .config import STAGES, RunConfig, save_config
 from .errors import ModelError, StageOrderError
 from .models import ModelSource, build_model, check_input, count_flops, count_params
-from .targets import TargetProfile, load_target
+from .targets import TargetProfile, format_count, load_target
 
 PARITY_SAMPLES = 64
 EXECUTION_PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "onnxruntime-cuda": "CUDAExecutionProvider"}
@@ -115,6 +115,14 @@ class Run:
     def path(self, record: dict, key: str) -> Path:
         return self.out / record["files"][key]
 
+    def shared(self, upstream: dict, name: str) -> tuple[str, Path]:
+        """Step id and directory of a shared step made from ``upstream``'s model: the teacher's steps live in
+        ``out/shared/``, a student's in ``out/shared/<student>/``, so that runs with another budget in the same
+        directory keep (and skip to) each other's outputs instead of replacing them."""
+        variant = upstream["step"].rpartition("/")[0]
+        step_id = f"{variant}/{name}" if variant else name
+        return step_id, self.out / "shared" / step_id
+
     # ---- shared steps ---------------------------------------------------------------------
     def model_step(self) -> dict:
         cfg = self.config
@@ -189,8 +197,12 @@ class Run:
                     "params": report["student"]["params"], "flops": report["student"]["flops"],
                     "teacher": {"params": data["params"], "flops": data["flops"]}, "compression": report}
 
+        max_flops, max_params = budget.limits(model_record["data"]["flops"], model_record["data"]["params"])
+        student = "-".join(["student", *([f"{format_count(max_flops)}flops"] if max_flops else []),
+                            *([f"{format_count(max_params)}params"] if max_params else [])])
         params = {**self.config.to_dict()["compress"], "budget": asdict(budget)}
-        return self.step("compress", "compress", params, [model_record], self.out / "shared" / "compress", produce)
+        return self.step(f"{student}/compress", "compress", params, [model_record],
+                         self.out / "shared" / student / "compress", produce)
 
     def load_torch(self, model_record: dict):
         """The model as a module: rebuilt from its source with the weights the model or compress step wrote."""
@@ -219,8 +231,9 @@ class Run:
             worst = onnx_parity(model, path, inputs, self.config.parity_atol)
             return {"files": {"onnx": "model.onnx"}, "parity_max_abs": worst, "opset": opset}
 
-        return self.step(f"export-opset{opset}", "export", {"opset": opset, "atol": self.config.parity_atol},
-                         [model_record], self.out / "shared" / f"export-opset{opset}", produce)
+        step_id, directory = self.shared(model_record, f"export-opset{opset}")
+        return self.step(step_id, "export", {"opset": opset, "atol": self.config.parity_atol},
+                         [model_record], directory, produce)
 
     def calibrate_step(self, model_record: dict, export_record: dict) -> dict:
         options = self.config.calibration
@@ -237,7 +250,8 @@ class Run:
                     "method": options.method.value, "num_samples": len(inputs), "tensors": len(ranges.ranges)}
 
         params = {**asdict(options), "method": options.method.value}
-        return self.step(name, "quantize", params, [model_record, export_record], self.out / "shared" / name, produce)
+        step_id, directory = self.shared(export_record, name)
+        return self.step(step_id, "quantize", params, [model_record, export_record], directory, produce)
 
     def int8_onnx_step(self, export_record: dict, calib_record: dict, target: TargetProfile) -> dict:
         from .stages.quantize import quantize_int8
@@ -252,7 +266,8 @@ class Run:
             return {"files": {"onnx": "model_int8.onnx"}}
 
         params = {"granularity": scheme.granularity.value, "symmetric": scheme.activation_symmetric}
-        return self.step(name, "quantize", params, [export_record, calib_record], self.out / "shared" / name, produce)
+        step_id, directory = self.shared(export_record, name)
+        return self.step(step_id, "quantize", params, [export_record, calib_record], directory, produce)
 
     def fp16_onnx_step(self, export_record: dict) -> dict:
         from .stages.quantize import convert_fp16
@@ -263,7 +278,8 @@ class Run:
             convert_fp16(self.path(export_record, "onnx"), tmp / "model_fp16.onnx")
             return {"files": {"onnx": "model_fp16.onnx"}}
 
-        return self.step(name, "quantize", {}, [export_record], self.out / "shared" / name, produce)
+        step_id, directory = self.shared(export_record, name)
+        return self.step(step_id, "quantize", {}, [export_record], directory, produce)
 
     def tflite_step(self, export_record: dict, calib_record: dict, target: TargetProfile) -> dict:
         from .stages.convert import convert_tflite, tflite_io
@@ -283,7 +299,8 @@ class Run:
 
         params = {"granularity": scheme.granularity.value, "io": scheme.io_dtype.value,
                   "layout": target.input_layout.value}
-        return self.step(name, "convert", params, [export_record, calib_record], self.out / "shared" / name, produce)
+        step_id, directory = self.shared(export_record, name)
+        return self.step(step_id, "convert", params, [export_record, calib_record], directory, produce)
 
     # ---- artifacts of a target ------------------------------------------------------------
     def artifacts(self, target: TargetProfile, model_record: dict, sources: dict[str, tuple[dict, str]]) -> list[Artifact]:
@@ -441,7 +458,9 @@ class Run:
                 "target": target.to_dict(), "rows": rows,
                 "recommendation": report_stage.recommend(rows, target.accuracy_tolerance),
                 "model": {"source": self.config.model, "params": data["params"], "flops": data["flops"],
-                          "input_shape": data["input_shape"], "teacher": data.get("teacher")},
+                          "input_shape": data["input_shape"], "teacher": data.get("teacher"),
+                          "compression_details": os.path.relpath(self.path(model_record, "report").with_suffix(".md"),
+                                                                 target_dir) if data.get("teacher") else None},
                 "budget_text": _budget_text(target, data),
                 "dataset": data["dataset"], "export_parity": export["data"]["parity_max_abs"],
                 "calibration": {"method": self.config.calibration.method.value,

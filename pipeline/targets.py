@@ -215,6 +215,14 @@ class _Fields:
         return parsed
 
 
+def format_count(value: int) -> str:
+    """20_000_000 -> '20M', 117_000 -> '117k' (4 significant digits): the inverse of ``parse_count``."""
+    for suffix, scale in sorted(_SI.items(), key=lambda item: -item[1]):
+        if value >= scale:
+            return f"{value / scale:.4g}{suffix}"
+    return str(value)
+
+
 def parse_count(value: Any) -> int | None:
     """'20M' -> 20_000_000; returns None when the value is not a positive count."""
     if isinstance(value, bool):

@@ -108,13 +108,15 @@ def test_run_compresses_by_default_and_sends_the_student_through_every_stage(tmp
     out = tmp_path / "run"
     assert main(["run", "--config", str(config), "--out", str(out), "--target", "coral-edgetpu",
                  "--flops-ratio", "0.6"]) == 0, capsys.readouterr().err
-    report = json.loads((out / "shared" / "compress" / "compression.json").read_text())
+    [compressed] = (out / "shared").glob("student-*/compress")
+    report = json.loads((compressed / "compression.json").read_text())
     assert report["student"]["flops"] <= report["budget"]["max_flops"] <= 0.6 * report["teacher"]["flops"]
     md = (out / "coral-edgetpu" / "report.md").read_text()
     assert "student of fmnist-tiny" in md and "| tflite-int8 |" in md
-    assert "Pareto front" in (out / "shared" / "compress" / "compression.md").read_text()
+    assert f"(details: ../shared/{compressed.parent.name}/compress/compression.md)" in md
+    assert "Pareto front" in (compressed / "compression.md").read_text()
     # the student's spec is a model source of its own
-    student = load_student(out / "shared" / "compress" / "student.json")
+    student = load_student(compressed / "student.json")
     assert count_flops(student, (1, 1, 28, 28)) == report["student"]["flops"]
 
 
@@ -146,4 +148,24 @@ def test_compression_is_skipped_when_the_model_already_fits(tmp_path, small_conf
     config = small_config(tmp_path, targets="jetson-nano", compress={"enabled": True})
     assert Run(config, log=lines.append).execute(["model", "compress"]) == {}
     assert "[skip] compress: the model already fits the budget (FLOPs <= 200000000, parameters <= 2000000)" in lines
-    assert not (tmp_path / "shared" / "compress").exists()
+    assert not list((tmp_path / "shared").glob("student-*"))
+
+
+def test_runs_with_other_budgets_in_one_directory_keep_each_others_outputs(tmp_path, small_config):
+    from pipeline.orchestrator import Run
+
+    tiny = {"enabled": True, "blockwise_epochs": 1, "finetune_epochs": 1, "blockwise_subset": 500,
+            "finetune_subset": 500, "val_samples": 200}
+    stages = ["model", "compress", "export"]
+    runs = {}
+    for ratio in (0.6, 0.4, 0.6):
+        lines: list[str] = []
+        config = small_config(tmp_path, targets="raspberry-pi-4", compress={**tiny, "budget": {"flops_ratio": ratio}})
+        Run(config, log=lines.append).execute(stages)
+        runs.setdefault(ratio, []).append(lines)
+    students = sorted(p.name for p in (tmp_path / "shared").glob("student-*"))
+    assert len(students) == 2 and all((tmp_path / "shared" / s / "export-opset17" / "model.onnx").is_file()
+                                      for s in students)
+    # back to the first budget: its student and its export are still there and are not redone
+    again = runs[0.6][1]
+    assert not [line for line in again if line.startswith("[run ]")], again

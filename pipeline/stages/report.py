@@ -183,7 +183,7 @@ def write_report(data: dict, directory: Path) -> list[str]:
         *([("Compression", f"block-wise distilled student of {model['source']}: "
                             f"{model['flops'] / model['teacher']['flops']:.2f}x the teacher's FLOPs, "
                             f"{model['params'] / model['teacher']['params']:.2f}x its parameters "
-                            "(details: shared/compress/compression.md)")] if model.get("teacher") else []),
+                            f"(details: {model['compression_details']})")] if model.get("teacher") else []),
         ("Budgets", data["budget_text"]),
         ("Evaluation", f"{rows[0]['samples']} held-out samples from {data['dataset']}; tolerance "
                        f"{target['accuracy_tolerance']:g} points below PyTorch fp32"),
