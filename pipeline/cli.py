@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
+        print("interrupted: finished stages and training epochs are kept; run the same command again to resume",
+              file=sys.stderr)
         return 130
 
 

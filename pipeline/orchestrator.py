@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict, replace
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -71,11 +71,16 @@ class Run:
         return self.config.force or (start is not None and STAGES.index(stage) >= STAGES.index(start))
 
     def step(self, step_id: str, stage: str, params: dict, upstream: Iterable[dict], directory: Path,
-             produce: Callable[[Path], dict], flatten: bool = False) -> dict:
-        """Run ``produce(tmpdir) -> outputs`` unless a record with the same inputs exists; return the record."""
+             produce: Callable[..., dict], flatten: bool = False, resumable: bool = False) -> dict:
+        """Run ``produce(tmpdir) -> outputs`` unless a record with the same inputs exists; return the record.
+
+        A ``resumable`` step is called as ``produce(tmpdir, resume_dir)``: what it saves in ``resume_dir``
+        outlives an interruption and is handed to the next call with the same inputs (not after ``--force``).
+        """
         upstream = list(upstream)
         inputs_hash = sha256_json({"params": params, "upstream": [u["outputs_hash"] for u in upstream]})
         record_path = self.out / ".state" / f"{step_id.replace('/', '__')}.json"
+        resume_dir = record_path.with_suffix(".resume")
         record = _read_json(record_path)
         valid = (record is not None and record["inputs_hash"] == inputs_hash
                  and all((self.out / f).is_file() for f in record["files"].values()))
@@ -92,6 +97,13 @@ class Run:
         self.log(f"[run ] {step_id}")
         started = time.perf_counter()
         remove_partials(directory if flatten else directory.parent)
+        if resumable:
+            stamp = resume_dir / "inputs_hash"
+            if self._forced(stage) or not stamp.is_file() or stamp.read_text() != inputs_hash:
+                shutil.rmtree(resume_dir, ignore_errors=True)
+            resume_dir.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(inputs_hash)
+            produce = partial(produce, resume_dir=resume_dir)
         if flatten:  # the outputs go straight into ``directory``, each file replaced atomically
             with atomic_dir(directory / ".staging") as tmp:
                 outputs = produce(tmp)
@@ -110,6 +122,8 @@ class Run:
                                          "data": outputs}),
         }
         write_json(record_path, record)
+        if resumable:
+            shutil.rmtree(resume_dir, ignore_errors=True)
         return record
 
     def path(self, record: dict, key: str) -> Path:
@@ -175,7 +189,7 @@ class Run:
         options = self.config.compress
         budget = self.compress_budget()
 
-        def produce(tmp: Path) -> dict:
+        def produce(tmp: Path, resume_dir: Path) -> dict:
             data = model_record["data"]
             order = np.random.default_rng(options.seed).permutation(len(self.data.train))
             val_index = order[: options.val_samples]
@@ -186,7 +200,7 @@ class Run:
                               "num_classes": len(data["classes"])}
             student, report = compress(
                 self.load_torch(model_record), teacher_source, spec.apply(images[train_index]), labels[train_index],
-                spec.apply(images[val_index]), labels[val_index], replace(options, budget=budget), tmp,
+                spec.apply(images[val_index]), labels[val_index], replace(options, budget=budget), tmp, resume_dir,
             )
             write_json(tmp / "compression.json", report)
             (tmp / "compression.md").write_text(compression_markdown(report))
@@ -202,7 +216,7 @@ class Run:
                             *([f"{format_count(max_params)}params"] if max_params else [])])
         params = {**self.config.to_dict()["compress"], "budget": asdict(budget)}
         return self.step(f"{student}/compress", "compress", params, [model_record],
-                         self.out / "shared" / student / "compress", produce)
+                         self.out / "shared" / student / "compress", produce, resumable=True)
 
     def load_torch(self, model_record: dict):
         """The model as a module: rebuilt from its source with the weights the model or compress step wrote."""

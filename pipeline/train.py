@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from calibration import Dataset, PreprocessSpec
 
 from .artifacts import sha256_json, write_json
+from .checkpoint import EpochCheckpoint
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,12 @@ def train_classifier(
     generator = torch.Generator().manual_seed(options.seed)
     started = time.perf_counter()
     accuracy = 0.0
-    for epoch in range(options.epochs):
+    # An interrupted training goes on from its last finished epoch (the file is keyed like the cache).
+    checkpoint = EpochCheckpoint(cached.with_suffix(".resume.pt"), "teacher training")
+    saved = checkpoint.restore(model, optimizer, schedule, generator)
+    if saved:
+        accuracy = saved["accuracy"]
+    for epoch in range(saved["epoch"] if saved else 0, options.epochs):
         model.train()
         order = torch.randperm(len(y), generator=generator)
         bar = tqdm(range(steps_per_epoch), desc=f"train teacher epoch {epoch + 1}/{options.epochs}", unit="batch")
@@ -90,11 +96,13 @@ def train_classifier(
         bar.close()
         accuracy = evaluate_torch(model, x_test, test.labels)
         tqdm.write(f"epoch {epoch + 1}: test top-1 {accuracy:.2f}%")
+        checkpoint.save(epoch + 1, model, optimizer, schedule, generator, accuracy=accuracy)
     model = model.to(memory_format=torch.contiguous_format).eval()
     stats = {"cached": None, "test_top1": accuracy, "seconds": round(time.perf_counter() - started, 1)}
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(".tmp")
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, cached)
+    checkpoint.path.unlink(missing_ok=True)
     write_json(cached.with_suffix(".json"), {"options": asdict(options), **cache_key_extra, **stats})
     return model, stats

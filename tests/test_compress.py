@@ -169,3 +169,39 @@ def test_runs_with_other_budgets_in_one_directory_keep_each_others_outputs(tmp_p
     # back to the first budget: its student and its export are still there and are not redone
     again = runs[0.6][1]
     assert not [line for line in again if line.startswith("[run ]")], again
+
+
+def test_interrupted_compression_resumes_from_its_last_epoch(tmp_path, small_config, monkeypatch):
+    import pipeline.compress as compress_module
+    from pipeline.orchestrator import Run
+
+    tiny = {"enabled": True, "blockwise_epochs": 2, "finetune_epochs": 3, "patience": 3, "blockwise_subset": 600,
+            "finetune_subset": 600, "val_samples": 200, "budget": {"flops_ratio": 0.6}}
+    stages = ["model", "compress"]
+    evaluate = compress_module.evaluate_torch
+    calls = []
+
+    def interrupted_in_the_second_finetune_epoch(*args):
+        calls.append(args)
+        if len(calls) == 2:  # the end of fine-tuning epoch 2, before its checkpoint
+            raise KeyboardInterrupt
+        return evaluate(*args)
+
+    monkeypatch.setattr(compress_module, "evaluate_torch", interrupted_in_the_second_finetune_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        Run(small_config(tmp_path / "resumed", targets="raspberry-pi-4", compress=tiny)).execute(stages)
+    monkeypatch.undo()
+    [resume_dir] = (tmp_path / "resumed" / ".state").glob("*compress.resume")
+    assert sorted(p.name for p in resume_dir.glob("*.pt")) == ["blockwise.pt", "finetune.pt"]
+    assert not list((tmp_path / "resumed" / "shared").glob("student-*/compress"))
+
+    Run(small_config(tmp_path / "resumed", targets="raspberry-pi-4", compress=tiny)).execute(stages)
+    Run(small_config(tmp_path / "straight", targets="raspberry-pi-4", compress=tiny)).execute(stages)
+    (resumed,), (straight,) = ((tmp_path / d / "shared").glob("student-*/compress") for d in ("resumed", "straight"))
+    report = json.loads((resumed / "compression.json").read_text())
+    assert report["blockwise_resumed_after_epoch"] == 2 and report["student"]["resumed_after_epoch"] == 1
+    assert len(report["student"]["val_top1_per_epoch"]) == 3 and not resume_dir.exists()
+    # resuming changes nothing: the same student, weight for weight, as a run that was never interrupted
+    resumed_weights, straight_weights = (torch.load(d / "student.pt", weights_only=True) for d in (resumed, straight))
+    assert resumed_weights.keys() == straight_weights.keys()
+    assert all(torch.equal(resumed_weights[k], straight_weights[k]) for k in resumed_weights)

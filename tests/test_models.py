@@ -74,3 +74,37 @@ def test_unknown_models(name, message):
         build_model(ModelSource(name), 1, 10)
     assert message in str(info.value)
     assert np.char.count(str(info.value), "\n") == 0
+
+
+def test_interrupted_teacher_training_resumes_to_the_same_weights(monkeypatch):
+    import pipeline.train as train_module
+    from calibration import PreprocessSpec, load_dataset
+    from pipeline.train import TrainOptions, train_classifier
+
+    data = load_dataset(None)
+    train, test = data.train.take(1200, seed=2), data.test.take(200, seed=2)
+    spec, options = PreprocessSpec.from_images(train.images), TrainOptions(epochs=3)
+
+    def trained(key: str) -> dict:
+        torch.manual_seed(0)
+        model, _ = train_classifier(fmnist_tiny(), train, test, spec, options, {"test": key})
+        return model.state_dict()
+
+    straight = trained("straight")
+    evaluate, calls = train_module.evaluate_torch, []
+
+    def interrupted_in_the_second_epoch(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return evaluate(*args)
+
+    monkeypatch.setattr(train_module, "evaluate_torch", interrupted_in_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        trained("resumed")
+    monkeypatch.undo()
+    [resume_file] = (train_module.cache_dir() / "teachers").glob("*.resume.pt")
+    assert torch.load(resume_file, weights_only=True)["epoch"] == 1
+    resumed = trained("resumed")
+    assert not resume_file.exists()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..checkpoint import EpochCheckpoint
 from ..errors import ConfigError
 from ..models import count_flops, count_params
 from ..targets import parse_count
@@ -100,16 +101,22 @@ def _distillation_loss(student_logits, teacher_logits, labels, temperature, alph
 
 
 def finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor,
-             y_val: np.ndarray, options: CompressOptions) -> dict:
+             y_val: np.ndarray, options: CompressOptions, checkpoint: EpochCheckpoint | None = None) -> dict:
     """End-to-end distillation from the teacher's logits, early-stopped on validation top-1."""
     teacher.eval()
     steps_per_epoch = max(1, len(y) // options.batch_size)
     optimizer = torch.optim.AdamW(student.parameters(), lr=options.lr, weight_decay=5e-4)
-    model = distributed.wrap(student)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, options.lr, total_steps=options.finetune_epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(options.seed)
     best, best_state, stale, history = -1.0, None, 0, []
-    for epoch in range(options.finetune_epochs):
+    saved = checkpoint.restore(student, optimizer, schedule, generator) if checkpoint else None
+    if saved:
+        best, best_state, stale, history = saved["best"], saved["best_state"], saved["stale"], saved["history"]
+    done = saved["epoch"] if saved else 0
+    model = distributed.wrap(student)
+    for epoch in range(done, options.finetune_epochs):
+        if stale >= options.patience:  # early-stopped, in this call or before an interruption
+            break
         model.train()
         order = torch.randperm(len(y), generator=generator)
         for step in tqdm(range(steps_per_epoch), desc=f"fine-tune student {epoch + 1}/{options.finetune_epochs}",
@@ -130,18 +137,21 @@ def finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.T
             best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
         else:
             stale += 1
-            if stale >= options.patience:
-                break
+        if checkpoint:
+            checkpoint.save(epoch + 1, student, optimizer, schedule, generator, best=best, best_state=best_state,
+                            stale=stale, history=history)
     if best_state is not None:
         student.load_state_dict(best_state)
-    return {"val_top1_per_epoch": history, "best_val_top1": best}
+    return {"val_top1_per_epoch": history, "best_val_top1": best, "resumed_after_epoch": done}
 
 
 def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
-             val_y: np.ndarray, options: CompressOptions, out_dir: Path) -> tuple[nn.Module, dict]:
+             val_y: np.ndarray, options: CompressOptions, out_dir: Path,
+             resume_dir: Path | None = None) -> tuple[nn.Module, dict]:
     """Search, assemble and fine-tune a student of ``teacher``; write student.pt and student.json.
 
-    Returns the student and the compression report.
+    Returns the student and the compression report. With ``resume_dir``, both training phases save their
+    state there after every epoch and an interrupted call with the same inputs goes on from it.
 
     ``train_x``/``val_x`` are preprocessed NCHW inputs, ``train_x`` in random order (block-wise distillation
     takes its first ``blockwise_subset`` samples, fine-tuning all of them); ``teacher_source`` ({"model", "in_channels",
@@ -149,6 +159,7 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
     """
     timings = {}
     started = time.perf_counter()
+    torch.manual_seed(options.seed)  # candidates' initial weights: the same student for the same inputs
     teacher = teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -165,8 +176,10 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
 
     started = time.perf_counter()
     x, held_out = torch.from_numpy(train_x), torch.from_numpy(val_x[: max(256, len(val_x) // 4)])
-    distill_blockwise(blocks, candidates, x[: options.blockwise_subset], held_out, options.blockwise_epochs, options.batch_size, options.lr,
-                      options.seed)
+    blockwise_resumed = distill_blockwise(blocks, candidates, x[: options.blockwise_subset], held_out,
+                                          options.blockwise_epochs, options.batch_size, options.lr, options.seed,
+                                          EpochCheckpoint(resume_dir and resume_dir / "blockwise.pt",
+                                                          "block-wise distillation"))
     timings["blockwise_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -187,7 +200,8 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
     for p in student.parameters():
         p.requires_grad_(True)
     started = time.perf_counter()
-    tuning = finetune(student, teacher, x, torch.from_numpy(train_y), val_x, val_y, options)
+    tuning = finetune(student, teacher, x, torch.from_numpy(train_y), val_x, val_y, options,
+                      EpochCheckpoint(resume_dir and resume_dir / "finetune.pt", "fine-tuning"))
     timings["finetune_s"] = time.perf_counter() - started
     student.eval()
     if distributed.is_main():
@@ -205,6 +219,7 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
         "pareto_front": [{"flops": s.flops, "params": s.params, "score": s.score,
                           "blocks": [candidates[b][c].spec["type"] for b, c in enumerate(s.choice)]} for s in front],
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "blockwise_resumed_after_epoch": blockwise_resumed,
         "world_size": distributed.world_size(),
         "options": {**asdict(options), "budget": asdict(options.budget)},
     }

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from ..models import BasicBlock, count_flops, count_params
 from . import distributed
 from .blocks import TeacherBlock, build_block
+from ..checkpoint import EpochCheckpoint
 
 EXPANSIONS, KERNELS, DEPTHS = (1, 2, 4, 6), (3, 5), (1, 2)
 WIDTH_FRACTIONS = (0.5, 0.25)
@@ -103,22 +104,27 @@ class CandidateBank(nn.Module):
 
 
 def distill_blockwise(blocks: list[TeacherBlock], candidates: list[list[Candidate]], train: torch.Tensor,
-                      held_out: torch.Tensor, epochs: int, batch_size: int = 128, lr: float = 3e-3, seed: int = 0) -> None:
-    """Train every trainable candidate on its block; set each candidate's held-out score (normalised MSE)."""
-    torch.manual_seed(seed)
+                      held_out: torch.Tensor, epochs: int, batch_size: int = 128, lr: float = 3e-3, seed: int = 0,
+                      checkpoint: EpochCheckpoint | None = None) -> int:
+    """Train every trainable candidate on its block; set each candidate's held-out score (normalised MSE).
+
+    Returns the number of epochs taken from ``checkpoint`` (an interrupted run's progress)."""
     for block in blocks:
         block.module.eval()
     bank = CandidateBank(candidates)
     trainable = len(bank.index)
     params = list(bank.parameters())
-    bank = distributed.wrap(bank.train())
-    steps = epochs * max(1, len(train) // batch_size)
+    steps_per_epoch = max(1, len(train) // batch_size)
     optimizer = torch.optim.Adam(params, lr=lr) if params else None
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps) if params else None
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps_per_epoch) if params else None
     generator = torch.Generator().manual_seed(seed)
-    bar = tqdm(total=steps, desc=f"block-wise distillation ({trainable} candidates)", unit="batch",
-               disable=not distributed.is_main())
-    for _ in range(epochs if params else 0):
+    saved = checkpoint.restore(bank, optimizer, schedule, generator) if checkpoint and params else None
+    done = saved["epoch"] if saved else 0
+    trained = bank
+    bank = distributed.wrap(bank.train())
+    bar = tqdm(total=epochs * steps_per_epoch, initial=done * steps_per_epoch, unit="batch",
+               desc=f"block-wise distillation ({trainable} candidates)", disable=not distributed.is_main())
+    for epoch in range(done, epochs if params else 0):
         order = torch.randperm(len(train), generator=generator)
         for start in range(0, len(train) - batch_size + 1, batch_size):
             inputs, outputs = _teacher_features(blocks, distributed.shard(train[order[start : start + batch_size]]))
@@ -129,6 +135,8 @@ def distill_blockwise(blocks: list[TeacherBlock], candidates: list[list[Candidat
             schedule.step()
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item() / trainable:.4f}")
+        if checkpoint:
+            checkpoint.save(epoch + 1, trained, optimizer, schedule, generator)
     bar.close()
     distributed.sync_buffers(bank)
     sums = [[0.0] * len(group) for group in candidates]
@@ -143,3 +151,4 @@ def distill_blockwise(blocks: list[TeacherBlock], candidates: list[list[Candidat
     for b, group in enumerate(candidates):
         for i, c in enumerate(group):
             c.score = sums[b][i] / max(1, batches)
+    return done
