@@ -48,6 +48,8 @@ def main() -> int:
     parser.add_argument("--train-subset", type=int, default=None, help="train everything on this many samples")
     parser.add_argument("--blockwise-subset", type=int, default=CompressOptions.blockwise_subset,
                         help="samples for block-wise distillation (0: all)")
+    parser.add_argument("--feature-weight", type=float, default=0.0,
+                        help="also run the search with this block-boundary feature loss in fine-tuning (a row of its own)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     data = load_dataset(None)
@@ -63,17 +65,21 @@ def main() -> int:
     t_flops, t_params = count_flops(teacher, INPUT), count_params(teacher)
     rows.append(("teacher", t_flops, t_params, evaluate_torch(teacher, x_test, y_test)))
 
-    options = CompressOptions(budget=Budget(flops_ratio=args.flops_ratio, params_ratio=args.params_ratio),
-                              blockwise_epochs=max(1, args.epochs // 2), finetune_epochs=args.epochs,
-                              patience=args.epochs, blockwise_subset=args.blockwise_subset or None)
     x_fit, y_fit = spec.apply(train.images[fit_index]), train.labels[fit_index]
     x_val, y_val = spec.apply(train.images[val_index]), train.labels[val_index]
-    out = Path("benchmarks/.compress_student")
-    out.mkdir(parents=True, exist_ok=True)
-    student, report = compress(teacher, {"model": "fmnist-resnet", "in_channels": 1, "num_classes": 10},
-                               x_fit, y_fit, x_val, y_val, options, out)
-    s_flops = count_flops(student, INPUT)
-    rows.append(("searched student", s_flops, count_params(student), evaluate_torch(student, x_test, y_test)))
+    reports = {}
+    for feature_weight in sorted({0.0, args.feature_weight}):
+        options = CompressOptions(budget=Budget(flops_ratio=args.flops_ratio, params_ratio=args.params_ratio),
+                                  blockwise_epochs=max(1, args.epochs // 2), finetune_epochs=args.epochs,
+                                  patience=args.epochs, blockwise_subset=args.blockwise_subset or None,
+                                  feature_weight=feature_weight)
+        out = Path(f"benchmarks/.compress_student/feature-weight-{feature_weight:g}")
+        out.mkdir(parents=True, exist_ok=True)
+        student, reports[feature_weight] = compress(teacher, {"model": "fmnist-resnet", "in_channels": 1,
+                                                              "num_classes": 10}, x_fit, y_fit, x_val, y_val, options, out)
+        name = f"searched student, feature loss x{feature_weight:g}" if feature_weight else "searched student"
+        rows.append((name, count_flops(student, INPUT), count_params(student), evaluate_torch(student, x_test, y_test)))
+    s_flops = rows[1][1]
 
     scratch, width = width_scaled(s_flops)
     scratch, _ = train_classifier(scratch, train, data.test, spec, TrainOptions(epochs=args.epochs),
@@ -94,7 +100,8 @@ def main() -> int:
     print(f"total {time.perf_counter() - started:.0f} s; FLOPs count a multiply-add as 2", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps({"epochs": args.epochs, "rows": [
-            {"model": n, "flops": f, "params": p, "top1": a} for n, f, p, a in rows], "compression": report}, indent=2))
+            {"model": n, "flops": f, "params": p, "top1": a} for n, f, p, a in rows],
+            "compression": {f"feature_weight={w:g}": r for w, r in reports.items()}}, indent=2))
     return 0
 
 

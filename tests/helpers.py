@@ -28,3 +28,21 @@ class FFTNet(nn.Module):
 
 def fft_net() -> nn.Module:
     return FFTNet()
+
+
+class TorchvisionStyleNet(nn.Module):
+    """Laid out like torchvision's MobileNetV2: ``features``, then pooling and flattening in forward(), then a
+    ``classifier`` of dropout and a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = fmnist_tiny(in_channels=1, num_classes=10).features
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(16, 10))  # fmnist_tiny's last width
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+def torchvision_style_net() -> nn.Module:
+    return TorchvisionStyleNet()

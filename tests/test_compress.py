@@ -7,7 +7,7 @@ import torch
 
 from calibration import PreprocessSpec, load_dataset
 from pipeline.compress import Budget, CompressOptions, compress
-from pipeline.compress.blocks import cut_teacher
+from pipeline.compress.blocks import TeacherBlock, cut_teacher
 from pipeline.compress.selection import Option, brute_force, pareto_front, select
 from pipeline.compress.student import load_student
 from pipeline.errors import ConfigError, ModelError
@@ -205,3 +205,62 @@ def test_interrupted_compression_resumes_from_its_last_epoch(tmp_path, small_con
     resumed_weights, straight_weights = (torch.load(d / "student.pt", weights_only=True) for d in (resumed, straight))
     assert resumed_weights.keys() == straight_weights.keys()
     assert all(torch.equal(resumed_weights[k], straight_weights[k]) for k in resumed_weights)
+
+
+def test_torchvision_style_teacher_pools_and_flattens_in_forward(tmp_path):
+    from pipeline.compress.blocks import find_head
+    from pipeline.models import ModelSource, build_model
+    from tests.helpers import torchvision_style_net
+
+    torch.manual_seed(0)
+    teacher = torchvision_style_net().eval()
+    assert find_head(teacher, (1, 1, 28, 28)) == "pool-flatten-classifier"
+    assert find_head(fmnist_tiny().eval(), (1, 1, 28, 28)) == "classifier"
+    data = load_dataset(None)
+    train, val = data.train.take(600, seed=3), data.test.take(200, seed=3)
+    spec = PreprocessSpec.from_images(train.images)
+    options = CompressOptions(budget=Budget(flops_ratio=0.6), blockwise_epochs=1, finetune_epochs=1)
+    student, report = compress(teacher, {"model": "tests.helpers:torchvision_style_net", "in_channels": 1,
+                                         "num_classes": 10}, spec.apply(train.images), train.labels,
+                               spec.apply(val.images), val.labels, options, tmp_path)
+    x = torch.from_numpy(spec.apply(val.images[:8]))
+    with torch.no_grad():
+        assert student(x).shape == (8, 10)
+        assert torch.equal(load_student(tmp_path / "student.json")(x), student(x))
+    assert count_flops(student, (1, 1, 28, 28)) == report["student"]["flops"] <= report["budget"]["max_flops"]
+    assert json.loads((tmp_path / "student.json").read_text())["head"] == "pool-flatten-classifier"
+
+
+def test_a_model_whose_output_does_not_follow_from_its_features_cannot_be_cut():
+    from pipeline.compress.blocks import find_head
+    from tests.helpers import TorchvisionStyleNet
+
+    class Rescaled(TorchvisionStyleNet):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    with pytest.raises(ModelError, match=r"Rescaled: cannot cut into blocks: its output is neither"):
+        find_head(Rescaled(), (1, 1, 28, 28))
+
+
+def test_feature_loss_keeps_the_student_blocks_near_the_teachers(tmp_path):
+    from pipeline.compress.search import nmse, teacher_features
+
+    data = load_dataset(None)
+    train, val = data.train.take(1500, seed=4), data.test.take(300, seed=4)
+    spec = PreprocessSpec.from_images(train.images)
+    torch.manual_seed(0)
+    teacher, _ = train_classifier(fmnist_tiny(), train, val, spec, TrainOptions(epochs=2), {"test": "feature loss"})
+    blocks, _ = cut_teacher(teacher)
+    x = torch.from_numpy(spec.apply(val.images))
+    _, teacher_outputs = teacher_features(blocks, x)
+    distance = {}
+    for weight in (0.0, 1.0):
+        options = CompressOptions(budget=Budget(flops_ratio=0.6), blockwise_epochs=1, finetune_epochs=2,
+                                  feature_weight=weight)
+        student, report = compress(teacher, {"model": "fmnist-tiny", "in_channels": 1, "num_classes": 10},
+                                   spec.apply(train.images), train.labels, spec.apply(val.images), val.labels,
+                                   options, tmp_path)
+        _, student_outputs = teacher_features([TeacherBlock(b.name, s) for b, s in zip(blocks, student.features)], x)
+        distance[weight] = float(sum(map(nmse, student_outputs, teacher_outputs)))
+    assert distance[1.0] < 0.8 * distance[0.0], distance

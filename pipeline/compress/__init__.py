@@ -22,8 +22,8 @@ from ..models import count_flops, count_params
 from ..targets import parse_count
 from ..train import evaluate_torch
 from . import distributed
-from .blocks import cut_teacher
-from .search import block_shapes, distill_blockwise, make_candidates
+from .blocks import TeacherBlock, cut_teacher, find_head
+from .search import block_shapes, distill_blockwise, make_candidates, nmse, teacher_features
 from .selection import Option, pareto_front, select
 from .student import assemble, save_student
 
@@ -68,6 +68,10 @@ class CompressOptions:
     finetune_epochs: int = 4
     temperature: float = 4.0
     alpha: float = 0.7  # weight of the distillation term against cross-entropy
+    # Fine-tuning also pulls every student block's output towards the teacher's at the same boundary
+    # (normalised MSE, summed over blocks, times this weight): the blocks were distilled into the
+    # teacher's feature space, and this keeps them there. 0 turns it off.
+    feature_weight: float = 0.0
     patience: int = 2
     batch_size: int = 128
     lr: float = 3e-3
@@ -101,9 +105,14 @@ def _distillation_loss(student_logits, teacher_logits, labels, temperature, alph
 
 
 def finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor,
-             y_val: np.ndarray, options: CompressOptions, checkpoint: EpochCheckpoint | None = None) -> dict:
-    """End-to-end distillation from the teacher's logits, early-stopped on validation top-1."""
+             y_val: np.ndarray, options: CompressOptions, checkpoint: EpochCheckpoint | None = None,
+             blocks: list[TeacherBlock] = ()) -> dict:
+    """End-to-end distillation from the teacher's logits (and, with ``options.feature_weight``, from its
+    block outputs: ``blocks`` are the teacher's, one per student block), early-stopped on validation top-1."""
     teacher.eval()
+    student_outputs: list[torch.Tensor] = []
+    hooks = [block.register_forward_hook(lambda module, args, output: student_outputs.append(output))
+             for block in student.features] if options.feature_weight else []
     steps_per_epoch = max(1, len(y) // options.batch_size)
     optimizer = torch.optim.AdamW(student.parameters(), lr=options.lr, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, options.lr, total_steps=options.finetune_epochs * steps_per_epoch)
@@ -124,7 +133,11 @@ def finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.T
             index = distributed.shard(order[step * options.batch_size : (step + 1) * options.batch_size])
             with torch.no_grad():
                 target = teacher(x[index])
+            student_outputs.clear()
             loss = _distillation_loss(model(x[index]), target, y[index], options.temperature, options.alpha)
+            if hooks:
+                _, teacher_outputs = teacher_features(blocks, x[index])
+                loss = loss + options.feature_weight * sum(map(nmse, student_outputs, teacher_outputs))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -140,6 +153,8 @@ def finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.T
         if checkpoint:
             checkpoint.save(epoch + 1, student, optimizer, schedule, generator, best=best, best_state=best_state,
                             stale=stale, history=history)
+    for hook in hooks:
+        hook.remove()
     if best_state is not None:
         student.load_state_dict(best_state)
     return {"val_top1_per_epoch": history, "best_val_top1": best, "resumed_after_epoch": done}
@@ -164,7 +179,9 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
     for p in teacher.parameters():
         p.requires_grad_(False)
     input_shape = (1, *train_x.shape[1:])
-    blocks, head = cut_teacher(teacher, list(options.boundaries) if options.boundaries else None, options.frozen)
+    head_name = find_head(teacher, input_shape)
+    blocks, head = cut_teacher(teacher, list(options.boundaries) if options.boundaries else None, options.frozen,
+                               head_name)
     teacher_flops, teacher_params = count_flops(teacher, input_shape), count_params(teacher)
     shapes = block_shapes(blocks, input_shape)
     fixed = (count_flops(head, shapes[-1][1]), count_params(head))
@@ -192,7 +209,7 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
         chosen = front[options.pick]
     timings["selection_s"] = time.perf_counter() - started
 
-    spec = {"teacher": teacher_source, "boundaries": [b.name for b in blocks],
+    spec = {"teacher": teacher_source, "boundaries": [b.name for b in blocks], "head": head_name,
             "blocks": [candidates[b][c].spec for b, c in enumerate(chosen.choice)]}
     student = assemble(spec, teacher)
     for b, c in enumerate(chosen.choice):  # the block-wise trained weights
@@ -201,7 +218,7 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
         p.requires_grad_(True)
     started = time.perf_counter()
     tuning = finetune(student, teacher, x, torch.from_numpy(train_y), val_x, val_y, options,
-                      EpochCheckpoint(resume_dir and resume_dir / "finetune.pt", "fine-tuning"))
+                      EpochCheckpoint(resume_dir and resume_dir / "finetune.pt", "fine-tuning"), blocks)
     timings["finetune_s"] = time.perf_counter() - started
     student.eval()
     if distributed.is_main():

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from ..errors import ModelError
@@ -81,15 +82,48 @@ class TeacherBlock:
     frozen: bool = False
 
 
-def cut_teacher(model: nn.Module, boundaries: list[str] | None = None, frozen: tuple[str, ...] = ()) -> tuple[list[TeacherBlock], nn.Module]:
+def _pooled_head(model: nn.Module) -> nn.Module:
+    # torchvision's MobileNet/EfficientNet/VGG/... pool and flatten in forward(), outside `classifier`
+    pool = getattr(model, "avgpool", None)
+    return nn.Sequential(pool if isinstance(pool, nn.Module) else nn.AdaptiveAvgPool2d(1), nn.Flatten(1), model.classifier)
+
+
+# How a model's output follows from its `features`: the head a student keeps, by name (in the student's spec).
+HEADS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "classifier": lambda model: model.classifier,  # classifier(features(x)): the built-in models
+    "pool-flatten-classifier": _pooled_head,  # classifier(flatten(pool(features(x)))): torchvision layouts
+}
+
+
+def find_head(model: nn.Module, input_shape: tuple[int, ...]) -> str:
+    """The name of the head in ``HEADS`` that gives ``model``'s own output from its ``features`` output."""
+    cut_teacher(model)  # the layout errors first
+    x = torch.randn(input_shape)
+    with torch.no_grad():
+        expected, features = model.eval()(x), model.features(x)
+        for name, make in HEADS.items():
+            try:
+                output = make(model)(features)
+            except RuntimeError:  # e.g. a Linear fed with an unpooled feature map
+                continue
+            if output.shape == expected.shape and torch.allclose(output, expected, rtol=1e-4, atol=1e-5):
+                return name
+    raise ModelError(
+        f"{type(model).__name__}: cannot cut into blocks: its output is neither classifier(features(x)) nor "
+        "classifier(flatten(avgpool(features(x)))); give it one of these layouts"
+    )
+
+
+def cut_teacher(model: nn.Module, boundaries: list[str] | None = None, frozen: tuple[str, ...] = (),
+                head: str = "classifier") -> tuple[list[TeacherBlock], nn.Module]:
     """Split ``model`` into consecutive blocks of its ``features`` sequence and the remaining head.
 
     ``boundaries`` lists the names (in ``features``) of the modules that start a block; by default every
-    child of ``features`` is a block. The model must compute ``head(features(x))``.
+    child of ``features`` is a block. ``head`` names how the output follows from the features (``HEADS``;
+    ``find_head`` tells which one a model uses).
     """
     features = getattr(model, "features", None)
-    head = getattr(model, "classifier", None)
-    if not isinstance(features, nn.Sequential) or head is None:
+    if not isinstance(features, nn.Sequential) or getattr(model, "classifier", None) is None:
         raise ModelError(
             f"{type(model).__name__}: cannot cut into blocks: it has no 'features' nn.Sequential followed by a "
             "'classifier' (list the block boundaries of such a layout in the config)"
@@ -108,4 +142,4 @@ def cut_teacher(model: nn.Module, boundaries: list[str] | None = None, frozen: t
         members = [features[i] for i in range(names.index(start), stop)]
         module = members[0] if len(members) == 1 else nn.Sequential(*members)
         blocks.append(TeacherBlock(start, module, frozen=start in frozen))
-    return blocks, head
+    return blocks, HEADS[head](model)

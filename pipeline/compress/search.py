@@ -77,7 +77,7 @@ def block_shapes(blocks: list[TeacherBlock], input_shape: tuple[int, ...]) -> li
     return shapes
 
 
-def _teacher_features(blocks: list[TeacherBlock], x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def teacher_features(blocks: list[TeacherBlock], x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     inputs, outputs = [], []
     with torch.no_grad():
         for block in blocks:
@@ -87,7 +87,7 @@ def _teacher_features(blocks: list[TeacherBlock], x: torch.Tensor) -> tuple[list
     return inputs, outputs
 
 
-def _nmse(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def nmse(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((y - target) ** 2).mean() / (target ** 2).mean().clamp_min(1e-8)
 
 
@@ -100,7 +100,7 @@ class CandidateBank(nn.Module):
         self.members = nn.ModuleList([candidates[b][i].module for b, i in self.index])
 
     def forward(self, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> torch.Tensor:
-        return sum(_nmse(m(inputs[b]), outputs[b]) for (b, _), m in zip(self.index, self.members))
+        return sum(nmse(m(inputs[b]), outputs[b]) for (b, _), m in zip(self.index, self.members))
 
 
 def distill_blockwise(blocks: list[TeacherBlock], candidates: list[list[Candidate]], train: torch.Tensor,
@@ -127,7 +127,7 @@ def distill_blockwise(blocks: list[TeacherBlock], candidates: list[list[Candidat
     for epoch in range(done, epochs if params else 0):
         order = torch.randperm(len(train), generator=generator)
         for start in range(0, len(train) - batch_size + 1, batch_size):
-            inputs, outputs = _teacher_features(blocks, distributed.shard(train[order[start : start + batch_size]]))
+            inputs, outputs = teacher_features(blocks, distributed.shard(train[order[start : start + batch_size]]))
             loss = bank(inputs, outputs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -143,11 +143,11 @@ def distill_blockwise(blocks: list[TeacherBlock], candidates: list[list[Candidat
     batches = 0
     with torch.no_grad():
         for start in range(0, len(held_out), batch_size):
-            inputs, outputs = _teacher_features(blocks, held_out[start : start + batch_size])
+            inputs, outputs = teacher_features(blocks, held_out[start : start + batch_size])
             batches += 1
             for b, group in enumerate(candidates):
                 for i, c in enumerate(group):
-                    sums[b][i] += float(_nmse(c.module.eval()(inputs[b]), outputs[b]))
+                    sums[b][i] += float(nmse(c.module.eval()(inputs[b]), outputs[b]))
     for b, group in enumerate(candidates):
         for i, c in enumerate(group):
             c.score = sums[b][i] / max(1, batches)

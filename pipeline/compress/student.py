@@ -36,7 +36,7 @@ def assemble(spec: dict[str, Any], teacher: nn.Module | None = None) -> Student:
     if teacher is None:
         source = spec["teacher"]
         teacher = build_model(ModelSource(source["model"]), source["in_channels"], source["num_classes"])
-    blocks, head = cut_teacher(teacher, spec["boundaries"])
+    blocks, head = cut_teacher(teacher, spec["boundaries"], head=spec.get("head", "classifier"))
     by_name = {b.name: b.module for b in blocks}
     modules = [copy.deepcopy(by_name[s["block"]]) if s["type"] == "teacher" else build_block(s) for s in spec["blocks"]]
     return Student(modules, copy.deepcopy(head))
