@@ -44,3 +44,12 @@ def test_ci_script_runs_locally(tmp_path):
     assert (published / "report.html").is_file() and (published / "report.md").is_file()
     manifest = json.loads((published / "bundle" / "manifest.json").read_text())
     assert {a["kind"] for a in manifest["artifacts"]} == {"tflite-fp32", "tflite-int8"}
+
+
+def test_benchmark_scripts_start_as_the_readme_runs_them():
+    # Run as files (not -m), each importing `calibration` or `pipeline` first in a fresh interpreter.
+    for script in sorted((REPO / "benchmarks").glob("*.py")):
+        if script.name == "__init__.py":
+            continue
+        done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=REPO)
+        assert done.returncode == 0 and "usage:" in done.stdout, f"{script.name}: {done.stderr[-800:]}"
