@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -67,16 +68,21 @@ def main() -> int:
 
     x_fit, y_fit = spec.apply(train.images[fit_index]), train.labels[fit_index]
     x_val, y_val = spec.apply(train.images[val_index]), train.labels[val_index]
-    reports = {}
+    reports, blockwise = {}, None
     for feature_weight in sorted({0.0, args.feature_weight}):
         options = CompressOptions(budget=Budget(flops_ratio=args.flops_ratio, params_ratio=args.params_ratio),
                                   blockwise_epochs=max(1, args.epochs // 2), finetune_epochs=args.epochs,
                                   patience=args.epochs, blockwise_subset=args.blockwise_subset or None,
                                   feature_weight=feature_weight)
         out = Path(f"benchmarks/.compress_student/feature-weight-{feature_weight:g}")
-        out.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out, ignore_errors=True)
+        if blockwise:  # the rows differ only in fine-tuning: their block-wise phase is the first row's, resumed
+            (out / "resume").mkdir(parents=True)
+            shutil.copy(blockwise, out / "resume" / "blockwise.pt")
         student, reports[feature_weight] = compress(teacher, {"model": "fmnist-resnet", "in_channels": 1,
-                                                              "num_classes": 10}, x_fit, y_fit, x_val, y_val, options, out)
+                                                              "num_classes": 10}, x_fit, y_fit, x_val, y_val, options,
+                                                    out, out / "resume")
+        blockwise = blockwise or out / "resume" / "blockwise.pt"
         name = f"searched student, feature loss x{feature_weight:g}" if feature_weight else "searched student"
         rows.append((name, count_flops(student, INPUT), count_params(student), evaluate_torch(student, x_test, y_test)))
     s_flops = rows[1][1]

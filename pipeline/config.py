@@ -92,6 +92,8 @@ def _typed(cls: type, data: Any, where: str, source: str) -> Any:
         return cls(**data)
     except TypeError as exc:
         raise ConfigError(f"{source}: field '{where.rstrip('.') or '<top level>'}': {exc}") from exc
+    except ConfigError as exc:  # a section's own check names the field and the value; add the file
+        raise ConfigError(f"{source}: {exc}") from exc
 
 
 def build_config(file: str | Path | None = None, **overrides: Any) -> RunConfig:

@@ -113,7 +113,8 @@ class ModelSource:
         return self.kind == "builtin" and self.weights is None
 
 
-def _factory(ref: str) -> Callable[..., nn.Module]:
+def import_callable(ref: str) -> Callable[..., nn.Module]:
+    """The callable named by ``package.module:name``."""
     module_name, _, attr = ref.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -131,7 +132,7 @@ def build_model(source: ModelSource, in_channels: int, num_classes: int) -> nn.M
     if kind == "builtin":
         model = _BUILTINS[source.model](in_channels=in_channels, num_classes=num_classes)
     elif kind == "factory":
-        model = _factory(source.model)()
+        model = import_callable(source.model)()
     elif kind == "student":
         from .compress.student import load_student
 

@@ -184,7 +184,7 @@ class Run:
     def compress_step(self, model_record: dict) -> dict:
         """The student found by block-wise distillation under the strictest budget of the run's targets."""
         from .compress import compress
-        from .stages.report import compression_markdown
+        from .stages.report import PARETO_PLOT, compression_markdown, pareto_plot
 
         options = self.config.compress
         budget = self.compress_budget()
@@ -204,6 +204,7 @@ class Run:
             )
             write_json(tmp / "compression.json", report)
             (tmp / "compression.md").write_text(compression_markdown(report))
+            (tmp / PARETO_PLOT).write_bytes(pareto_plot(report))
             _save_torchscript(student, tuple(data["input_shape"]), tmp / "model.torchscript.pt")
             return {"files": {"torchscript": "model.torchscript.pt", "student_spec": "student.json",
                               "student_weights": "student.pt", "report": "compression.json"},

@@ -46,3 +46,12 @@ class TorchvisionStyleNet(nn.Module):
 
 def torchvision_style_net() -> nn.Module:
     return TorchvisionStyleNet()
+
+
+def grouped_conv_block(cin: int, cout: int, stride: int, groups: int) -> nn.Module | None:
+    """A user's block factory for the compression search space: a grouped 3x3 convolution (None where the
+    channels do not divide into ``groups``)."""
+    if cin % groups or cout % groups:
+        return None
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, groups=groups, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))

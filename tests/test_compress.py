@@ -115,6 +115,8 @@ def test_run_compresses_by_default_and_sends_the_student_through_every_stage(tmp
     assert "student of fmnist-tiny" in md and "| tflite-int8 |" in md
     assert f"(details: ../shared/{compressed.parent.name}/compress/compression.md)" in md
     assert "Pareto front" in (compressed / "compression.md").read_text()
+    assert "](pareto_front.png)" in (compressed / "compression.md").read_text()
+    assert (compressed / "pareto_front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the student's spec is a model source of its own
     student = load_student(compressed / "student.json")
     assert count_flops(student, (1, 1, 28, 28)) == report["student"]["flops"]
@@ -264,3 +266,53 @@ def test_feature_loss_keeps_the_student_blocks_near_the_teachers(tmp_path):
         _, student_outputs = teacher_features([TeacherBlock(b.name, s) for b, s in zip(blocks, student.features)], x)
         distance[weight] = float(sum(map(nmse, student_outputs, teacher_outputs)))
     assert distance[1.0] < 0.8 * distance[0.0], distance
+
+
+def test_search_space_from_a_config_file_with_a_users_block_factory(tmp_path, compressed):
+    from dataclasses import replace
+
+    from pipeline import build_config
+
+    config_file = tmp_path / "pipeline.yaml"
+    config_file.write_text(
+        "compress:\n  search_space:\n    identity: false\n    inverted_residual: null\n    separable: null\n"
+        "    basic: null\n    custom:\n      tests.helpers:grouped_conv_block: {groups: [1, 2, 4]}\n")
+    options = replace(build_config(config_file).compress, budget=Budget(flops_ratio=0.6), blockwise_epochs=1,
+                      finetune_epochs=1)
+    data = load_dataset(None)
+    train, val = data.train.take(3000, seed=1), data.test.take(600, seed=1)
+    spec = PreprocessSpec.from_images(train.images)
+    torch.manual_seed(0)
+    # the `compressed` fixture's teacher, from the training cache
+    teacher, stats = train_classifier(fmnist_tiny(), train, val, spec, TrainOptions(epochs=2), {"test": "compress"})
+    assert stats["cached"]
+    out = tmp_path / "student"
+    student, report = compress(teacher, {"model": "fmnist-tiny", "in_channels": 1, "num_classes": 10},
+                               spec.apply(train.images), train.labels, spec.apply(val.images), val.labels, options, out)
+    # stem 1->8 channels: only groups=1 divides; the others take all three, besides the teacher's own block
+    assert [b["candidates"] for b in report["blocks"]] == [2, 4, 4]
+    assert {b["chosen"]["type"] for b in report["blocks"]} <= {"teacher", "tests.helpers:grouped_conv_block"}
+    assert any(b["chosen"]["type"] != "teacher" for b in report["blocks"])
+    x = torch.from_numpy(spec.apply(val.images[:8]))
+    with torch.no_grad():
+        assert torch.equal(load_student(out / "student.json")(x), student(x))
+    assert count_flops(student, (1, 1, 28, 28)) <= report["budget"]["max_flops"]
+
+
+@pytest.mark.parametrize("search_space, message", [
+    ("{separable: {kernel: [3, 0]}}", r"compress.search_space.separable.kernel: bad value \[3, 0\], expected a "
+                                      "non-empty list of positive integers"),
+    ("{inverted_residual: {expand: [2]}}", r"compress.search_space.inverted_residual: unknown argument\(s\) expand; "
+                                           "valid: expansion, kernel, depth"),
+    ("{custom: {mypkg.blocks:ghost: {ratio: [2]}}}", r"compress.search_space.custom: mypkg.blocks:ghost: cannot "
+                                                     "import module 'mypkg.blocks'"),
+    ("{seperable: null}", r"compress.search_space: unknown field\(s\) seperable; valid fields: identity, "
+                          "inverted_residual, separable, basic, custom"),
+])
+def test_bad_search_space_names_the_file_the_field_and_the_value(tmp_path, search_space, message):
+    from pipeline import build_config
+
+    config_file = tmp_path / "pipeline.yaml"
+    config_file.write_text(f"compress:\n  search_space: {search_space}\n")
+    with pytest.raises(ConfigError, match=f"^{tmp_path}/pipeline.yaml: {message}"):
+        build_config(config_file)

@@ -23,7 +23,7 @@ from ..targets import parse_count
 from ..train import evaluate_torch
 from . import distributed
 from .blocks import TeacherBlock, cut_teacher, find_head
-from .search import block_shapes, distill_blockwise, make_candidates, nmse, teacher_features
+from .search import SearchSpace, block_shapes, distill_blockwise, make_candidates, nmse, teacher_features
 from .selection import Option, pareto_front, select
 from .student import assemble, save_student
 
@@ -64,6 +64,7 @@ class CompressOptions:
     budget: Budget = field(default_factory=Budget)  # unset limits come from the target profiles
     boundaries: tuple[str, ...] | None = None  # names in the teacher's `features` that start a block
     frozen: tuple[str, ...] = ()  # blocks kept as they are
+    search_space: SearchSpace = field(default_factory=SearchSpace)  # the candidate blocks
     blockwise_epochs: int = 2
     finetune_epochs: int = 4
     temperature: float = 4.0
@@ -84,12 +85,14 @@ class CompressOptions:
     seed: int = 0
 
     def __post_init__(self):
-        if isinstance(self.budget, dict):
-            unknown = set(self.budget) - {f.name for f in fields(Budget)}
-            if unknown:
-                raise ConfigError(f"compress.budget: unknown field(s) {', '.join(sorted(unknown))}; valid fields: "
-                                  + ", ".join(f.name for f in fields(Budget)))
-            object.__setattr__(self, "budget", Budget(**self.budget))
+        for name, cls in (("budget", Budget), ("search_space", SearchSpace)):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                unknown = set(value) - {f.name for f in fields(cls)}
+                if unknown:
+                    raise ConfigError(f"compress.{name}: unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
+                                      "valid fields: " + ", ".join(f.name for f in fields(cls)))
+                object.__setattr__(self, name, cls(**value))
         for name in ("boundaries", "frozen"):
             value = getattr(self, name)
             if isinstance(value, list):
@@ -186,7 +189,7 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
     shapes = block_shapes(blocks, input_shape)
     fixed = (count_flops(head, shapes[-1][1]), count_params(head))
     max_flops, max_params = options.budget.limits(teacher_flops, teacher_params)
-    candidates = [make_candidates(b, i, o) for b, (i, o) in zip(blocks, shapes)]
+    candidates = [make_candidates(b, i, o, options.search_space) for b, (i, o) in zip(blocks, shapes)]
     options_grid = [[Option(0.0, c.flops, c.params) for c in group] for group in candidates]
     select(options_grid, max_flops, max_params, fixed)  # fail before training when the budget is unreachable
     timings["setup_s"] = time.perf_counter() - started

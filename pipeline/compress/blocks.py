@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from ..models import BasicBlock, conv_bn_relu
+from ..models import BasicBlock, conv_bn_relu, import_callable
 
 
 class InvertedResidual(nn.Module):
@@ -68,10 +68,17 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_block(spec: dict[str, Any]) -> nn.Module:
+def build_block(spec: dict[str, Any]) -> nn.Module | None:
+    """The module of ``spec``; its type is a name in ``BUILDERS`` or a user's ``package.module:factory``
+    (which may return None where it has no block for these shapes)."""
     args = {k: v for k, v in spec.items() if k != "type"}
+    if ":" in spec["type"]:
+        block = import_callable(spec["type"])(**args)
+        if block is not None and not isinstance(block, nn.Module):
+            raise ModelError(f"{spec['type']}: the block factory returned {type(block).__name__}, not a torch.nn.Module")
+        return block
     if spec["type"] not in BUILDERS:
-        raise ModelError(f"unknown block type '{spec['type']}'; known: {', '.join(BUILDERS)}")
+        raise ModelError(f"unknown block type '{spec['type']}'; known: {', '.join(BUILDERS)} or package.module:factory")
     return BUILDERS[spec["type"]](**args)
 
 

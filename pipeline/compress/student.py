@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..artifacts import write_json
 from ..models import ModelSource, build_model
 from .blocks import build_block, cut_teacher
 
@@ -43,8 +45,12 @@ def assemble(spec: dict[str, Any], teacher: nn.Module | None = None) -> Student:
 
 
 def save_student(student: Student, spec: dict[str, Any], directory: Path) -> None:
-    torch.save(student.state_dict(), directory / "student.pt")
-    (directory / "student.json").write_text(json.dumps({"schema": SPEC_SCHEMA, **spec}, indent=2))
+    """``student.pt`` (weights) and ``student.json`` (architecture) in ``directory``, each written whole."""
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = directory / ".student.pt.partial"
+    torch.save(student.state_dict(), partial)
+    os.replace(partial, directory / "student.pt")
+    write_json(directory / "student.json", {"schema": SPEC_SCHEMA, **spec})
 
 
 def load_student(spec_path: Path, weights: Path | None = None) -> Student:

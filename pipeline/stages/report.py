@@ -29,8 +29,49 @@ def compression_markdown(report: dict) -> str:
     lines += ["", "Pareto front (pick one with `--pick N`):", "", "| N | FLOPs | parameters | summed error |",
               "|---|---|---|---|"]
     lines += [f"| {i} | {p['flops']:,} | {p['params']:,} | {p['score']:.4f} |" for i, p in enumerate(report["pareto_front"])]
-    lines += ["", "Time per phase (s): " + ", ".join(f"{k[:-2]} {v}" for k, v in report["timings_s"].items()), ""]
+    lines += ["", f"![Pareto front: summed block error vs FLOPs]({PARETO_PLOT})", "",
+              "Time per phase (s): " + ", ".join(f"{k[:-2]} {v}" for k, v in report["timings_s"].items()), ""]
     return "\n".join(lines)
+
+
+PARETO_PLOT = "pareto_front.png"
+
+
+def pareto_plot(report: dict) -> bytes:
+    """The Pareto front (summed block error vs FLOPs, numbered as ``--pick`` takes them), the chosen point and the
+    FLOPs budget, as a PNG."""
+    plt = _pyplot()
+    front, student = report["pareto_front"], report["student"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([p["flops"] / 1e6 for p in front], [p["score"] for p in front], "o-", color="#4a7ab5", label="Pareto front")
+    for i, p in enumerate(front):
+        ax.annotate(str(i), (p["flops"] / 1e6, p["score"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.scatter([student["predicted_flops"] / 1e6], [sum(b["score"] for b in report["blocks"])], s=140,
+               facecolors="none", edgecolors="#c0392b", linewidths=2, label="chosen student", zorder=3)
+    if report["budget"]["max_flops"]:
+        ax.axvline(report["budget"]["max_flops"] / 1e6, color="#888", linestyle="--", label="FLOPs budget")
+    ax.set_xlabel("MFLOPs (multiply-add = 2)")
+    ax.set_ylabel("summed block distillation error")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=100)
+    _pyplot().close(fig)
+    return buffer.getvalue()
 
 
 def merge_rows(evaluations: list[dict], benches: list[dict], size_budget_mb: float | None) -> list[dict]:
@@ -63,11 +104,7 @@ def recommend(rows: list[dict], tolerance: float) -> dict | None:
 
 
 def _plots(rows: list[dict]) -> dict[str, bytes]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     labels = [r["kind"] for r in rows]
     figures = {}
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -86,16 +123,8 @@ def _plots(rows: list[dict]) -> dict[str, bytes]:
         ax.set_xlabel(unit)
         ax.invert_yaxis()
         ax.grid(axis="x", alpha=0.3)
-        fig.tight_layout()
         figures[name] = fig
-    out = {}
-    for name, fig in figures.items():
-        buffer = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buffer, format="png", dpi=100)
-        plt.close(fig)
-        out[name] = buffer.getvalue()
-    return out
+    return {name: _png(fig) for name, fig in figures.items()}
 
 
 def spread_text(row: dict) -> str:
