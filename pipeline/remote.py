@@ -492,5 +492,5 @@ def remote_bench(ssh: SSHTarget, bundle_dir: Path, profile: TargetProfile, runne
         raise BenchmarkError(f"the result from {ssh.label} has schema {schema!r}, expected {SUITE_SCHEMA!r}")
     suite["location"] = {"kind": "ssh", "destination": ssh.destination, "port": ssh.port}
     _write_json_atomic(out_json, suite)
-    log(f"result from {ssh.label}: {out_json}")
+    log(f"result from {ssh.label}: {len(suite['results'])} artifacts")
     return suite

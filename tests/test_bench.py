@@ -71,7 +71,10 @@ def test_compare_merges_boards_into_one_table(tiny_run, tmp_path, capsys):
     assert len(pairs) == len(data["measured"]) == 6 + 3  # torch-fp32 + 5 for the Pi, torch + 2 for the Coral
     assert {e["board"] for e in data["estimated"]} == {"raspberry-pi-4", "coral-edgetpu"}
     md = (tmp_path / "cmp" / "compare.md").read_text()
-    assert md.index("## Measured") < md.index("## Estimated") and "| coral-edgetpu | local host:" in md
+    flops = json.loads((run.out / "raspberry-pi-4" / "report.json").read_text())["model"]["flops"]
+    model = f"fmnist-tiny, {flops / 1e6:.1f} MFLOPs"  # which model each row measured
+    assert {r["model"] for r in data["measured"]} == {e["model"] for e in data["estimated"]} == {model}
+    assert md.index("## Measured") < md.index("## Estimated") and f"| coral-edgetpu | {model} | local host:" in md
     assert "data:image/png;base64," in (tmp_path / "cmp" / "compare.html").read_text()
     assert main(["report", "--compare", str(tmp_path / "nothing-here")]) == 2
     err = capsys.readouterr().err.strip()

@@ -328,4 +328,5 @@ def test_pipeline_bench_on_the_board_and_merged_report(tiny_run, small_config, s
     merged = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     places = {(r["board"], r["measured_on"].split(":")[0]) for r in merged["measured"]}
     assert places == {("raspberry-pi-4", "local host"), ("host", f"ssh {sshd_server.destination}")}
-    assert f"| host | ssh {sshd_server.destination}:" in (tmp_path / "cmp" / "compare.md").read_text()
+    assert f"| host | fmnist-tiny, {report['model']['flops'] / 1e6:.1f} MFLOPs | ssh {sshd_server.destination}:" in \
+        (tmp_path / "cmp" / "compare.md").read_text()

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 from pathlib import Path
 
 from ..artifacts import write_json, write_text
 from ..errors import ConfigError
-from .report import ESTIMATE_NOTE, spread_text
+from .report import ESTIMATE_NOTE, png_bytes, pyplot, spread_text
 
 COMPARE_SCHEMA = "embedded-pipeline/comparison/1"
 
@@ -40,48 +39,50 @@ def _where(report: dict) -> str:
     return f"ssh {measured['destination']}: {machine}" if measured["kind"] == "ssh" else f"local host: {machine}"
 
 
+def _model(report: dict) -> str:
+    """Which model a report measured: runs for several boards may hold different students of one teacher."""
+    model = report["model"]
+    return f"{'student of ' if model.get('teacher') else ''}{model['source']}, {model['flops'] / 1e6:.1f} MFLOPs"
+
+
 def comparison(report_paths: list[Path]) -> dict:
     measured, estimated = [], []
     for path in report_paths:
         try:
             report = json.loads(path.read_text())
-            board, where = report["target"]["name"], _where(report)
+            board, where, model = report["target"]["name"], _where(report), _model(report)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path}: not a pipeline report ({exc.__class__.__name__}: {exc})") from exc
         for r in report["rows"]:
             measured.append({
-                "board": board, "measured_on": where, "artifact": r["kind"], "runtime": r["runtime"],
+                "board": board, "model": model, "measured_on": where, "artifact": r["kind"], "runtime": r["runtime"],
                 "top1": r["top1"], "drop": r["drop"], "latency_ms": r["latency_ms"], "spread": r["spread"],
                 "noisy": r["noisy"], "peak_rss_mb": r["peak_rss_mb"], "size_bytes": r["size_bytes"],
                 "threads": r["threads"], "report": str(path),
             })
-        estimated += [{"board": board, **e, "report": str(path)} for e in report.get("estimates", [])]
+        estimated += [{"board": board, "model": model, **e, "report": str(path)} for e in report.get("estimates", [])]
     return {"schema": COMPARE_SCHEMA, "reports": [str(p) for p in report_paths], "measured": measured,
             "estimated": estimated}
 
 
 def _tables(data: dict) -> list[tuple[str, list[str], list[list[str]]]]:
-    header = ["board", "measured on", "artifact", "runtime", "threads", "top-1 (%)", "drop (pts)", "p50 (ms)",
+    header = ["board", "model", "measured on", "artifact", "runtime", "threads", "top-1 (%)", "drop (pts)", "p50 (ms)",
               "p90 (ms)", "p99 (ms)", "spread", "peak RSS (MiB)", "size (KiB)"]
-    body = [[r["board"], r["measured_on"], r["artifact"], r["runtime"], str(r["threads"]), f"{r['top1']:.2f}",
+    body = [[r["board"], r["model"], r["measured_on"], r["artifact"], r["runtime"], str(r["threads"]), f"{r['top1']:.2f}",
              f"{r['drop']:+.2f}", f"{r['latency_ms']['p50']:.3f}", f"{r['latency_ms']['p90']:.3f}",
              f"{r['latency_ms']['p99']:.3f}", spread_text(r), f"{r['peak_rss_mb']:.0f}",
              f"{r['size_bytes'] / 1024:.1f}"] for r in data["measured"]]
     tables = [("Measured", header, body)]
     if data["estimated"]:
-        est_header = ["board", "artifact", "estimated latency (ms)", "bound", "peak (GOPS)", "bandwidth (GB/s)"]
-        est_body = [[e["board"], e["kind"], f"{e['latency_ms']:.4f}", e["bound"], f"{e['peak_gops']:g}",
+        est_header = ["board", "model", "artifact", "estimated latency (ms)", "bound", "peak (GOPS)", "bandwidth (GB/s)"]
+        est_body = [[e["board"], e["model"], e["kind"], f"{e['latency_ms']:.4f}", e["bound"], f"{e['peak_gops']:g}",
                      f"{e['bandwidth_gbs']:g}"] for e in data["estimated"]]
         tables.append(("Estimated (roofline, not measured)", est_header, est_body))
     return tables
 
 
 def _latency_plot(data: dict) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = data["measured"]
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(rows) + 1.5))
     labels = [f"{r['board']} · {r['measured_on'].split(':')[0]} · {r['artifact']}" for r in rows]
@@ -91,11 +92,7 @@ def _latency_plot(data: dict) -> bytes:
     ax.set_xlabel("median latency (ms); whiskers: min to p90")
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def write_comparison(runs: list[str | Path], directory: Path) -> list[Path]:
@@ -122,7 +119,7 @@ def write_comparison(runs: list[str | Path], directory: Path) -> list[Path]:
     image = f'<img alt="latency" src="data:image/png;base64,{base64.b64encode(png).decode()}">' if png else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Comparison</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1300px}}table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}td:nth-child(-n+4),th:nth-child(-n+4){{text-align:left}}</style>
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}td:nth-child(-n+5),th:nth-child(-n+5){{text-align:left}}</style>
 </head><body><h1>Comparison</h1><p>Reports: {html.escape(', '.join(data['reports']))}</p>{sections}{image}</body></html>
 """
     write_json(directory / "compare.json", data)

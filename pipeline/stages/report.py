@@ -40,7 +40,7 @@ PARETO_PLOT = "pareto_front.png"
 def pareto_plot(report: dict) -> bytes:
     """The Pareto front (summed block error vs FLOPs, numbered as ``--pick`` takes them), the chosen point and the
     FLOPs budget, as a PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     front, student = report["pareto_front"], report["student"]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([p["flops"] / 1e6 for p in front], [p["score"] for p in front], "o-", color="#4a7ab5", label="Pareto front")
@@ -54,10 +54,10 @@ def pareto_plot(report: dict) -> bytes:
     ax.set_ylabel("summed block distillation error")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,11 +66,12 @@ def _pyplot():
     return plt
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=100)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return buffer.getvalue()
 
 
@@ -104,7 +105,7 @@ def recommend(rows: list[dict], tolerance: float) -> dict | None:
 
 
 def _plots(rows: list[dict]) -> dict[str, bytes]:
-    plt = _pyplot()
+    plt = pyplot()
     labels = [r["kind"] for r in rows]
     figures = {}
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -124,7 +125,7 @@ def _plots(rows: list[dict]) -> dict[str, bytes]:
         ax.invert_yaxis()
         ax.grid(axis="x", alpha=0.3)
         figures[name] = fig
-    return {name: _png(fig) for name, fig in figures.items()}
+    return {name: png_bytes(fig) for name, fig in figures.items()}
 
 
 def spread_text(row: dict) -> str:
