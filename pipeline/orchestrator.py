@@ -201,6 +201,7 @@ class Run:
             student, report = compress(
                 self.load_torch(model_record), teacher_source, spec.apply(images[train_index]), labels[train_index],
                 spec.apply(images[val_index]), labels[val_index], replace(options, budget=budget), tmp, resume_dir,
+                (spec.apply(self.data.test.images), self.data.test.labels),
             )
             write_json(tmp / "compression.json", report)
             (tmp / "compression.md").write_text(compression_markdown(report))

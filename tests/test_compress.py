@@ -116,6 +116,10 @@ def test_run_compresses_by_default_and_sends_the_student_through_every_stage(tmp
     assert f"(details: ../shared/{compressed.parent.name}/compress/compression.md)" in md
     assert "Pareto front" in (compressed / "compression.md").read_text()
     assert "](pareto_front.png)" in (compressed / "compression.md").read_text()
+    # both models on the held-out test split, beside the validation figures from the training split
+    assert 10 < report["teacher"]["test_top1"] <= 100 and 10 < report["student"]["test_top1"] <= 100
+    assert f"| {report['teacher']['test_top1']:.2f} | {report['teacher']['val_top1']:.2f} |" in \
+        (compressed / "compression.md").read_text()
     assert (compressed / "pareto_front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the student's spec is a model source of its own
     student = load_student(compressed / "student.json")

@@ -164,8 +164,8 @@ def finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.T
 
 
 def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
-             val_y: np.ndarray, options: CompressOptions, out_dir: Path,
-             resume_dir: Path | None = None) -> tuple[nn.Module, dict]:
+             val_y: np.ndarray, options: CompressOptions, out_dir: Path, resume_dir: Path | None = None,
+             test: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[nn.Module, dict]:
     """Search, assemble and fine-tune a student of ``teacher``; write student.pt and student.json.
 
     Returns the student and the compression report. With ``resume_dir``, both training phases save their
@@ -173,7 +173,9 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
 
     ``train_x``/``val_x`` are preprocessed NCHW inputs, ``train_x`` in random order (block-wise distillation
     takes its first ``blockwise_subset`` samples, fine-tuning all of them); ``teacher_source`` ({"model", "in_channels",
-    "num_classes"}) lets the student's spec rebuild the teacher-kept blocks.
+    "num_classes"}) lets the student's spec rebuild the teacher-kept blocks. With ``test`` (inputs, labels: images
+    neither model trained on), the report gives both models' top-1 on it too: the validation images come from the
+    training split, which the teacher has seen, so only the test figures compare the two fairly.
     """
     timings = {}
     started = time.perf_counter()
@@ -226,13 +228,15 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
     student.eval()
     if distributed.is_main():
         save_student(student, spec, out_dir)
+    test_top1 = (lambda model: {"test_top1": evaluate_torch(model, *test)}) if test else (lambda model: {})
     report = {
         "flop_convention": "a multiply-add counts as 2 FLOPs",
         "budget": {"max_flops": max_flops, "max_params": max_params},
-        "teacher": {"flops": teacher_flops, "params": teacher_params, "val_top1": evaluate_torch(teacher, val_x, val_y)},
+        "teacher": {"flops": teacher_flops, "params": teacher_params, "val_top1": evaluate_torch(teacher, val_x, val_y),
+                    **test_top1(teacher)},
         "student": {"flops": count_flops(student, input_shape), "params": count_params(student),
-                    "val_top1": evaluate_torch(student, val_x, val_y), "predicted_flops": chosen.flops,
-                    "predicted_params": chosen.params, **tuning},
+                    "val_top1": evaluate_torch(student, val_x, val_y), **test_top1(student),
+                    "predicted_flops": chosen.flops, "predicted_params": chosen.params, **tuning},
         "blocks": [{"block": blocks[b].name, "chosen": candidates[b][c].spec, "score": candidates[b][c].score,
                     "flops": candidates[b][c].flops, "params": candidates[b][c].params,
                     "candidates": len(candidates[b])} for b, c in enumerate(chosen.choice)],
