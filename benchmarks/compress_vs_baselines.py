@@ -87,12 +87,14 @@ def main() -> int:
         rows.append((name, count_flops(student, INPUT), count_params(student), evaluate_torch(student, x_test, y_test)))
     s_flops = rows[1][1]
 
+    torch.manual_seed(0)  # the baselines' initial weights, whatever the runs before them drew
     scratch, width = width_scaled(s_flops)
     scratch, _ = train_classifier(scratch, train, data.test, spec, TrainOptions(epochs=args.epochs),
                                   {"model": f"width-{width:.3f}", "benchmark": "compress", "subset": args.train_subset})
     rows.append((f"width x{width:.2f}, cross-entropy", count_flops(scratch, INPUT), count_params(scratch),
                  evaluate_torch(scratch, x_test, y_test)))
 
+    torch.manual_seed(0)
     distilled, _ = width_scaled(s_flops)
     kd_options = CompressOptions(finetune_epochs=args.epochs, patience=args.epochs)
     finetune(distilled, teacher, torch.from_numpy(x_fit), torch.from_numpy(y_fit), x_val, y_val, kd_options)
