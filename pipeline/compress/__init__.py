@@ -139,12 +139,11 @@ def finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.T
         for step in tqdm(range(steps_per_epoch), desc=f"fine-tune student {epoch + 1}/{options.finetune_epochs}",
                          unit="batch", disable=not distributed.is_main()):
             index = distributed.shard(order[step * options.batch_size : (step + 1) * options.batch_size])
-            if hooks:  # one teacher pass gives the block outputs and, through the head, the logits
-                _, teacher_outputs = teacher_features(blocks, x[index])
-                with torch.no_grad():
+            with torch.no_grad():
+                if hooks:  # one teacher pass gives the block outputs and, through the head, the logits
+                    _, teacher_outputs = teacher_features(blocks, x[index])
                     target = head(teacher_outputs[-1])
-            else:
-                with torch.no_grad():
+                else:
                     target = teacher(x[index])
             student_outputs.clear()
             loss = _distillation_loss(model(x[index]), target, y[index], options.temperature, options.alpha)
