@@ -11,8 +11,7 @@ RUN apt-get update \
 WORKDIR /opt/pipeline
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
-COPY calibration ./calibration
-COPY benchmarks ./benchmarks
+COPY board_runtime ./board_runtime
 COPY targets ./targets
 
 # torch==2.13.0 first, from the CPU index, so that no CUDA build is pulled in.

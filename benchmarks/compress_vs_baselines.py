@@ -22,10 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibration import PreprocessSpec, load_dataset
-from pipeline.compress import Budget, CompressOptions, compress, finetune
-from pipeline.models import ResNetCNN, count_flops, count_params, fmnist_resnet
-from pipeline.train import TrainOptions, evaluate_torch, train_classifier
+from pipeline.compress.compressor import compress, finetune
+from pipeline.compress.options import Budget, CompressOptions
+from pipeline.config import TrainOptions
+from pipeline.data import PreprocessSpec, load_dataset
+from pipeline.nets import ResNetCNN, fmnist_resnet
+from pipeline.torchmodel import count_flops, count_params
+from pipeline.train import evaluate_torch, train_classifier
 
 TEACHER_WIDTHS = (32, 64, 128, 128)
 INPUT = (1, 1, 28, 28)

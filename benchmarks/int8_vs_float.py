@@ -17,11 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-RUNNER = Path(__file__).resolve().parent / "runner.py"
-
-
 def time_once(manifest: Path, kind: str, threads: int, runs: int, out: Path) -> float:
-    subprocess.run([sys.executable, str(RUNNER), "--manifest", str(manifest), "bench", "--artifact", kind,
+    """One artifact's median latency, timed by the on-board runtime (``python -m board_runtime``) in a fresh process."""
+    subprocess.run([sys.executable, "-m", "board_runtime", "--manifest", str(manifest), "bench", "--artifact", kind,
                     "--threads", str(threads), "--runs", str(runs), "--warmup", "50", "--json", str(out)],
                    check=True, capture_output=True)
     return json.loads(out.read_text())["latency_ms"]["p50"]
@@ -36,7 +34,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the table here")
     args = parser.parse_args()
     manifest = args.target_dir / "artifacts.json"
-    kinds = [a["kind"] for a in json.loads(manifest.read_text())["artifacts"]]
+    artifacts = json.loads(manifest.read_text())["artifacts"]
+    kinds = [a["kind"] for a in artifacts]
+    fp32 = {a["format"]: a["kind"] for a in artifacts if a["precision"] == "fp32"}
     medians: dict[str, list[float]] = {k: [] for k in kinds}
     with tempfile.TemporaryDirectory() as tmp:
         for round_index in range(args.rounds):
@@ -47,8 +47,7 @@ def main() -> int:
     result = {k: statistics.median(v) for k, v in medians.items()}
     print(f"{'artifact':12s} {'median p50 (ms)':>16s} {'spread (ms)':>12s} {'vs fp32':>8s}")
     for kind in kinds:
-        fmt = kind.split("-")[0]
-        base = result.get(f"{fmt}-fp32")
+        base = result.get(fp32.get(next(a["format"] for a in artifacts if a["kind"] == kind)))
         ratio = f"{result[kind] / base:.2f}x" if base else "-"
         spread = max(medians[kind]) - min(medians[kind])
         print(f"{kind:12s} {result[kind]:16.4f} {spread:12.4f} {ratio:>8s}")

@@ -79,13 +79,13 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the table here")
     args = parser.parse_args()
     manifest = json.loads((args.bundle / "manifest.json").read_text())
-    artifacts = [a for a in manifest["artifacts"] if a["kind"].split("-")[0] in ("tflite", "onnx")]
+    artifacts = [a for a in manifest["artifacts"] if a["session"] in ("tflite", "onnx")]  # what the plain loop runs
     runner: dict[str, list[float]] = {a["kind"]: [] for a in artifacts}
     loop: dict[str, list[float]] = {a["kind"]: [] for a in artifacts}
     with tempfile.TemporaryDirectory() as tmp:
         for round_index in range(args.rounds):
             for a in artifacts:
-                fmt = a["kind"].split("-")[0]
+                fmt = a["format"]
                 measure = [lambda: runner[a["kind"]].append(runner_mean(args.bundle, a["kind"], args.threads, args.runs,
                                                                         args.warmup, Path(tmp) / "r.json")),
                            lambda: loop[a["kind"]].append(loop_mean(args.bundle / a["path"], fmt, args.threads,

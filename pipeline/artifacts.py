@@ -1,4 +1,4 @@
-"""Artifact kinds, the typed record of an artifact on disk, and atomic file helpers."""
+"""The typed record of an artifact on disk (as a bundle manifest lists it), and atomic file helpers."""
 from __future__ import annotations
 
 import contextlib
@@ -14,29 +14,6 @@ from typing import Any, Iterator
 
 
 @dataclass(frozen=True)
-class ArtifactKind:
-    key: str
-    format: str  # torch | onnx | tflite
-    precision: str  # fp32 | fp16 | int8
-    label: str
-
-
-ARTIFACT_KINDS: dict[str, ArtifactKind] = {
-    k.key: k
-    for k in (
-        ArtifactKind("torch-fp32", "torch", "fp32", "PyTorch fp32"),
-        ArtifactKind("onnx-fp32", "onnx", "fp32", "ONNX fp32"),
-        ArtifactKind("onnx-fp16", "onnx", "fp16", "ONNX fp16"),
-        ArtifactKind("onnx-int8", "onnx", "int8", "ONNX int8 (QDQ)"),
-        ArtifactKind("tflite-fp32", "tflite", "fp32", "TFLite fp32"),
-        ArtifactKind("tflite-fp16", "tflite", "fp16", "TFLite fp16"),
-        ArtifactKind("tflite-int8", "tflite", "int8", "TFLite int8"),
-    )
-}
-REFERENCE_KIND = "torch-fp32"
-
-
-@dataclass(frozen=True)
 class QuantParams:
     scale: float
     zero_point: int
@@ -46,7 +23,10 @@ class QuantParams:
 class Artifact:
     """One deployable model file and what a runtime needs to feed it."""
 
-    kind: str
+    kind: str  # a row of the format registry (``pipeline.formats``)
+    format: str  # the file format: torch | onnx | tflite
+    precision: str  # fp32 | fp16 | int8
+    session: str  # the on-board runtime's session that runs it (``board_runtime.sessions.SESSIONS``)
     path: str  # absolute, or relative to the manifest that lists it
     input_name: str
     input_shape: tuple[int, ...]
@@ -57,6 +37,7 @@ class Artifact:
     output_quant: QuantParams | None = None
     sha256: str = ""
     size_bytes: int = 0
+    calibration: str | None = None  # int8: what calibrated its ranges
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

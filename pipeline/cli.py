@@ -1,4 +1,8 @@
-"""The ``pipeline`` command: a thin layer over the Python API (``pipeline.run``, ``pipeline.load_target``)."""
+"""The ``pipeline`` command: a thin layer over the Python API (``pipeline.run``, ``pipeline.load_target``).
+
+Only the commands that build or measure import the engine (and through it torch and TensorFlow): ``--help`` and
+``pipeline targets`` stay light.
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,8 +13,6 @@ import yaml
 
 from .config import STAGES, build_config
 from .errors import ConfigError, PipelineError
-from .orchestrator import Run
-from .stages.compare import write_comparison
 from .targets import list_targets, load_target
 
 # What each stage command runs: the model step belongs to export, calibration to quantize.
@@ -131,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(yaml.safe_dump(load_target(args.name).to_dict(), sort_keys=False), end="")
             return 0
+        from .orchestrator import Run
+        from .stages.compare import write_comparison
+
         if args.command == "report" and args.compare:
             for path in write_comparison(args.compare, Path(args.out or "comparison")):
                 print(path)

@@ -8,15 +8,25 @@ from typing import Any
 
 import yaml
 
-from calibration import CalibrationOptions
-
-from .compress import CompressOptions
 from .artifacts import plain_data, write_text
+from .calibration import CalibrationOptions
+from .compress.options import CompressOptions
 from .errors import ConfigError
-from .train import TrainOptions
 
 # The bundle comes before bench: a board is benchmarked with the bundle as it is deployed.
 STAGES = ("model", "compress", "export", "quantize", "convert", "evaluate", "bundle", "bench", "report")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 6e-3
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    hflip: bool = True  # Fashion-MNIST's garments are left-right symmetric
+    seed: int = 0
+    train_subset: int | None = None  # train on a random subset (tests, quick tries)
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 from onnx import helper, shape_inference
 
-from .artifacts import ARTIFACT_KINDS
+from .formats import FORMATS
 from .errors import ConversionError
-from .targets import Performance
+from .profile import Performance
 
 METHOD = "roofline (estimated)"
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
@@ -97,13 +97,13 @@ def estimate(kind: str, flops: int, traffic: ModelTraffic, performance: Performa
     compute and memory traffic overlap fully. It is meant as a lower bound to set beside the measured
     latency, not a prediction: real kernels reach a fraction of peak. Runtimes that fuse operators (Conv
     with ReLU) never store some of the tensors counted here, so a memory-bound figure can overstate.
-    ``flops`` counts a multiply-add as 2 operations (``pipeline.models.count_flops``), as the peaks do.
+    ``flops`` counts a multiply-add as 2 operations (``pipeline.torchmodel.count_flops``), as the peaks do.
 
     Returns None when the profile has no peak for the artifact's precision.
     """
-    if kind not in ARTIFACT_KINDS:
-        raise ValueError(f"unknown artifact kind '{kind}'; valid kinds: {', '.join(ARTIFACT_KINDS)}")
-    precision = ARTIFACT_KINDS[kind].precision
+    if kind not in FORMATS:
+        raise ValueError(f"unknown artifact kind '{kind}'; valid kinds: {', '.join(FORMATS)}")
+    precision = FORMATS[kind].precision
     peak_gops = getattr(performance.peak_gops, precision)
     if peak_gops is None:
         return None

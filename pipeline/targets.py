@@ -8,15 +8,18 @@ from __future__ import annotations
 import difflib
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .artifacts import ARTIFACT_KINDS, plain_data
 from .errors import ConfigError
+from .formats import FORMATS
+from .profile import (Board, Budgets, Int8Granularity, Int8Scheme, IODtype, Layout, PeakGops, Performance,
+                      TargetProfile)
+from .units import parse_count
 
 
 def _targets_dir() -> Path:
@@ -28,90 +31,8 @@ def _targets_dir() -> Path:
 TARGETS_DIR = _targets_dir()
 
 
-class Int8Granularity(str, Enum):
-    PER_CHANNEL = "per-channel"
-    PER_TENSOR = "per-tensor"
-
-
-class IODtype(str, Enum):
-    FLOAT32 = "float32"
-    INT8 = "int8"
-    UINT8 = "uint8"
-
-
-class Layout(str, Enum):
-    NHWC = "NHWC"
-    NCHW = "NCHW"
-
-
-@dataclass(frozen=True)
-class Board:
-    cpu_arch: str
-    cpu: str
-    cores: int
-    memory_mb: int
-    accelerator: str
-
-
-@dataclass(frozen=True)
-class Int8Scheme:
-    """How int8 artifacts are built for a board."""
-
-    granularity: Int8Granularity
-    io_dtype: IODtype  # input/output dtype of the TFLite int8 model
-    activation_symmetric: bool  # TensorRT wants zero-point 0 on activations
-
-
-@dataclass(frozen=True)
-class Budgets:
-    max_flops: int | None
-    max_params: int | None
-    max_model_size_mb: float | None
-
-
-@dataclass(frozen=True)
-class PeakGops:
-    """Giga-operations per second at each precision, on the compute path the board's artifacts of that
-    precision run on (GPU, NPU or CPU); None where the board has no such path."""
-
-    fp32: float | None
-    fp16: float | None
-    int8: float | None
-
-
-@dataclass(frozen=True)
-class Performance:
-    """Theoretical peaks for roofline estimates (``pipeline.estimate``) and where they come from."""
-
-    peak_gops: PeakGops
-    memory_bandwidth_gbs: float
-    source: str  # URL(s) of the specifications the figures come from, cited by the report
-
-
-@dataclass(frozen=True)
-class TargetProfile:
-    name: str
-    description: str
-    source: Path
-    board: Board
-    runtimes: tuple[str, ...]
-    artifacts: tuple[str, ...]
-    threads: int
-    onnx_opset: int
-    input_layout: Layout  # layout of the TFLite artifacts' input
-    int8: Int8Scheme
-    budgets: Budgets
-    accuracy_tolerance: float  # top-1 points an artifact may lose against torch fp32
-    # runtime -> the shell command that installs it on the board; a dict is unhashable, so kept out of the hash
-    install: dict[str, str] = field(hash=False)
-    performance: Performance | None  # None: no roofline estimates for this board
-
-    def to_dict(self) -> dict[str, Any]:
-        return plain_data(self)
-
-
+# The runtimes a profile can name (its ``runtimes`` and ``install`` keys); each format row names those that run it.
 KNOWN_RUNTIMES = ("litert", "tflite-runtime", "edgetpu", "onnxruntime", "onnxruntime-cuda", "tensorrt", "torch")
-_SI = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
 
 
 class _Fields:
@@ -215,31 +136,6 @@ class _Fields:
         return parsed
 
 
-def format_count(value: int) -> str:
-    """20_000_000 -> '20M', 117_000 -> '117k' (4 significant digits): the inverse of ``parse_count``."""
-    for suffix, scale in sorted(_SI.items(), key=lambda item: -item[1]):
-        if value >= scale:
-            return f"{value / scale:.4g}{suffix}"
-    return str(value)
-
-
-def parse_count(value: Any) -> int | None:
-    """'20M' -> 20_000_000; returns None when the value is not a positive count."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return int(value) if value > 0 else None
-    if isinstance(value, str) and value:
-        scale = _SI.get(value[-1], 1)
-        number = value[:-1] if value[-1] in _SI else value
-        try:
-            parsed = float(number) * scale
-        except ValueError:
-            return None
-        return int(parsed) if parsed > 0 else None
-    return None
-
-
 def list_targets() -> list[str]:
     return sorted(p.stem for p in TARGETS_DIR.glob("*.yaml"))
 
@@ -277,8 +173,12 @@ def _parse_profile(path: Path, data: Any) -> TargetProfile:
     budgets = top.sub("budgets")
     budgets.check_keys([f.name for f in fields(Budgets)])
     threads = top.integer("threads")
-    artifacts = top.choices("artifacts", tuple(ARTIFACT_KINDS))
+    artifacts = top.choices("artifacts", tuple(FORMATS))
     runtimes = top.choices("runtimes", KNOWN_RUNTIMES)
+    for kind in artifacts:
+        if not set(FORMATS[kind].runtimes) & set(runtimes):
+            top.fail("artifacts", kind, f"a kind that one of the profile's runtimes ({', '.join(runtimes)}) runs; "
+                                        f"{kind} runs on {', '.join(FORMATS[kind].runtimes)}")
     profile = TargetProfile(
         name=top.string("name"),
         description=top.string("description"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -11,22 +11,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from calibration import Dataset, PreprocessSpec
-
 from .artifacts import sha256_json, write_json
 from .checkpoint import EpochCheckpoint
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    epochs: int = 5
-    batch_size: int = 128
-    lr: float = 6e-3
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
-    hflip: bool = True  # Fashion-MNIST's garments are left-right symmetric
-    seed: int = 0
-    train_subset: int | None = None  # train on a random subset (tests, quick tries)
+from .config import TrainOptions
+from .data import Dataset, PreprocessSpec
 
 
 def cache_dir() -> Path:

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from pipeline.models import fmnist_tiny
+from pipeline.nets import fmnist_tiny
 
 
 def tiny_factory() -> nn.Module:

@@ -3,7 +3,8 @@ import json
 import subprocess
 import sys
 
-from benchmarks.runner import SUITE_SCHEMA, aggregate
+from board_runtime.measure import aggregate
+from board_runtime.schemas import SUITE_SCHEMA
 from pipeline.cli import main
 from pipeline.stages.compare import COMPARE_SCHEMA
 

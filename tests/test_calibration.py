@@ -3,11 +3,13 @@ import numpy as np
 import onnx
 import pytest
 
-from calibration import CalibrationMethod, CalibrationOptions, CalibrationRanges, PreprocessSpec, calibrate, load_dataset
 from pipeline.errors import ConfigError
-from pipeline.models import fmnist_tiny
-from pipeline.stages.export import export_onnx
-from pipeline.stages.quantize import convert_fp16, quantize_int8
+from pipeline.calibration import CalibrationMethod, CalibrationOptions, CalibrationRanges, calibrate
+from pipeline.data import PreprocessSpec, load_dataset
+from pipeline.formats.onnx_fp16 import convert_fp16
+from pipeline.formats.onnx_fp32 import export_onnx
+from pipeline.formats.onnx_int8 import quantize_int8
+from pipeline.nets import fmnist_tiny
 from pipeline.targets import load_target
 
 

@@ -5,14 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from calibration import PreprocessSpec, load_dataset
-from pipeline.compress import Budget, CompressOptions, compress
+from pipeline.compress.compressor import compress
+from pipeline.compress.options import Budget, CompressOptions
 from pipeline.compress.blocks import TeacherBlock, cut_teacher
 from pipeline.compress.selection import Option, brute_force, pareto_front, select
-from pipeline.compress.student import load_student
 from pipeline.errors import ConfigError, ModelError
-from pipeline.models import count_flops, count_params, fmnist_tiny
-from pipeline.train import TrainOptions, train_classifier
+from pipeline.config import TrainOptions
+from pipeline.data import PreprocessSpec, load_dataset
+from pipeline.nets import fmnist_tiny
+from pipeline.sources.student import load_student_files
+from pipeline.torchmodel import count_flops, count_params
+from pipeline.train import train_classifier
 
 
 def _instance(seed: int) -> list[list[Option]]:
@@ -79,7 +82,7 @@ def compressed(tmp_path_factory):
 
 def test_budget_is_met_by_the_measured_student(compressed):
     report, out, _ = compressed
-    student = load_student(out / "student.json")
+    student = load_student_files(out / "student.json")
     flops, params = count_flops(student, (1, 1, 28, 28)), count_params(student)
     assert flops <= report["budget"]["max_flops"] and params <= report["budget"]["max_params"]
     assert flops == report["student"]["flops"] == report["student"]["predicted_flops"]
@@ -88,7 +91,7 @@ def test_budget_is_met_by_the_measured_student(compressed):
 
 def test_student_rebuilt_from_its_spec_gives_identical_outputs(compressed):
     report, out, (x, reference) = compressed
-    rebuilt = load_student(out / "student.json")
+    rebuilt = load_student_files(out / "student.json")
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(torch.from_numpy(x)), reference, rtol=0, atol=0)
     spec = json.loads((out / "student.json").read_text())
@@ -122,7 +125,7 @@ def test_run_compresses_by_default_and_sends_the_student_through_every_stage(tmp
         (compressed / "compression.md").read_text()
     assert (compressed / "pareto_front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the student's spec is a model source of its own
-    student = load_student(compressed / "student.json")
+    student = load_student_files(compressed / "student.json")
     assert count_flops(student, (1, 1, 28, 28)) == report["student"]["flops"]
 
 
@@ -144,7 +147,7 @@ def test_two_process_ddp_run_agrees_across_ranks(tmp_path):
     report = json.loads((out / "compression.json").read_text())
     assert report["world_size"] == 2
     assert (out / "rank0.sha256").read_text() == (out / "rank1.sha256").read_text()
-    assert load_student(out / "student.json") is not None
+    assert load_student_files(out / "student.json") is not None
 
 
 def test_compression_is_skipped_when_the_model_already_fits(tmp_path, small_config):
@@ -178,7 +181,7 @@ def test_runs_with_other_budgets_in_one_directory_keep_each_others_outputs(tmp_p
 
 
 def test_interrupted_compression_resumes_from_its_last_epoch(tmp_path, small_config, monkeypatch):
-    import pipeline.compress as compress_module
+    import pipeline.compress.compressor as compress_module
     from pipeline.orchestrator import Run
 
     tiny = {"enabled": True, "blockwise_epochs": 2, "finetune_epochs": 3, "patience": 3, "blockwise_subset": 600,
@@ -215,7 +218,6 @@ def test_interrupted_compression_resumes_from_its_last_epoch(tmp_path, small_con
 
 def test_torchvision_style_teacher_pools_and_flattens_in_forward(tmp_path):
     from pipeline.compress.blocks import find_head
-    from pipeline.models import ModelSource, build_model
     from tests.helpers import torchvision_style_net
 
     torch.manual_seed(0)
@@ -232,7 +234,7 @@ def test_torchvision_style_teacher_pools_and_flattens_in_forward(tmp_path):
     x = torch.from_numpy(spec.apply(val.images[:8]))
     with torch.no_grad():
         assert student(x).shape == (8, 10)
-        assert torch.equal(load_student(tmp_path / "student.json")(x), student(x))
+        assert torch.equal(load_student_files(tmp_path / "student.json")(x), student(x))
     assert count_flops(student, (1, 1, 28, 28)) == report["student"]["flops"] <= report["budget"]["max_flops"]
     assert json.loads((tmp_path / "student.json").read_text())["head"] == "pool-flatten-classifier"
 
@@ -299,7 +301,7 @@ def test_search_space_from_a_config_file_with_a_users_block_factory(tmp_path, co
     assert any(b["chosen"]["type"] != "teacher" for b in report["blocks"])
     x = torch.from_numpy(spec.apply(val.images[:8]))
     with torch.no_grad():
-        assert torch.equal(load_student(out / "student.json")(x), student(x))
+        assert torch.equal(load_student_files(out / "student.json")(x), student(x))
     assert count_flops(student, (1, 1, 28, 28)) <= report["budget"]["max_flops"]
 
 

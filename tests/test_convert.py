@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from calibration import PreprocessSpec
 from pipeline.errors import ConversionError
-from pipeline.stages.convert import ONNX2TF_SAMPLE, convert_tflite, tflite_io
-from pipeline.stages.export import export_onnx
-from pipeline.targets import IODtype, Layout
+from pipeline.data import PreprocessSpec
+from pipeline.formats.onnx_fp32 import export_onnx
+from pipeline.formats.tflite import ONNX2TF_SAMPLE, convert_tflite, tflite_io
+from pipeline.profile import IODtype, Layout
 from tests.helpers import fft_net, rgb_net
 
 

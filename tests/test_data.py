@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from calibration import PreprocessSpec, load_dataset
-from calibration.datasets import FASHION_MNIST_DIR
+from pipeline.data import PreprocessSpec, load_dataset
+from pipeline.data.datasets import FASHION_MNIST_DIR
 from pipeline.errors import DataError
 
 
@@ -78,7 +78,7 @@ def test_corrupt_idx_file(tmp_path):
 
 
 def test_missing_fashion_mnist_says_how_to_install(monkeypatch, tmp_path):
-    monkeypatch.setattr("calibration.datasets.FASHION_MNIST_DIR", tmp_path / "absent")
+    monkeypatch.setattr("pipeline.data.datasets.FASHION_MNIST_DIR", tmp_path / "absent")
     with pytest.raises(DataError, match="apt-get install -y dataset-fashion-mnist"):
         load_dataset(None)
     assert FASHION_MNIST_DIR.is_dir()

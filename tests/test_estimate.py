@@ -8,9 +8,10 @@ from torch import nn
 from pipeline import load_target
 from pipeline.errors import ConfigError
 from pipeline.estimate import estimate, estimate_all, model_traffic
-from pipeline.models import count_flops
-from pipeline.stages.export import export_onnx
-from pipeline.targets import TARGETS_DIR, PeakGops, Performance
+from pipeline.formats.onnx_fp32 import export_onnx
+from pipeline.profile import PeakGops, Performance
+from pipeline.targets import TARGETS_DIR
+from pipeline.torchmodel import count_flops
 
 INPUT_SHAPE = (1, 1, 8, 8)
 

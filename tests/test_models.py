@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from pipeline.errors import ModelError
-from pipeline.models import ModelSource, build_model, check_input, count_flops, count_params, fmnist_resnet, fmnist_tiny
+from pipeline.nets import fmnist_resnet, fmnist_tiny
+from pipeline.sources import ModelSource, build_model
+from pipeline.torchmodel import check_input, count_flops, count_params
 
 
 def test_default_teacher_is_over_parameterised():
@@ -78,8 +80,9 @@ def test_unknown_models(name, message):
 
 def test_interrupted_teacher_training_resumes_to_the_same_weights(monkeypatch):
     import pipeline.train as train_module
-    from calibration import PreprocessSpec, load_dataset
-    from pipeline.train import TrainOptions, train_classifier
+    from pipeline.config import TrainOptions
+    from pipeline.data import PreprocessSpec, load_dataset
+    from pipeline.train import train_classifier
 
     data = load_dataset(None)
     train, test = data.train.take(1200, seed=2), data.test.take(200, seed=2)

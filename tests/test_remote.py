@@ -17,13 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from board_runtime.schemas import BUNDLE_SCHEMA
 from pipeline import remote
 from pipeline.errors import BenchmarkError, ConfigError
+from pipeline.formats import FORMATS
 from pipeline.remote import SSHTarget, check_board, ensure_bundle, normalise_arch, remote_bench
+from pipeline.stages.bundle import copy_runtime
 from pipeline.targets import load_target
 from tests.sshd import free_port
 
-REPO = Path(__file__).resolve().parents[1]
 RUNNER_ARGS = ["--runs", "5", "--warmup", "1", "--repeats", "1", "--max-seconds", "2"]
 MACHINE = normalise_arch(platform.machine())
 
@@ -44,19 +46,25 @@ def host_profile():
     return profile if normalise_arch(profile.board.cpu_arch) == MACHINE else with_arch(profile, MACHINE)
 
 
+def entry(kind: str, **fields) -> dict:
+    """A manifest's artifact entry for ``kind``, as the format registry describes it."""
+    row = FORMATS[kind]
+    return {"kind": kind, "format": row.format, "precision": row.precision, "session": row.session, **fields}
+
+
 def make_bundle(directory: Path, kinds: tuple[str, ...] = ("onnx-fp32",)) -> Path:
-    """A small bundle with the real runner: placeholder artifact files listed with their sha256."""
+    """A small bundle with the real runtime: placeholder artifact files listed with their sha256."""
     (directory / "artifacts").mkdir(parents=True)
-    shutil.copyfile(REPO / "benchmarks" / "runner.py", directory / "run_model.py")
+    copy_runtime(directory)
     artifacts = []
     for kind in kinds:
-        path = f"artifacts/{kind}.{kind.split('-')[0]}"
+        path = f"artifacts/{kind}.{FORMATS[kind].format}"
         (directory / path).write_bytes(f"placeholder {kind}".encode())
-        artifacts.append({"kind": kind, "path": path, "input_shape": [1, 1, 28, 28], "input_layout": "NCHW",
-                          "input_dtype": "float32", "input_quant": None, "output_quant": None})
+        artifacts.append(entry(kind, path=path, input_shape=[1, 1, 28, 28], input_layout="NCHW", input_dtype="float32",
+                               input_quant=None, output_quant=None))
     files = {p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
              for p in sorted(directory.rglob("*")) if p.is_file()}
-    manifest = {"schema": "embedded-pipeline/bundle/1", "target": "test", "artifacts": artifacts, "files": files}
+    manifest = {"schema": BUNDLE_SCHEMA, "target": "test", "artifacts": artifacts, "files": files}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return directory
 
@@ -133,7 +141,7 @@ def test_parse_host_and_bad_targets():
 def test_check_board_architecture_and_runtimes():
     pi = load_target("raspberry-pi-4")
     ssh = SSHTarget("pi@board")
-    manifest = {"artifacts": [{"kind": "onnx-fp32"}, {"kind": "tflite-int8"}]}
+    manifest = {"artifacts": [entry("onnx-fp32"), entry("tflite-int8")]}
     everything = {"litert": "2.1.0", "onnxruntime": "1.23.0"}
     check_board(ssh, {"machine": "arm64", "runtimes": everything}, pi, manifest)  # arm64 is aarch64
     only_onnx = {"machine": "aarch64", "runtimes": {"onnxruntime": "1.23.0"}}

@@ -56,7 +56,7 @@ def test_bundle_manifest_verifies_and_runner_predicts(tiny_run, tmp_path):
     ok = subprocess.run(runner + ["verify"], capture_output=True, text=True)
     assert ok.returncode == 0 and f"{len(manifest['files'])} of {len(manifest['files'])} files verified" in ok.stdout
     image = tmp_path / "shoe.npy"
-    from calibration import load_dataset
+    from pipeline.data import load_dataset
 
     test = load_dataset(None).test
     np.save(image, (test.images[0, ..., 0] * 255).astype(np.uint8))
@@ -73,7 +73,8 @@ def test_bundle_manifest_verifies_and_runner_predicts(tiny_run, tmp_path):
 def test_shared_stages_ran_once_for_two_targets(tiny_run):
     run, lines = tiny_run
     ran = [line.split()[-1] for line in lines if line.startswith("[run ]")]
-    assert ran.count("export-opset17") == 1 and ran.count("calibrate-opset17-minmax") == 1
+    assert ran.count("export-opset17") == 1 and ran.count("calibration-samples") == 1
+    assert ran.count("calibrate-opset17-minmax") == 1  # ranges for the Pi's onnx-int8; Coral has no ONNX int8
     # different int8 schemes give different conversions
     assert "convert-opset17-per-channel-float32-NHWC" in ran and "convert-opset17-per-tensor-int8-NHWC" in ran
     assert (run.out / "pipeline.yaml").is_file()
@@ -93,18 +94,27 @@ def test_second_run_skips_everything_and_from_reruns_later_stages(tiny_run, smal
 
 def test_changed_calibration_reruns_only_what_depends_on_it(tmp_path, small_config):
     lines: list[str] = []
-    config = small_config(tmp_path, targets="coral-edgetpu", eval_samples=100, bench={"runs": 10, "warmup": 1})
-    Run(config, log=lines.append).execute(["model", "export", "quantize"])
+    stages = ["model", "export", "quantize", "convert"]
+    Run(small_config(tmp_path, targets="raspberry-pi-4"), log=lines.append).execute(stages)
     lines.clear()
-    config = small_config(tmp_path, targets="coral-edgetpu", eval_samples=100, bench={"runs": 10, "warmup": 1},
-                          calibration={"num_samples": 32, "method": "percentile"})
-    Run(config, log=lines.append).execute(["model", "export", "quantize"])
+    # Another method: new ranges and a new ONNX int8 model, the same samples, and no new TFLite conversion:
+    # onnx2tf calibrates itself from the samples, which calibration.method does not reach.
+    Run(small_config(tmp_path, targets="raspberry-pi-4", calibration={"num_samples": 128, "method": "percentile"}),
+        log=lines.append).execute(stages)
+    assert [line.split(":")[0] for line in lines] == [
+        "[skip] model", "[skip] export-opset17", "[skip] calibration-samples", "[run ] calibrate-opset17-percentile",
+        "[run ] quantize-opset17-percentile-per-channel-asym", "[skip] convert-opset17-per-channel-float32-NHWC"]
+    lines.clear()
+    # Other samples: everything made from them again.
+    Run(small_config(tmp_path, targets="raspberry-pi-4", calibration={"num_samples": 32, "method": "percentile"}),
+        log=lines.append).execute(["model", "export", "quantize"])
     assert lines == ["[skip] model: inputs unchanged", "[skip] export-opset17: inputs unchanged",
-                     "[run ] calibrate-opset17-percentile"]
+                     "[run ] calibration-samples", "[run ] calibrate-opset17-percentile",
+                     "[run ] quantize-opset17-percentile-per-channel-asym"]
 
 
 def test_interrupted_run_resumes(tmp_path, small_config, monkeypatch):
-    import pipeline.stages.convert as convert
+    import pipeline.formats.tflite as convert
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -118,7 +128,7 @@ def test_interrupted_run_resumes(tmp_path, small_config, monkeypatch):
     lines: list[str] = []
     Run(config, log=lines.append).execute()
     assert lines[:3] == ["[skip] model: inputs unchanged", "[skip] export-opset17: inputs unchanged",
-                         "[skip] calibrate-opset17-minmax: inputs unchanged"]
+                         "[skip] calibration-samples: inputs unchanged"]
     assert "[run ] convert-opset17-per-tensor-int8-NHWC" in lines
     assert (tmp_path / "coral-edgetpu" / "report.md").is_file()
 

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from ..models import BasicBlock, conv_bn_relu, import_callable
+from ..nets import BasicBlock, conv_bn_relu
+from ..torchmodel import import_callable
 
 
 class InvertedResidual(nn.Module):

@@ -17,10 +17,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoint import EpochCheckpoint
-from ..errors import ConfigError, ModelError
-from ..models import BasicBlock, count_flops, count_params, import_callable
+from ..nets import BasicBlock
+from ..torchmodel import count_flops, count_params
 from . import distributed
 from .blocks import TeacherBlock, build_block
+from .options import DEFAULT_GRIDS, SearchSpace
 
 
 @dataclass
@@ -34,94 +35,19 @@ class Candidate:
     history: list[float] = field(default_factory=list)
 
 
-# The built-in families. A grid maps each argument of the family's builder (besides cin, cout, stride) to
-# the values to try; "basic" narrows the teacher's own basic block to width_fraction x cout inside.
-DEFAULT_GRIDS: dict[str, dict[str, tuple]] = {
-    "inverted_residual": {"expansion": (1, 2, 4, 6), "kernel": (3, 5), "depth": (1, 2)},
-    "separable": {"kernel": (3, 5)},
-    "basic": {"width_fraction": (0.5, 0.25)},
-}
-
-
-def _valid_value(argument: str, value: Any, builtin: bool) -> bool:
-    if not builtin:  # a user's factory checks its own arguments
-        return value is not None
-    if isinstance(value, bool):
-        return False
-    if argument == "width_fraction":
-        return isinstance(value, (int, float)) and 0 < value <= 1
-    return isinstance(value, int) and value >= 1
-
-
-def _grid(where: str, grid: Any, default: dict[str, tuple] | None) -> dict[str, tuple]:
-    """A validated grid; a built-in family's (``default`` given) takes its defaults for arguments left out."""
-    if not isinstance(grid, dict):
-        raise ConfigError(f"{where}: bad value {grid!r}, expected a mapping of argument to values (or null to drop it)")
-    builtin = default is not None
-    if builtin and set(grid) - set(default):
-        raise ConfigError(f"{where}: unknown argument(s) {', '.join(sorted(set(grid) - set(default)))}; "
-                          f"valid: {', '.join(default)}")
-    checked = dict(default or {})
-    for argument, values in grid.items():
-        values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
-        if not values or not all(_valid_value(argument, v, builtin) for v in values):
-            expected = ("fractions in (0, 1]" if argument == "width_fraction" else "positive integers") if builtin \
-                else "values"
-            raise ConfigError(f"{where}.{argument}: bad value {list(values)!r}, expected a non-empty list of {expected}")
-        checked[argument] = values
-    return checked
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """The student blocks tried for every teacher block, besides the teacher's own block.
-
-    Every combination of a family's grid is a candidate; a family set to None (YAML ``null``) is left out.
-    ``custom`` adds a user's blocks, ``{"package.module:factory": {argument: [values]}}``: the factory is
-    called as ``factory(cin=..., cout=..., stride=..., **values)`` and returns an ``nn.Module`` mapping that
-    input to that output shape, or None where it has no such block; ``student.json`` names it to rebuild it.
-    """
-
-    identity: bool = True  # where a block keeps its input's shape
-    inverted_residual: dict[str, tuple] | None = field(default_factory=lambda: DEFAULT_GRIDS["inverted_residual"])
-    separable: dict[str, tuple] | None = field(default_factory=lambda: DEFAULT_GRIDS["separable"])
-    basic: dict[str, tuple] | None = field(default_factory=lambda: DEFAULT_GRIDS["basic"])  # teacher basic blocks
-    custom: dict[str, dict[str, tuple]] = field(default_factory=dict)
-
-    def __post_init__(self):
-        where = "compress.search_space"
-        if not isinstance(self.identity, bool):
-            raise ConfigError(f"{where}.identity: bad value {self.identity!r}, expected true or false")
-        for family, default in DEFAULT_GRIDS.items():
-            if getattr(self, family) is not None:
-                object.__setattr__(self, family, _grid(f"{where}.{family}", getattr(self, family), default))
-        if not isinstance(self.custom, dict):
-            raise ConfigError(f"{where}.custom: bad value {self.custom!r}, expected a mapping of "
-                              "package.module:factory to its grid")
-        custom = {}
-        for ref, grid in self.custom.items():
-            if ":" not in str(ref):
-                raise ConfigError(f"{where}.custom: bad key {ref!r}, expected package.module:factory")
-            try:
-                import_callable(ref)
-            except ModelError as exc:
-                raise ConfigError(f"{where}.custom: {exc}") from exc
-            custom[ref] = _grid(f"{where}.custom.{ref}", grid or {}, None)
-        object.__setattr__(self, "custom", custom)
-
-    def specs(self, cin: int, cout: int, stride: int, teacher: nn.Module) -> Iterator[dict]:
-        """The candidate specs for a block from ``cin`` to ``cout`` channels at ``stride``."""
-        if self.identity and stride == 1 and cin == cout:
-            yield {"type": "identity"}
-        families = {f: getattr(self, f) for f in DEFAULT_GRIDS if getattr(self, f) is not None}
-        for family, grid in {**families, **self.custom}.items():
-            if family == "basic" and not isinstance(teacher, BasicBlock):
-                continue
-            for values in itertools.product(*grid.values()):
-                args = dict(zip(grid, values))
-                if family == "basic":
-                    args = {"mid": max(4, int(cout * args["width_fraction"]))}
-                yield {"type": family, "cin": cin, "cout": cout, "stride": stride, **args}
+def candidate_specs(space: SearchSpace, cin: int, cout: int, stride: int, teacher: nn.Module) -> Iterator[dict]:
+    """The candidate specs of ``space`` for a block from ``cin`` to ``cout`` channels at ``stride``."""
+    if space.identity and stride == 1 and cin == cout:
+        yield {"type": "identity"}
+    families = {f: getattr(space, f) for f in DEFAULT_GRIDS if getattr(space, f) is not None}
+    for family, grid in {**families, **space.custom}.items():
+        if family == "basic" and not isinstance(teacher, BasicBlock):
+            continue
+        for values in itertools.product(*grid.values()):
+            args = dict(zip(grid, values))
+            if family == "basic":
+                args = {"mid": max(4, int(cout * args["width_fraction"]))}
+            yield {"type": family, "cin": cin, "cout": cout, "stride": stride, **args}
 
 
 def make_candidates(block: TeacherBlock, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
@@ -134,7 +60,7 @@ def make_candidates(block: TeacherBlock, in_shape: tuple[int, ...], out_shape: t
     cin, cout = in_shape[1], out_shape[1]
     stride = in_shape[2] // out_shape[2]
     found = [teacher]
-    for spec in space.specs(cin, cout, stride, block.module):
+    for spec in candidate_specs(space, cin, cout, stride, block.module):
         module = build_block(spec)
         if module is None:  # a user's factory with no block for these shapes
             continue

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,6 @@ import torch
 from torch import nn
 
 from ..artifacts import write_json
-from ..models import ModelSource, build_model
 from .blocks import build_block, cut_teacher
 
 SPEC_SCHEMA = "embedded-pipeline/student/1"
@@ -29,15 +27,9 @@ class Student(nn.Module):
         return self.classifier(self.features(x))
 
 
-def assemble(spec: dict[str, Any], teacher: nn.Module | None = None) -> Student:
-    """A student from its spec; blocks of type "teacher" (and the head) are copied from ``teacher``.
-
-    Without ``teacher`` the teacher's architecture is rebuilt from the spec's source (weights then come
-    from the student's own state_dict).
-    """
-    if teacher is None:
-        source = spec["teacher"]
-        teacher = build_model(ModelSource(source["model"]), source["in_channels"], source["num_classes"])
+def assemble(spec: dict[str, Any], teacher: nn.Module) -> Student:
+    """A student from its spec; blocks of type "teacher" (and the head) are copied from ``teacher`` (whose weights
+    a saved student's own state_dict then replaces)."""
     blocks, head = cut_teacher(teacher, spec["boundaries"], head=spec.get("head", "classifier"))
     by_name = {b.name: b.module for b in blocks}
     modules = [copy.deepcopy(by_name[s["block"]]) if s["type"] == "teacher" else build_block(s) for s in spec["blocks"]]
@@ -53,9 +45,8 @@ def save_student(student: Student, spec: dict[str, Any], directory: Path) -> Non
     write_json(directory / "student.json", {"schema": SPEC_SCHEMA, **spec})
 
 
-def load_student(spec_path: Path, weights: Path | None = None) -> Student:
-    spec = json.loads(Path(spec_path).read_text())
-    student = assemble(spec)
-    state = torch.load(weights or Path(spec_path).with_name("student.pt"), map_location="cpu", weights_only=True)
-    student.load_state_dict(state)
+def load_student(spec: dict[str, Any], weights: Path, teacher: nn.Module) -> Student:
+    """The student of ``spec`` with its saved ``weights``; ``teacher`` is its teacher's architecture."""
+    student = assemble(spec, teacher)
+    student.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return student.eval()

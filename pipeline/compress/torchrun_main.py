@@ -14,10 +14,12 @@ from pathlib import Path
 
 import torch
 
-from calibration import PreprocessSpec, load_dataset
-from pipeline.models import ModelSource, build_model
+from pipeline.data import PreprocessSpec, load_dataset
+from pipeline.sources import ModelSource, build_model
 
-from . import Budget, CompressOptions, compress, distributed
+from . import distributed
+from .compressor import compress
+from .options import Budget, CompressOptions
 
 
 def main() -> None:

@@ -1,4 +1,9 @@
-"""Bundle: the board's artifacts, a manifest with checksums and I/O facts, and the standalone runner."""
+"""Bundle: the board's artifacts, a manifest with checksums and I/O facts, and the on-board runtime.
+
+The runtime is the ``board_runtime`` package, copied whole beside ``run_model.py`` (its ``__main__``), so that
+the board needs only Python, numpy and the runtimes. ``out/<target>/artifacts.json`` is the same manifest for
+the artifacts where they lie on this host, which the host's evaluation and benchmark read.
+"""
 from __future__ import annotations
 
 import json
@@ -7,12 +12,16 @@ from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import benchmarks.runner
+import board_runtime
+from board_runtime.schemas import BUNDLE_SCHEMA
 
-from ..artifacts import REFERENCE_KIND, Artifact, sha256_file
+from ..artifacts import Artifact, sha256_file, sha256_json, write_json
+from ..engine import Step
+from ..formats import FORMATS
 
-MANIFEST_SCHEMA = "embedded-pipeline/bundle/1"
 TOOLS = ("embedded-pipeline", "torch", "onnx", "onnxruntime", "onnx2tf", "tensorflow", "ai-edge-litert", "numpy")
+RUNTIME_DIR = Path(board_runtime.__file__).parent
+EXECUTION_PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "onnxruntime-cuda": "CUDAExecutionProvider"}
 
 
 def tool_versions() -> dict[str, str]:
@@ -25,24 +34,56 @@ def tool_versions() -> dict[str, str]:
     return found
 
 
+def manifest_info(plan, target) -> dict:
+    """What a manifest says besides its artifacts: the model, its input, preprocessing, classes and providers."""
+    data = plan.model_record["data"]
+    return {"model": {"source": plan.config.model, "params": data["params"], "flops": data["flops"]},
+            "input": {"shape": data["input_shape"], "dtype": "float32", "scale": "pixels / 255"},
+            "preprocess": data["preprocess"], "classes": data["classes"],
+            # onnxruntime providers the board's runtimes bring, in its order of preference; CPU last
+            "execution_providers": [EXECUTION_PROVIDERS[r] for r in target.runtimes if r in EXECUTION_PROVIDERS]
+            + ["CPUExecutionProvider"]}
+
+
+def write_target_manifest(plan, target, artifacts: list[Artifact]) -> Path:
+    path = plan.out / target.name / "artifacts.json"
+    write_json(path, {"schema": BUNDLE_SCHEMA, **manifest_info(plan, target), "artifacts": [a.to_dict() for a in artifacts]})
+    return path
+
+
+def copy_runtime(directory: Path) -> None:
+    """``run_model.py`` and the ``board_runtime`` package it runs."""
+    (directory / "board_runtime").mkdir()
+    for source in sorted(RUNTIME_DIR.glob("*.py")):
+        shutil.copyfile(source, directory / "board_runtime" / source.name)
+    shutil.copyfile(RUNTIME_DIR / "__main__.py", directory / "run_model.py")
+
+
 def write_bundle(directory: Path, artifacts: list[Artifact], base: Path, info: dict) -> dict:
-    """Copy the deployable artifacts (not the PyTorch reference) into ``directory`` and write its manifest."""
+    """Copy the artifacts a board can run into ``directory`` with the runtime, and write its manifest."""
     (directory / "artifacts").mkdir()
     bundled = []
     for artifact in artifacts:
-        if artifact.kind == REFERENCE_KIND:
+        if not FORMATS[artifact.kind].deployable:
             continue
         name = f"artifacts/{artifact.kind}{Path(artifact.path).suffix}"
         shutil.copyfile(base / artifact.path, directory / name)
         bundled.append(replace(artifact, path=name))
-    shutil.copyfile(benchmarks.runner.__file__, directory / "run_model.py")
+    copy_runtime(directory)
     files = {p.relative_to(directory).as_posix(): sha256_file(p) for p in sorted(directory.rglob("*")) if p.is_file()}
-    manifest = {
-        "schema": MANIFEST_SCHEMA,
-        **info,
-        "artifacts": [a.to_dict() for a in bundled],
-        "tool_versions": tool_versions(),
-        "files": files,
-    }
+    manifest = {"schema": BUNDLE_SCHEMA, **info, "artifacts": [a.to_dict() for a in bundled],
+                "tool_versions": tool_versions(), "files": files}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def bundle_step(plan, target, built: list[tuple[Artifact, dict]]) -> dict:
+    target_dir = plan.out / target.name
+
+    def produce(tmp: Path) -> dict:
+        write_bundle(tmp, [a for a, _ in built], target_dir, {"target": target.name, **manifest_info(plan, target)})
+        return {"files": {"manifest": "manifest.json"}}
+
+    runtime = sha256_json({p.name: sha256_file(p) for p in sorted(RUNTIME_DIR.glob("*.py"))})  # a new runtime: rebundle
+    return plan.run(Step(f"{target.name}/bundle", "bundle", {"runtime": runtime},
+                         [plan.model_record, *[r for _, r in built]], target_dir / "bundle", produce))

@@ -4,9 +4,11 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from pathlib import Path
 
-from ..artifacts import ARTIFACT_KINDS, REFERENCE_KIND
+from ..engine import Step
+from ..formats import FORMATS
 
 FLOP_NOTE = "FLOPs count a multiply-add as 2 operations (torch.utils.flop_counter)."
 
@@ -91,7 +93,7 @@ def merge_rows(evaluations: list[dict], benches: list[dict], size_budget_mb: flo
         if b is None:
             continue
         rows.append({
-            **e, "label": ARTIFACT_KINDS[e["kind"]].label,
+            **e, "label": FORMATS[e["kind"]].label,
             "runtime": f"{b['runtime']} {b['runtime_version']}" + "".join(f" + {a}" for a in b["accelerators"]),
             **{k: b[k] for k in ("size_bytes", "latency_ms", "load_ms", "first_inference_ms", "peak_rss_mb",
                                  "rss_growth_mb", "throughput_per_s", "threads", "runs", "repeats", "spread", "noisy")},
@@ -100,15 +102,15 @@ def merge_rows(evaluations: list[dict], benches: list[dict], size_budget_mb: flo
     return rows
 
 
-def recommend(rows: list[dict], tolerance: float) -> dict | None:
+def recommend(rows: list[dict], tolerance: float, reference: str) -> dict | None:
     """The fastest deployable artifact (by median latency) within the accuracy tolerance and size budget."""
-    eligible = [r for r in rows if r["kind"] != REFERENCE_KIND and r["drop"] <= tolerance and r["fits_size_budget"]]
+    eligible = [r for r in rows if FORMATS[r["kind"]].deployable and r["drop"] <= tolerance and r["fits_size_budget"]]
     if not eligible:
         return None
     best = min(eligible, key=lambda r: r["latency_ms"]["p50"])
     return {"kind": best["kind"], "p50_ms": best["latency_ms"]["p50"], "top1": best["top1"], "drop": best["drop"],
             "reason": f"fastest median latency among the {len(eligible)} artifacts within {tolerance:g} points "
-                      "of PyTorch fp32 and the size budget"}
+                      f"of {FORMATS[reference].label} and the size budget"}
 
 
 def _plots(rows: list[dict]) -> dict[str, bytes]:
@@ -199,7 +201,7 @@ def write_report(data: dict, directory: Path) -> list[str]:
     """Write report.md, report.json, report.html and the plots into ``directory``; return the file names."""
     import json
 
-    rows, target = data["rows"], data["target"]
+    rows, target, reference = data["rows"], data["target"], data["reference"]["label"]
     pngs = _plots(rows)
     for name, png in pngs.items():
         (directory / name).write_bytes(png)
@@ -207,7 +209,7 @@ def write_report(data: dict, directory: Path) -> list[str]:
     header, body = _table(rows)
     rec = data["recommendation"]
     rec_text = (f"**{rec['kind']}** — {rec['p50_ms']:.3f} ms median, top-1 {rec['top1']:.2f}% "
-                f"({rec['drop']:+.2f} points vs PyTorch fp32); {rec['reason']}." if rec
+                f"({rec['drop']:+.2f} points vs {reference}); {rec['reason']}." if rec
                 else "none: no artifact is within the accuracy tolerance and size budget.")
     model, bench = data["model"], data["bench"]
     facts = [
@@ -223,8 +225,9 @@ def write_report(data: dict, directory: Path) -> list[str]:
                             f"(details: {model['compression_details']})")] if model.get("teacher") else []),
         ("Budgets", data["budget_text"]),
         ("Evaluation", f"{rows[0]['samples']} held-out samples from {data['dataset']}; tolerance "
-                       f"{target['accuracy_tolerance']:g} points below PyTorch fp32"),
-        ("Calibration", f"{data['calibration']['method']}, {data['calibration']['num_samples']} training samples"),
+                       f"{target['accuracy_tolerance']:g} points below {reference}"),
+        ("Calibration", "; ".join(f"{kind}: {text}" for kind, text in data["calibration"].items())
+         or "none (no int8 artifact)"),
         ("ONNX export parity", f"max |logit diff| vs PyTorch {data['export_parity']:.2e}"),
         ("Latency", f"median of {bench['repeats']} repeats, each a fresh process ({bench['warmup']} warm-up, then up "
                     f"to {bench['runs']} timed runs); spread = (max - min) / median of the repeats' medians, "
@@ -267,3 +270,66 @@ figure{{display:inline-block;margin:1em}}</style></head><body>
 """
     (directory / "report.html").write_text(page)
     return ["report.md", "report.json", "report.html", *pngs]
+
+
+def budget_text(target, data: dict) -> str:
+    b = target.budgets
+    parts = []
+    if b.max_flops:
+        parts.append(f"FLOPs {data['flops'] / 1e6:.1f}M of {b.max_flops / 1e6:.0f}M "
+                     f"({'within' if data['flops'] <= b.max_flops else 'OVER'})")
+    if b.max_params:
+        parts.append(f"parameters {data['params'] / 1e3:.0f}k of {b.max_params / 1e3:.0f}k "
+                     f"({'within' if data['params'] <= b.max_params else 'OVER'})")
+    if b.max_model_size_mb:
+        parts.append(f"model size at most {b.max_model_size_mb:g} MiB per artifact")
+    return "; ".join(parts) or "none"
+
+
+def estimates(target, rows: list[dict], flops: int, onnx_path: Path) -> list[dict]:
+    """Roofline figures for the board from its profile, for a run that could not measure on it."""
+    from dataclasses import asdict
+
+    from ..estimate import estimate_all
+
+    if target.performance is None:
+        return []
+    kinds = [r["kind"] for r in rows if FORMATS[r["kind"]].deployable]
+    return [{**asdict(e), "source": target.performance.source}
+            for e in estimate_all(kinds, flops, onnx_path, target.performance)]
+
+
+def report_step(plan, target, built: list, evaluation: dict, benched: dict) -> dict:
+    """report.md, .html and .json in ``out/<target>/``: accuracy and latency per artifact, and where each came from."""
+    options, data, target_dir = plan.config.bench, plan.model_record["data"], plan.out / target.name
+    export, onnx_key = plan.build("onnx-fp32", target)
+    reference = built[0][0].kind
+
+    def produce(tmp: Path) -> dict:
+        from .bundle import tool_versions
+
+        rows = merge_rows(evaluation["data"]["evaluations"], benched["data"]["results"],
+                          target.budgets.max_model_size_mb)
+        details = plan.model_record["files"].get("report")
+        content = {
+            "target": target.to_dict(), "rows": rows,
+            "recommendation": recommend(rows, target.accuracy_tolerance, reference),
+            "reference": {"kind": reference, "label": FORMATS[reference].label},
+            "model": {"source": plan.config.model, "params": data["params"], "flops": data["flops"],
+                      "input_shape": data["input_shape"], "teacher": data.get("teacher"),
+                      "compression_details": os.path.relpath((plan.out / details).with_suffix(".md"), target_dir)
+                      if details else None},
+            "budget_text": budget_text(target, data),
+            "dataset": data["dataset"], "export_parity": export["data"]["parity_max_abs"],
+            "calibration": {a.kind: a.calibration for a, _ in built if a.calibration},
+            "measured_on": {**benched["data"]["location"], "system": benched["data"]["system"],
+                            "system_after": benched["data"]["system_after"]},
+            "profile_threads": target.threads,
+            "bench": {k: getattr(options, k) for k in ("repeats", "runs", "warmup", "noise_threshold")},
+            "versions": tool_versions(),
+            "estimates": estimates(target, rows, data["flops"], plan.path(export, onnx_key)) if not options.host else [],
+        }
+        return {"files": {n: n for n in write_report(content, tmp)}}
+
+    return plan.run(Step(f"{target.name}/report", "report", {}, [plan.model_record, export, evaluation, benched],
+                         target_dir, produce, flatten=True))

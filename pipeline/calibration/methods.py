@@ -16,9 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from pipeline.errors import ConfigError
-
-from .reader import ArrayDataReader
+from ..errors import ConfigError
 
 CHUNK = 32  # samples per collect_data call: bounds the intermediate outputs held in memory
 
@@ -123,6 +121,8 @@ def _ort_calibrator(model_path: Path, options: CalibrationOptions, workdir: Path
 
 def calibrate(model_path: Path, input_name: str, inputs: np.ndarray, options: CalibrationOptions) -> CalibrationRanges:
     """Run ``inputs`` (preprocessed, batch dimension first) through the model and compute ranges."""
+    from .reader import ArrayDataReader  # onnxruntime: imported when calibrating, not when reading options
+
     with tempfile.TemporaryDirectory(prefix="calib.") as workdir:
         calibrator = _ort_calibrator(Path(model_path), options, Path(workdir))
         with tqdm(total=len(inputs), desc=f"calibrate ({options.method.value})", unit="sample") as bar:

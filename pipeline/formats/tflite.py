@@ -1,7 +1,10 @@
-"""Convert: ONNX -> TFLite fp32, fp16 and int8 through onnx2tf, without the network and whatever the PATH.
+"""tflite-fp32, tflite-fp16, tflite-int8: ONNX -> TFLite through onnx2tf, one conversion for the three, without
+the network and whatever the PATH.
 
-onnx2tf runs in a child process (``python -m pipeline.stages.convert job.json``): it calls ``sys.exit``
-on errors, changes TensorFlow's global state and must run in a working directory of our choosing.
+onnx2tf runs in a child process (``python -m pipeline.formats.onnx2tf_job job.json``): it calls ``sys.exit``
+on errors, changes TensorFlow's global state and must run in a working directory of our choosing. The int8
+model's activation ranges come from the TensorFlow Lite converter's own calibration over the pipeline's
+calibration samples (onnx2tf takes inputs, not ranges), so ``calibration.method`` does not reach it.
 """
 from __future__ import annotations
 
@@ -11,31 +14,23 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..artifacts import QuantParams
 from ..errors import ConversionError
-from ..targets import IODtype, Layout
+from ..profile import IODtype, Layout
+from .onnx2tf_job import TFLiteJob
+from .registry import Format, register_format
 
 # onnx2tf validates any 4-D 3-channel input against this file and downloads it when it is not in
 # the working directory; the stage writes it there from the user's own calibration data.
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 ONNX2TF_OUTPUTS = {"fp32": "model_float32.tflite", "fp16": "model_float16.tflite"}
 _PROGRESS = re.compile(r"(\d+) / (\d+)")
-
-
-@dataclass(frozen=True)
-class TFLiteJob:
-    onnx_path: str
-    output_dir: str
-    calibration_npy: str  # preprocessed inputs in the TFLite input layout
-    channels: int
-    quant_type: str  # per-channel | per-tensor
-    io_dtype: str  # dtype of the full-integer model's input and output
-    keep_nchw: bool
 
 
 def write_onnx2tf_sample(images_nhwc: np.ndarray, directory: Path) -> None:
@@ -75,7 +70,7 @@ def convert_tflite(
     log_path = out_dir / "onnx2tf.log"
     with open(log_path, "w") as log, tqdm(desc="convert to TFLite (onnx2tf)", unit="op") as bar:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.stages.convert", str(work / "job.json")],
+            [sys.executable, "-m", "pipeline.formats.onnx2tf_job", str(work / "job.json")],
             cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         for line in process.stdout:
@@ -107,24 +102,6 @@ def _last_error(log_path: Path) -> str:
     return (errors[-1] if errors else (lines[-1] if lines else "no output"))[:300]
 
 
-def _run_job(job: TFLiteJob) -> None:
-    import onnx2tf
-
-    zeros = np.zeros((1, 1, 1, job.channels) if not job.keep_nchw else (1, job.channels, 1, 1), np.float32)
-    onnx2tf.convert(
-        input_onnx_file_path=job.onnx_path,
-        output_folder_path=job.output_dir,
-        output_integer_quantized_tflite=True,
-        quant_type=job.quant_type,
-        # the calibration file already holds normalised inputs: mean 0, std 1
-        custom_input_op_name_np_data_path=[["input", job.calibration_npy, zeros, zeros + 1.0]],
-        input_quant_dtype=job.io_dtype,
-        output_quant_dtype=job.io_dtype,
-        keep_ncw_or_nchw_or_ncdhw_input_names=["input"] if job.keep_nchw else None,
-        copy_onnx_input_output_names_to_tflite=True,
-    )
-
-
 def tflite_io(path: Path) -> dict:
     """Input name/shape/dtype and the I/O quantization of a .tflite file, read by the interpreter itself."""
     from ai_edge_litert.interpreter import Interpreter
@@ -143,5 +120,39 @@ def tflite_io(path: Path) -> dict:
     }
 
 
-if __name__ == "__main__":
-    _run_job(TFLiteJob(**json.loads(Path(sys.argv[1]).read_text())))
+def conversion_step(plan, target) -> dict:
+    """The one conversion step of the three kinds (each row picks its file from it)."""
+    export, onnx_key = plan.build("onnx-fp32", target)
+    samples = plan.calibration_samples()
+    scheme = target.int8
+    name = (f"convert-opset{export['data']['opset']}-{scheme.granularity.value}-{scheme.io_dtype.value}-"
+            f"{target.input_layout.value}")
+
+    def produce(tmp: Path) -> dict:
+        outputs = convert_tflite(plan.path(export, onnx_key), np.load(plan.path(samples, "inputs")),
+                                 np.load(plan.path(samples, "images")), tmp, scheme.granularity.value,
+                                 scheme.io_dtype, target.input_layout)
+        return {"files": {k: p.name for k, p in outputs.items()}, "io": {k: tflite_io(p) for k, p in outputs.items()},
+                "calibration": {"int8": f"the TensorFlow Lite converter's own calibration (onnx2tf) on the same "
+                                        f"{samples['data']['num_samples']} samples; calibration.method does not reach it"}}
+
+    params = {"granularity": scheme.granularity.value, "io": scheme.io_dtype.value, "layout": target.input_layout.value}
+    return plan.shared_step(name, "convert", params, [export, samples], produce)
+
+
+def recorded_io(record: dict, key: str, target, input_shape: tuple[int, ...]) -> dict:
+    """As the interpreter reported it when the step read the file back."""
+    io = record["data"]["io"][key]
+    quant = lambda q: QuantParams(**q) if q else None  # noqa: E731
+    return {"input_name": io["input_name"], "input_shape": tuple(io["input_shape"]),
+            "input_layout": target.input_layout.value, "input_dtype": io["input_dtype"],
+            "output_dtype": io["output_dtype"], "input_quant": quant(io["input_quant"]),
+            "output_quant": quant(io["output_quant"])}
+
+
+for _precision, _label in (("fp32", "TFLite fp32"), ("fp16", "TFLite fp16"), ("int8", "TFLite int8")):
+    register_format(Format(
+        kind=f"tflite-{_precision}", format="tflite", precision=_precision, label=_label, stage="convert",
+        session="tflite", runtimes=("litert", "tflite-runtime"), io=recorded_io,
+        build=lambda plan, target, key=_precision: (conversion_step(plan, target), key),
+    ))

@@ -1,20 +1,23 @@
-"""Export: PyTorch -> ONNX with static shapes, simplified, checked, and compared with PyTorch on real inputs."""
+"""onnx-fp32: the model exported to ONNX with static shapes, simplified, checked, and compared with PyTorch on real
+inputs. The other ONNX kinds and the TFLite kinds are made from it."""
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
 
 import numpy as np
-import onnx
-import torch
 
 from ..errors import AccuracyError, ConversionError
+from .registry import Format, float_io, register_format
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
-def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path, opset: int) -> None:
+def export_onnx(model, input_shape: tuple[int, ...], path: Path, opset: int) -> None:
     """Write ``model`` as a simplified, checked ONNX file with a static ``input_shape``."""
+    import onnx
+    import torch
+
     example = torch.zeros(input_shape)
     try:
         with warnings.catch_warnings():
@@ -43,9 +46,10 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path
     onnx.save(graph, str(path))
 
 
-def onnx_parity(model: torch.nn.Module, path: Path, inputs: np.ndarray, atol: float) -> float:
+def onnx_parity(model, path: Path, inputs: np.ndarray, atol: float) -> float:
     """Max absolute logit difference between PyTorch and onnxruntime on ``inputs``; raise beyond ``atol``."""
     import onnxruntime as ort
+    import torch
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0
@@ -59,3 +63,26 @@ def onnx_parity(model: torch.nn.Module, path: Path, inputs: np.ndarray, atol: fl
             f"{path.name}: ONNX output differs from PyTorch by {worst:.3g} (max abs logit), over the tolerance {atol:g}"
         )
     return worst
+
+
+PARITY_SAMPLES = 64
+
+
+def build(plan, target) -> tuple[dict, str]:
+    opset = target.onnx_opset
+
+    def produce(tmp: Path) -> dict:
+        model = plan.load_torch()
+        path = tmp / "model.onnx"
+        export_onnx(model, tuple(plan.model_record["data"]["input_shape"]), path, opset)
+        worst = onnx_parity(model, path, plan.preprocess().apply(plan.data.test.take(PARITY_SAMPLES).images),
+                            plan.config.parity_atol)
+        return {"files": {"onnx": "model.onnx"}, "parity_max_abs": worst, "opset": opset}
+
+    record = plan.shared_step(f"export-opset{opset}", "export", {"opset": opset, "atol": plan.config.parity_atol},
+                              [plan.model_record], produce)
+    return record, "onnx"
+
+
+register_format(Format(kind="onnx-fp32", format="onnx", precision="fp32", label="ONNX fp32", stage="export",
+                       session="onnx", runtimes=("onnxruntime", "onnxruntime-cuda"), build=build, io=float_io))

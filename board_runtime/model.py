@@ -1,0 +1,74 @@
+"""A bundle's manifest and one of its artifacts as a model that takes normalised NCHW inputs and gives logits."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .sessions import SESSIONS
+
+
+class Model:
+    """An artifact of a manifest, fed with normalised NCHW float32 inputs and returning float logits."""
+
+    def __init__(self, artifact: dict, base: Path, threads: int, providers: list[str] = ()):
+        self.artifact = artifact
+        session = SESSIONS.get(artifact.get("session"))
+        if session is None:
+            raise SystemExit(f"error: artifact {artifact['kind']}: unknown session {artifact.get('session')!r}; "
+                             f"this runtime has {', '.join(SESSIONS)} (rebuild the bundle with this pipeline)")
+        started = time.perf_counter()
+        self.session = session(str(base / artifact["path"]), threads, list(providers))
+        self.load_seconds = time.perf_counter() - started
+
+    def prepare(self, x_nchw: np.ndarray) -> np.ndarray:
+        """Layout and input quantization for one batch of normalised NCHW float inputs."""
+        a = self.artifact
+        x = x_nchw.transpose(0, 2, 3, 1) if a["input_layout"] == "NHWC" else x_nchw
+        if a["input_quant"]:
+            q = a["input_quant"]
+            info = np.iinfo(np.dtype(a["input_dtype"]))
+            x = np.clip(np.round(x / q["scale"]) + q["zero_point"], info.min, info.max)
+        return np.ascontiguousarray(x.astype(a["input_dtype"]))
+
+    def finish(self, y: np.ndarray) -> np.ndarray:
+        q = self.artifact["output_quant"]
+        return (y.astype(np.float32) - q["zero_point"]) * q["scale"] if q else y.astype(np.float32)
+
+    def predict(self, x_nchw: np.ndarray) -> np.ndarray:
+        return self.finish(self.session.run(self.prepare(x_nchw)))
+
+
+def load_manifest(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def find_artifact(manifest: dict, kind: str) -> dict:
+    for artifact in manifest["artifacts"]:
+        if artifact["kind"] == kind:
+            return artifact
+    valid = ", ".join(a["kind"] for a in manifest["artifacts"])
+    raise SystemExit(f"error: no artifact '{kind}' in the manifest; valid: {valid}")
+
+
+def normalise(images: np.ndarray, manifest: dict) -> np.ndarray:
+    """Raw images (N, H, W[, C], uint8 or [0, 1] float) -> normalised NCHW float32."""
+    x = images.astype(np.float32) / (255.0 if images.dtype == np.uint8 else 1.0)
+    if x.ndim == 3:
+        x = x[..., None]
+    pre = manifest["preprocess"]
+    x = (x - np.asarray(pre["mean"], np.float32)) / np.asarray(pre["std"], np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def verify(manifest: dict, base: Path) -> list[str]:
+    """The files whose sha256 does not match the manifest (missing files included)."""
+    bad = []
+    for name, digest in manifest.get("files", {}).items():
+        path = base / name
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            bad.append(name)
+    return bad

@@ -1,0 +1,6 @@
+"""The versioned schemas of what the runtime reads (the bundle manifest) and writes (results, probes)."""
+
+BUNDLE_SCHEMA = "embedded-pipeline/bundle/2"  # 2: every artifact names its format, precision and session
+RESULT_SCHEMA = "embedded-pipeline/bench-result/2"
+SUITE_SCHEMA = "embedded-pipeline/bench-suite/1"
+PROBE_SCHEMA = "embedded-pipeline/probe/1"

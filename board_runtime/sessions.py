@@ -1,0 +1,126 @@
+"""One session class per way of running an artifact; a manifest's artifact names its session (``SESSIONS``).
+
+A session loads one model file and runs a prepared batch. ``accelerators`` lists only what really runs
+the model: the Edge TPU session exists for models that ``edgetpu_compiler`` produced (they carry its
+custom op) and refuses any other, and a plain TFLite session never loads a delegate.
+"""
+from __future__ import annotations
+
+import ctypes.util
+import platform
+from pathlib import Path
+
+import numpy as np
+
+# TFLite runtimes in order of preference: (module with Interpreter, runtime name, distribution).
+TFLITE_RUNTIMES = (("ai_edge_litert.interpreter", "litert", "ai-edge-litert"),
+                   ("tflite_runtime.interpreter", "tflite-runtime", "tflite-runtime"),
+                   ("tensorflow.lite", "tensorflow", "tensorflow"))
+EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
+# The custom op that edgetpu_compiler puts in place of the part of the graph it maps to the Edge TPU.
+EDGETPU_CUSTOM_OP = b"edgetpu-custom-op"
+
+
+def package_version(distribution: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(distribution)
+    except Exception:
+        return "unknown"
+
+
+def edgetpu_library() -> str | None:
+    """The Edge TPU runtime library's name where it is installed, else None."""
+    name = EDGETPU_LIBRARY.get(platform.system())
+    return name if name and ctypes.util.find_library("edgetpu") else None
+
+
+def _tflite_interpreter_module():
+    errors = []
+    for module, name, distribution in TFLITE_RUNTIMES:
+        try:
+            return __import__(module, fromlist=["Interpreter"]), name, distribution
+        except ImportError as exc:
+            errors.append(f"{name}: {exc}")
+    raise RuntimeError("no TFLite runtime: pip install ai-edge-litert (or tflite-runtime); " + "; ".join(errors))
+
+
+class TFLiteSession:
+    """A .tflite on the CPU, with the first TFLite runtime this machine has."""
+
+    def __init__(self, path: str, threads: int, providers: list[str]):
+        module, self.runtime, distribution = _tflite_interpreter_module()
+        self.version = package_version(distribution)
+        self.accelerators = self._accelerators(path)
+        self.interpreter = module.Interpreter(model_path=path, num_threads=threads,
+                                              experimental_delegates=self._delegates(module) or None)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    def _accelerators(self, path: str) -> list[str]:
+        return []
+
+    def _delegates(self, module) -> list:
+        return []
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        self.interpreter.set_tensor(self.input["index"], x)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output["index"])
+
+
+class EdgeTPUSession(TFLiteSession):
+    """A model compiled by ``edgetpu_compiler``, run through the Edge TPU delegate (libedgetpu)."""
+
+    def _accelerators(self, path: str) -> list[str]:
+        if EDGETPU_CUSTOM_OP not in Path(path).read_bytes():
+            raise RuntimeError(f"{Path(path).name} holds no {EDGETPU_CUSTOM_OP.decode()}: it was not compiled by "
+                               "edgetpu_compiler, so the Edge TPU would run none of it")
+        self.library = edgetpu_library()
+        if self.library is None:
+            raise RuntimeError("the Edge TPU runtime (libedgetpu) is not installed: sudo apt-get install libedgetpu1-std")
+        return ["edgetpu"]
+
+    def _delegates(self, module) -> list:
+        return [module.load_delegate(self.library)]
+
+
+class OnnxSession:
+    def __init__(self, path: str, threads: int, providers: list[str]):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.runtime, self.version = "onnxruntime", ort.__version__
+        available = ort.get_available_providers()
+        wanted = [p for p in providers if p in available and p != "CPUExecutionProvider"] + ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(path, options, providers=wanted)
+        self.accelerators = [p for p in self.session.get_providers() if p != "CPUExecutionProvider"]
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0]
+
+
+class TorchSession:
+    """A TorchScript file (the host's reference; boards have no torch)."""
+
+    def __init__(self, path: str, threads: int, providers: list[str]):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.torch, self.runtime, self.version, self.accelerators = torch, "torch", torch.__version__, []
+        self.module = torch.jit.load(path, map_location="cpu").eval()
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        with self.torch.no_grad():
+            return self.module(self.torch.from_numpy(x)).numpy()
+
+
+SESSIONS = {"tflite": TFLiteSession, "edgetpu": EdgeTPUSession, "onnx": OnnxSession, "torch": TorchSession}
+# The runtimes ``probe`` reports that let each session run, by name.
+SESSION_RUNTIMES = {"tflite": tuple(name for _, name, _ in TFLITE_RUNTIMES), "edgetpu": ("edgetpu",),
+                    "onnx": ("onnxruntime", "onnxruntime-cuda"), "torch": ("torch",)}

@@ -1,0 +1,4 @@
+"""Int8 calibration: representative inputs in, typed per-tensor ranges out (the quantizers never touch data)."""
+from .methods import CalibrationMethod, CalibrationOptions, CalibrationRanges, TensorRange, calibrate
+
+__all__ = ["CalibrationMethod", "CalibrationOptions", "CalibrationRanges", "TensorRange", "calibrate"]

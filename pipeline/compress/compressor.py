@@ -1,0 +1,185 @@
+"""Block-wise knowledge distillation that finds the most accurate student under a budget.
+
+After Ahmed, Zunino, Morerio, Murino, "Compact CNN Structure Learning by Knowledge Distillation"
+(ICPR 2020): cut the teacher into blocks, distil candidate student blocks block-wise, choose one per
+block under a FLOPs / parameter budget (an exact multiple-choice knapsack), assemble, fine-tune with
+distillation. FLOPs count a multiply-add as 2 operations (``pipeline.torchmodel.count_flops``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..checkpoint import EpochCheckpoint
+from ..errors import ConfigError
+from ..torchmodel import count_flops, count_params
+from ..train import evaluate_torch
+from . import distributed
+from .blocks import TeacherBlock, cut_teacher, find_head
+from .options import CompressOptions
+from .search import block_shapes, distill_blockwise, make_candidates, nmse, teacher_features
+from .selection import Option, pareto_front, select
+from .student import assemble, save_student
+
+
+def _distillation_loss(student_logits, teacher_logits, labels, temperature, alpha):
+    soft = nn.functional.kl_div(
+        nn.functional.log_softmax(student_logits / temperature, 1), nn.functional.softmax(teacher_logits / temperature, 1),
+        reduction="batchmean",
+    ) * temperature**2
+    return alpha * soft + (1 - alpha) * nn.functional.cross_entropy(student_logits, labels)
+
+
+def finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor,
+             y_val: np.ndarray, options: CompressOptions, checkpoint: EpochCheckpoint | None = None,
+             blocks: list[TeacherBlock] = (), head: nn.Module | None = None) -> dict:
+    """End-to-end distillation from the teacher's logits (and, with ``options.feature_weight``, from its
+    block outputs: ``blocks`` and ``head`` are the teacher cut as the student is, one block per student block),
+    early-stopped on validation top-1."""
+    teacher.eval()
+    if head is not None:
+        head.eval()  # a pooled head is a new Sequential around the teacher's modules
+    student_outputs: list[torch.Tensor] = []
+    hooks = [block.register_forward_hook(lambda module, args, output: student_outputs.append(output))
+             for block in student.features] if options.feature_weight else []
+    steps_per_epoch = max(1, len(y) // options.batch_size)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=options.lr, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, options.lr, total_steps=options.finetune_epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(options.seed)
+    best, best_state, stale, history = -1.0, None, 0, []
+    saved = checkpoint.restore(student, optimizer, schedule, generator) if checkpoint else None
+    if saved:
+        best, best_state, stale, history = saved["best"], saved["best_state"], saved["stale"], saved["history"]
+    done = saved["epoch"] if saved else 0
+    model = distributed.wrap(student)
+    for epoch in range(done, options.finetune_epochs):
+        if stale >= options.patience:  # early-stopped, in this call or before an interruption
+            break
+        model.train()
+        order = torch.randperm(len(y), generator=generator)
+        for step in tqdm(range(steps_per_epoch), desc=f"fine-tune student {epoch + 1}/{options.finetune_epochs}",
+                         unit="batch", disable=not distributed.is_main()):
+            index = distributed.shard(order[step * options.batch_size : (step + 1) * options.batch_size])
+            with torch.no_grad():
+                if hooks:  # one teacher pass gives the block outputs and, through the head, the logits
+                    _, teacher_outputs = teacher_features(blocks, x[index])
+                    target = head(teacher_outputs[-1])
+                else:
+                    target = teacher(x[index])
+            student_outputs.clear()
+            loss = _distillation_loss(model(x[index]), target, y[index], options.temperature, options.alpha)
+            if hooks:
+                loss = loss + options.feature_weight * sum(map(nmse, student_outputs, teacher_outputs))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        distributed.sync_buffers(student)
+        accuracy = evaluate_torch(student, x_val, y_val)
+        history.append(accuracy)
+        if accuracy > best:
+            best, stale = accuracy, 0
+            best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        else:
+            stale += 1
+        if checkpoint:
+            checkpoint.save(epoch + 1, student, optimizer, schedule, generator, best=best, best_state=best_state,
+                            stale=stale, history=history)
+    for hook in hooks:
+        hook.remove()
+    if best_state is not None:
+        student.load_state_dict(best_state)
+    return {"val_top1_per_epoch": history, "best_val_top1": best, "resumed_after_epoch": done}
+
+
+def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
+             val_y: np.ndarray, options: CompressOptions, out_dir: Path, resume_dir: Path | None = None,
+             test: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[nn.Module, dict]:
+    """Search, assemble and fine-tune a student of ``teacher``; write student.pt and student.json.
+
+    Returns the student and the compression report. With ``resume_dir``, both training phases save their
+    state there after every epoch and an interrupted call with the same inputs goes on from it.
+
+    ``train_x``/``val_x`` are preprocessed NCHW inputs, ``train_x`` in random order (block-wise distillation
+    takes its first ``blockwise_subset`` samples, fine-tuning all of them); ``teacher_source`` ({"model", "in_channels",
+    "num_classes"}) lets the student's spec rebuild the teacher-kept blocks. With ``test`` (inputs, labels: images
+    neither model trained on), the report gives both models' top-1 on it too: the validation images come from the
+    training split, which the teacher has seen, so only the test figures compare the two fairly.
+    """
+    timings = {}
+    started = time.perf_counter()
+    torch.manual_seed(options.seed)  # candidates' initial weights: the same student for the same inputs
+    teacher = teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    input_shape = (1, *train_x.shape[1:])
+    head_name = find_head(teacher, input_shape)
+    blocks, head = cut_teacher(teacher, list(options.boundaries) if options.boundaries else None, options.frozen,
+                               head_name)
+    teacher_flops, teacher_params = count_flops(teacher, input_shape), count_params(teacher)
+    shapes = block_shapes(blocks, input_shape)
+    fixed = (count_flops(head, shapes[-1][1]), count_params(head))
+    max_flops, max_params = options.budget.limits(teacher_flops, teacher_params)
+    candidates = [make_candidates(b, i, o, options.search_space) for b, (i, o) in zip(blocks, shapes)]
+    options_grid = [[Option(0.0, c.flops, c.params) for c in group] for group in candidates]
+    select(options_grid, max_flops, max_params, fixed)  # fail before training when the budget is unreachable
+    timings["setup_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    x, held_out = torch.from_numpy(train_x), torch.from_numpy(val_x[: max(256, len(val_x) // 4)])
+    blockwise_resumed = distill_blockwise(blocks, candidates, x[: options.blockwise_subset], held_out,
+                                          options.blockwise_epochs, options.batch_size, options.lr, options.seed,
+                                          EpochCheckpoint(resume_dir and resume_dir / "blockwise.pt",
+                                                          "block-wise distillation"))
+    timings["blockwise_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    options_grid = [[Option(c.score, c.flops, c.params) for c in group] for group in candidates]
+    front = pareto_front(options_grid, max_params, fixed)
+    chosen = select(options_grid, max_flops, max_params, fixed)
+    if options.pick is not None:
+        if not 0 <= options.pick < len(front):
+            raise ConfigError(f"pick: bad value {options.pick}, expected a Pareto point 0..{len(front) - 1}")
+        chosen = front[options.pick]
+    timings["selection_s"] = time.perf_counter() - started
+
+    spec = {"teacher": teacher_source, "boundaries": [b.name for b in blocks], "head": head_name,
+            "blocks": [candidates[b][c].spec for b, c in enumerate(chosen.choice)]}
+    student = assemble(spec, teacher)
+    for b, c in enumerate(chosen.choice):  # the block-wise trained weights
+        student.features[b].load_state_dict(candidates[b][c].module.state_dict())
+    for p in student.parameters():
+        p.requires_grad_(True)
+    started = time.perf_counter()
+    tuning = finetune(student, teacher, x, torch.from_numpy(train_y), val_x, val_y, options,
+                      EpochCheckpoint(resume_dir and resume_dir / "finetune.pt", "fine-tuning"), blocks, head)
+    timings["finetune_s"] = time.perf_counter() - started
+    student.eval()
+    if distributed.is_main():
+        save_student(student, spec, out_dir)
+    test_top1 = (lambda model: {"test_top1": evaluate_torch(model, *test)}) if test else (lambda model: {})
+    report = {
+        "flop_convention": "a multiply-add counts as 2 FLOPs",
+        "budget": {"max_flops": max_flops, "max_params": max_params},
+        "teacher": {"flops": teacher_flops, "params": teacher_params, "val_top1": evaluate_torch(teacher, val_x, val_y),
+                    **test_top1(teacher)},
+        "student": {"flops": count_flops(student, input_shape), "params": count_params(student),
+                    "val_top1": evaluate_torch(student, val_x, val_y), **test_top1(student),
+                    "predicted_flops": chosen.flops, "predicted_params": chosen.params, **tuning},
+        "blocks": [{"block": blocks[b].name, "chosen": candidates[b][c].spec, "score": candidates[b][c].score,
+                    "flops": candidates[b][c].flops, "params": candidates[b][c].params,
+                    "candidates": len(candidates[b])} for b, c in enumerate(chosen.choice)],
+        "pareto_front": [{"flops": s.flops, "params": s.params, "score": s.score,
+                          "blocks": [candidates[b][c].spec["type"] for b, c in enumerate(s.choice)]} for s in front],
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "blockwise_resumed_after_epoch": blockwise_resumed,
+        "world_size": distributed.world_size(),
+        "options": {**asdict(options), "budget": asdict(options.budget)},
+    }
+    return student, report

@@ -1,0 +1,117 @@
+"""The planner: targets x formats -> steps, each built once per run whatever the number of targets that need it.
+
+A format row's builder asks the planner for what it needs (another kind, the calibration samples or ranges)
+and hands it a step; the planner gives each step id one record per run, and refuses two different steps
+under one id, so that a step's id is its only identity (in memory and on disk).
+"""
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Callable
+
+from .artifacts import Artifact, sha256_file
+from .config import RunConfig
+from .data import DataSplits, PreprocessSpec, load_dataset
+from .engine import Engine, Step
+from .formats import FORMATS, get_format
+from .profile import TargetProfile
+
+
+class Planner:
+    """What the steps of one run share: the configuration, the data, the model's record and the steps built."""
+
+    def __init__(self, config: RunConfig, engine: Engine, targets: list[TargetProfile]):
+        self.config, self.engine, self.out, self.targets = config, engine, engine.out, targets
+        self.model_record: dict | None = None  # the model (or compress) step's record, set by the run
+        self._built: dict[str, tuple[str, dict]] = {}  # step id -> (inputs hash, record)
+
+    # ---- what steps read ------------------------------------------------------------------------
+    @cached_property
+    def data(self) -> DataSplits:
+        return load_dataset(self.config.data, self.config.image_size)
+
+    @cached_property
+    def source(self):
+        from .sources import ModelSource
+
+        return ModelSource(self.config.model, self.config.weights)
+
+    def path(self, record: dict, key: str) -> Path:
+        return self.engine.path(record, key)
+
+    def preprocess(self) -> PreprocessSpec:
+        spec = self.model_record["data"]["preprocess"]
+        return PreprocessSpec(tuple(spec["mean"]), tuple(spec["std"]))
+
+    def load_torch(self):
+        """The model as a module: rebuilt from its source with the weights the model or compress step wrote."""
+        from .sources import ModelSource, build_model
+        from .sources.student import load_student_files
+
+        record = self.model_record
+        if "student_spec" in record["files"]:
+            return load_student_files(self.path(record, "student_spec"), self.path(record, "student_weights"))
+        weights = record["files"].get("weights")
+        source = ModelSource(self.config.model, str(self.out / weights) if weights else None)
+        return build_model(source, record["data"]["input_shape"][1], len(record["data"]["classes"]))
+
+    # ---- steps ----------------------------------------------------------------------------------
+    def run(self, step: Step) -> dict:
+        """The step's record, run (or skipped) once per run; a second, different step under its id is a bug."""
+        if step.id in self._built:
+            inputs_hash, record = self._built[step.id]
+            if inputs_hash != step.inputs_hash:
+                raise RuntimeError(f"two different steps share the id '{step.id}': the step id must name "
+                                   "every input that changes its outputs")
+            return record
+        record = self.engine.run(step)
+        self._built[step.id] = (step.inputs_hash, record)
+        return record
+
+    def shared_step(self, name: str, stage: str, params: dict, needs: list[dict], produce: Callable[..., dict],
+                    **options) -> dict:
+        """A step made from the run's model: the teacher's live in ``out/shared/``, a student's in
+        ``out/shared/<student>/``, so that runs with another budget in the same directory keep (and skip to)
+        each other's outputs instead of replacing them."""
+        variant = self.model_record["step"].rpartition("/")[0]
+        step_id = f"{variant}/{name}" if variant else name
+        return self.run(Step(step_id, stage, params, needs, self.out / "shared" / step_id, produce, **options))
+
+    def build(self, kind: str, target: TargetProfile) -> tuple[dict, str]:
+        """The record of the step that writes ``kind`` for ``target``, and the file's key in it."""
+        return get_format(kind).build(self, target)
+
+    def calibration_samples(self) -> dict:
+        from .stages.calibrate import samples_step
+
+        return samples_step(self)
+
+    def calibration_ranges(self, export: dict) -> dict:
+        from .stages.calibrate import ranges_step
+
+        return ranges_step(self, export)
+
+    # ---- a target's artifacts -------------------------------------------------------------------
+    def kinds(self, target: TargetProfile) -> list[str]:
+        """The reference first, then the target's kinds in the registry's order, up to the requested stages."""
+        reference = self.source.row.reference_kind
+        wanted = [reference, *[k for k in FORMATS if k in target.artifacts and k != reference]]
+        return [k for k in wanted if self.engine.wants(FORMATS[k].stage)]
+
+    def artifacts(self, target: TargetProfile) -> list[tuple[Artifact, dict]]:
+        """Every artifact of ``target`` (paths relative to ``out/<target>/``) with the record of its step."""
+        target_dir = self.out / target.name
+        shape = tuple(self.model_record["data"]["input_shape"])
+        found = []
+        for kind in self.kinds(target):
+            row = FORMATS[kind]
+            record, key = row.build(self, target)
+            path = self.path(record, key)
+            found.append((Artifact(
+                kind=kind, format=row.format, precision=row.precision, session=row.session,
+                path=os.path.relpath(path, target_dir), sha256=sha256_file(path), size_bytes=path.stat().st_size,
+                calibration=record["data"].get("calibration", {}).get(key), **row.io(record, key, target, shape),
+            ), record))
+        return found

@@ -1,0 +1,71 @@
+"""The model-source registry: one row per way a user can give a model (a built-in name, a factory, a file).
+
+A row says how to recognise its kind of ``--model``, how to load it as an eval-mode ``nn.Module``, whether the
+pipeline trains it, whether the model step keeps a state_dict to rebuild it, and which artifact kind is the
+reference every other artifact is measured against.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import ModelError
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What the user gave: ``--model`` and, for the kinds that take one, ``--weights``."""
+
+    model: str
+    weights: str | None = None
+
+    @property
+    def row(self) -> "SourceKind":
+        return resolve(self.model)
+
+    @property
+    def kind(self) -> str:
+        return self.row.name
+
+    @property
+    def needs_training(self) -> bool:
+        return self.row.trainable and self.weights is None
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    name: str
+    matches: Callable[[str], bool]  # does this ``--model`` value belong to this kind?
+    load: Callable[[ModelSource, int, int], object]  # (source, in_channels, num_classes) -> eval-mode nn.Module
+    usage: str  # how a user names such a model, for the error that lists every kind
+    trainable: bool = False  # without --weights, the pipeline trains it
+    keeps_weights: bool = False  # the model step saves its state_dict, and rebuilds it from source + weights
+    reference_kind: str = "torch-fp32"  # the artifact every other one is compared with
+
+
+SOURCES: dict[str, SourceKind] = {}
+
+
+def register_source(row: SourceKind) -> SourceKind:
+    if row.name in SOURCES:
+        raise ValueError(f"model source '{row.name}' is registered twice")
+    SOURCES[row.name] = row
+    return row
+
+
+def resolve(model: str) -> SourceKind:
+    """The first registered kind that recognises ``model``; else a one-line error naming every kind."""
+    for row in SOURCES.values():
+        if row.matches(model):
+            return row
+    from ..nets import list_builtins
+
+    close = difflib.get_close_matches(model, list_builtins(), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise ModelError(f"{model}: unknown model{hint}; give " + ", ".join(row.usage for row in SOURCES.values()))
+
+
+def build_model(source: ModelSource, in_channels: int, num_classes: int):
+    """An eval-mode module for ``source`` with its weights loaded (untrained when a built-in has none)."""
+    return source.row.load(source, in_channels, num_classes)

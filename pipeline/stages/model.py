@@ -1,0 +1,118 @@
+"""The model step (the user's model loaded, or a built-in trained) and the compress step (its student)."""
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..artifacts import sha256_file, write_json
+from ..data import PreprocessSpec
+from ..engine import Step
+from ..units import format_count
+
+
+def _source_identity(plan) -> dict:
+    config = plan.config
+    identity = {"model": config.model, "kind": plan.source.kind}
+    for key, value in (("weights", config.weights), ("file", config.model)):
+        if value and Path(value).is_file():
+            identity[f"{key}_sha256"] = sha256_file(value)
+    return identity
+
+
+def model_step(plan) -> dict:
+    import torch
+
+    from ..sources import build_model
+    from ..torchmodel import check_input, count_flops, count_params, save_torchscript
+
+    config, source = plan.config, plan.source
+    fingerprint = plan.data.fingerprint()
+    params = {"source": _source_identity(plan), "image_size": config.image_size,
+              "train": asdict(config.train) if source.needs_training else None, "data": fingerprint}
+
+    def produce(tmp: Path) -> dict:
+        from ..train import train_classifier
+
+        data = plan.data
+        height, width, channels = data.image_shape
+        input_shape = (1, channels, height, width)
+        num_classes = len(data.classes)
+        torch.manual_seed(config.train.seed)  # the same initial weights on every run
+        model = build_model(source, channels, num_classes)
+        check_input(model, input_shape, config.model, num_classes)
+        preprocess = PreprocessSpec.from_images(data.train.images)
+        stats = None
+        if source.needs_training:
+            model, stats = train_classifier(model, data.train, data.test, preprocess, config.train,
+                                            {"model": config.model, "data": fingerprint})
+        files = {"torchscript": "model.torchscript.pt"}
+        if source.row.keeps_weights:
+            torch.save(model.state_dict(), tmp / "weights.pt")
+            files["weights"] = "weights.pt"
+        save_torchscript(model, input_shape, tmp / files["torchscript"])
+        return {
+            "files": files, "input_shape": list(input_shape), "classes": list(data.classes),
+            "preprocess": asdict(preprocess), "params": count_params(model),
+            "flops": count_flops(model, input_shape), "training": stats, "dataset": data.source,
+        }
+
+    return plan.run(Step("model", "model", params, [], plan.out / "shared" / "model", produce))
+
+
+def compress_budget(plan):
+    """The user's budget, its unset limits filled with the strictest of the targets' profiles."""
+    flops = [t.budgets.max_flops for t in plan.targets if t.budgets.max_flops]
+    params = [t.budgets.max_params for t in plan.targets if t.budgets.max_params]
+    return plan.config.compress.budget.with_defaults(min(flops, default=None), min(params, default=None))
+
+
+def fits_budget(plan) -> str | None:
+    """Why compression is not needed (the model already fits the budget), or None."""
+    data = plan.model_record["data"]
+    max_flops, max_params = compress_budget(plan).limits(data["flops"], data["params"])
+    if data["flops"] <= (max_flops or data["flops"]) and data["params"] <= (max_params or data["params"]):
+        return f"the model already fits the budget (FLOPs <= {max_flops or 'any'}, parameters <= {max_params or 'any'})"
+    return None
+
+
+def compress_step(plan) -> dict:
+    """The student found by block-wise distillation under the strictest budget of the run's targets."""
+    options = plan.config.compress
+    budget = compress_budget(plan)
+    model_record = plan.model_record
+
+    def produce(tmp: Path, resume_dir: Path) -> dict:
+        from ..compress.compressor import compress
+        from ..torchmodel import save_torchscript
+        from .report import PARETO_PLOT, compression_markdown, pareto_plot
+
+        data, train = model_record["data"], plan.data.train
+        order = np.random.default_rng(options.seed).permutation(len(train))
+        val_index = order[: options.val_samples]
+        train_index = order[options.val_samples :][: options.finetune_subset]  # shuffled: block-wise takes its head
+        spec = plan.preprocess()
+        teacher_source = {"model": plan.config.model, "in_channels": data["input_shape"][1],
+                          "num_classes": len(data["classes"])}
+        student, report = compress(
+            plan.load_torch(), teacher_source, spec.apply(train.images[train_index]), train.labels[train_index],
+            spec.apply(train.images[val_index]), train.labels[val_index], replace(options, budget=budget), tmp,
+            resume_dir, (spec.apply(plan.data.test.images), plan.data.test.labels),
+        )
+        write_json(tmp / "compression.json", report)
+        (tmp / "compression.md").write_text(compression_markdown(report))
+        (tmp / PARETO_PLOT).write_bytes(pareto_plot(report))
+        save_torchscript(student, tuple(data["input_shape"]), tmp / "model.torchscript.pt")
+        return {"files": {"torchscript": "model.torchscript.pt", "student_spec": "student.json",
+                          "student_weights": "student.pt", "report": "compression.json"},
+                **{k: data[k] for k in ("input_shape", "classes", "preprocess", "dataset")},
+                "params": report["student"]["params"], "flops": report["student"]["flops"],
+                "teacher": {"params": data["params"], "flops": data["flops"]}, "compression": report}
+
+    max_flops, max_params = budget.limits(model_record["data"]["flops"], model_record["data"]["params"])
+    student = "-".join(["student", *([f"{format_count(max_flops)}flops"] if max_flops else []),
+                        *([f"{format_count(max_params)}params"] if max_params else [])])
+    params = {**plan.config.to_dict()["compress"], "budget": asdict(budget)}
+    return plan.run(Step(f"{student}/compress", "compress", params, [model_record],
+                         plan.out / "shared" / student / "compress", produce, resumable=True))

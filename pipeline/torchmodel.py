@@ -1,0 +1,88 @@
+"""Torch model helpers: importing a factory, loading a state_dict, checking the input, counting, tracing."""
+from __future__ import annotations
+
+import importlib
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+
+def import_callable(ref: str) -> Callable[..., nn.Module]:
+    """The callable named by ``package.module:name``."""
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # an import can fail with anything: a missing module, a CUDA-only build
+        raise ModelError(f"{ref}: cannot import module '{module_name}' ({type(exc).__name__}: {exc})") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ModelError(f"{ref}: module '{module_name}' has no callable '{attr}'")
+    return factory
+
+
+def load_state_dict(model: nn.Module, path: Path, model_name: str) -> None:
+    if not path.is_file():
+        raise ModelError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: not a readable PyTorch checkpoint ({first[:200]})") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path}: expected a state_dict (a mapping of names to tensors)")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state
+                  and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+            if items:
+                parts.append(f"{label} {len(items)}: {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}")
+        raise ModelError(f"{path}: does not match model '{model_name}' ({'; '.join(parts)})")
+    model.load_state_dict(state)
+
+
+def check_input(model: nn.Module, input_shape: tuple[int, ...], name: str, num_classes: int) -> None:
+    """Run one forward pass so that a model that does not accept the data fails here, clearly."""
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(input_shape))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise ModelError(f"{name}: does not accept input of shape {list(input_shape)} from the data ({first})") from exc
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != num_classes:
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"{name}: output {shape} is not [batch, {num_classes}] logits for the data's {num_classes} classes")
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """FLOPs of one forward pass, counted by ``torch.utils.flop_counter``: a multiply-add counts as 2 FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(input_shape))
+    return int(counter.get_total_flops())
+
+
+def save_torchscript(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
+    """The PyTorch reference artifact: a traced TorchScript file the runner can time in a fresh process."""
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = model if isinstance(model, torch.jit.ScriptModule) else torch.jit.trace(model, torch.zeros(input_shape))
+            traced.save(str(path))
+    except Exception as exc:
+        raise ModelError(f"{path.name}: cannot trace the model to TorchScript ({str(exc).splitlines()[0][:200]})") from exc

@@ -1,0 +1,175 @@
+"""The shape of the code: the format registry walked kind by kind, one registration adds a kind, step ids are
+the steps' only identity, the on-board runtime stands alone, and the CLI's light commands stay light."""
+import ast
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from board_runtime.model import Model, find_artifact, normalise
+from pipeline.config import STAGES
+from pipeline.data import load_dataset
+from pipeline.engine import Engine, Step
+from pipeline.formats import FORMATS, Format, register_format
+from pipeline.formats.registry import float_io
+from pipeline.orchestrator import Run
+from pipeline.planner import Planner
+from pipeline.targets import TARGETS_DIR, load_target
+
+REPO = Path(__file__).resolve().parents[1]
+UP_TO_BUNDLE = STAGES[: STAGES.index("bundle") + 1]
+ONNX_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
+
+
+def _session_input(model: Model) -> tuple[list[int], str]:
+    """The input shape and dtype as the runtime itself reports them after loading the file."""
+    session = model.session
+    if model.artifact["session"] == "tflite":
+        return [int(d) for d in session.input["shape"]], np.dtype(session.input["dtype"]).name
+    if model.artifact["session"] == "onnx":
+        first = session.session.get_inputs()[0]
+        return list(first.shape), ONNX_TYPES[first.type]
+    return list(model.artifact["input_shape"]), "float32"  # TorchScript: no declared input
+
+
+def test_every_format_builds_and_round_trips_through_the_runtime(tiny_run, tmp_path, small_config):
+    """The host profile lists every registered kind; each is built on the tiny model, then loaded by the on-board
+    runtime from the manifest, fed as the manifest says and compared with the reference."""
+    run, _ = tiny_run
+    host = load_target("host")
+    assert set(FORMATS) == {*host.artifacts, "torch-fp32"}, "the host profile must list every artifact kind"
+    out = tmp_path / "run"
+    shutil.copytree(run.out, out)  # the shared steps are already built; the session's run stays untouched
+    Run(small_config(out, targets="host")).execute(UP_TO_BUNDLE)
+    manifest = json.loads((out / "host" / "artifacts.json").read_text())
+    assert [a["kind"] for a in manifest["artifacts"]] == list(FORMATS)  # the reference first, then registry order
+    x = normalise(load_dataset(None).test.images[:20], manifest)  # as the board normalises raw images
+    outputs = {}
+    for artifact in manifest["artifacts"]:
+        row = FORMATS[artifact["kind"]]
+        assert (artifact["format"], artifact["precision"], artifact["session"]) == (row.format, row.precision, row.session)
+        model = Model(artifact, out / "host", threads=1)
+        shape, dtype = _session_input(model)
+        assert shape == artifact["input_shape"] and dtype == artifact["input_dtype"], artifact["kind"]
+        layout_channels = shape[-1] if artifact["input_layout"] == "NHWC" else shape[1]
+        assert layout_channels == 1, artifact["kind"]
+        assert model.session.accelerators == []
+        outputs[artifact["kind"]] = np.concatenate([model.predict(sample[None]) for sample in x])
+    reference = outputs["torch-fp32"].argmax(1)
+    for kind, logits in outputs.items():
+        assert logits.shape == (20, 10) and (logits.argmax(1) == reference).mean() >= 0.9, kind
+    bundle = json.loads((out / "host" / "bundle" / "manifest.json").read_text())
+    assert [a["kind"] for a in bundle["artifacts"]] == [k for k in FORMATS if FORMATS[k].deployable]
+
+
+@pytest.fixture
+def dummy_kind():
+    """An artifact kind of a test's own: a copy of the ONNX fp32 model, registered and nothing else."""
+
+    def build(plan, target):
+        export, key = plan.build("onnx-fp32", target)
+
+        def produce(tmp: Path) -> dict:
+            shutil.copyfile(plan.path(export, key), tmp / "copy.onnx")
+            return {"files": {"onnx": "copy.onnx"}}
+
+        return plan.shared_step("dummy-copy", "quantize", {}, [export], produce), "onnx"
+
+    register_format(Format(kind="onnx-copy", format="onnx", precision="fp32", label="ONNX copy", stage="quantize",
+                           session="onnx", runtimes=("onnxruntime",), build=build, io=float_io))
+    try:
+        yield "onnx-copy"
+    finally:
+        del FORMATS["onnx-copy"]
+
+
+def test_a_new_kind_is_one_registration(dummy_kind, tmp_path, small_config):
+    profile = tmp_path / "copy-board.yaml"
+    profile.write_text((TARGETS_DIR / "host.yaml").read_text().replace("name: host", "name: copy-board").replace(
+        "artifacts: [onnx-fp32, onnx-fp16, onnx-int8, tflite-fp32, tflite-fp16, tflite-int8]",
+        f"artifacts: [onnx-fp32, {dummy_kind}]"))
+    out = tmp_path / "run"
+    Run(small_config(out, targets=str(profile), bench={"runs": 5, "warmup": 1, "repeats": 1})).execute()
+    report = json.loads((out / "copy-board" / "report.json").read_text())
+    rows = {r["kind"]: r for r in report["rows"]}
+    assert list(rows) == ["torch-fp32", "onnx-fp32", dummy_kind] and rows[dummy_kind]["label"] == "ONNX copy"
+    assert rows[dummy_kind]["agreement"] == 100.0 and rows[dummy_kind]["latency_ms"]["p50"] > 0
+    assert f"| {dummy_kind} |" in (out / "copy-board" / "report.md").read_text()
+    Run(small_config(out, targets=str(profile))).execute(["bundle"])
+    manifest = json.loads((out / "copy-board" / "bundle" / "manifest.json").read_text())
+    assert find_artifact(manifest, dummy_kind)["session"] == "onnx"
+
+
+def test_one_step_id_means_one_step(tmp_path):
+    lines: list[str] = []
+    plan = Planner(None, Engine(tmp_path, log=lines.append), [])
+
+    def produce(tmp: Path) -> dict:
+        (tmp / "ranges.json").write_text("{}")
+        return {"files": {"ranges": "ranges.json"}}
+
+    step = lambda method: Step("calibrate-x", "quantize", {"method": method}, [], tmp_path / "x", produce)  # noqa: E731
+    first = plan.run(step("minmax"))
+    assert plan.run(step("minmax")) is first and lines == ["[run ] calibrate-x"]  # built once per run
+    with pytest.raises(RuntimeError, match="two different steps share the id 'calibrate-x'"):
+        plan.run(step("entropy"))
+
+
+def test_report_names_the_calibrator_of_each_int8_artifact(tiny_run):
+    run, _ = tiny_run
+    report = json.loads((run.out / "raspberry-pi-4" / "report.json").read_text())
+    assert report["reference"] == {"kind": "torch-fp32", "label": "PyTorch fp32"}
+    calibration = report["calibration"]
+    assert set(calibration) == {"onnx-int8", "tflite-int8"}
+    assert calibration["onnx-int8"] == "minmax ranges from ONNX Runtime's calibrator on 128 samples"
+    assert calibration["tflite-int8"].startswith("the TensorFlow Lite converter's own calibration (onnx2tf) on the "
+                                                 "same 128 samples; calibration.method does not reach it")
+    assert f"tflite-int8: {calibration['tflite-int8']}" in (run.out / "raspberry-pi-4" / "report.md").read_text()
+
+
+def test_an_uncompiled_int8_tflite_never_gets_the_edge_tpu(tiny_run):
+    """Coral's int8 TFLite runs on the CPU and says so; only a model edgetpu_compiler made may ask for the TPU."""
+    run, _ = tiny_run
+    bundle = run.out / "coral-edgetpu" / "bundle"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    int8 = find_artifact(manifest, "tflite-int8")
+    assert int8["session"] == "tflite" and Model(int8, bundle, 1).session.accelerators == []
+    suite = json.loads((run.out / "coral-edgetpu" / "bench" / "bench.json").read_text())
+    assert all(result["accelerators"] == [] for result in suite["results"])
+    report = json.loads((run.out / "coral-edgetpu" / "report.json").read_text())
+    assert all("edgetpu" not in row["runtime"] for row in report["rows"])
+    with pytest.raises(RuntimeError, match="holds no edgetpu-custom-op: it was not compiled by edgetpu_compiler"):
+        Model({**int8, "session": "edgetpu"}, bundle, 1)
+
+
+def test_the_board_runtime_imports_nothing_from_the_pipeline():
+    for path in sorted((REPO / "board_runtime").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            assert not any(n.split(".")[0] in ("pipeline", "benchmarks") for n in names), f"{path.name} imports {names}"
+
+
+@pytest.mark.parametrize("argv", [["targets", "list"], ["targets", "show", "coral-edgetpu"], ["--help"]])
+def test_light_commands_import_neither_torch_nor_tensorflow(argv):
+    code = ("import sys\nfrom pipeline.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorflow', 'onnx2tf'))\n"
+            "print('HEAVY', heavy)" % argv)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-1000:]
+    assert "HEAVY []" in done.stdout, done.stdout[-500:]
+
+
+def test_imports_go_one_way_and_modules_stay_small():
+    tool = REPO.parent / "shared" / "tools" / "import_cycles.py"
+    if not tool.is_file():
+        pytest.skip(f"{tool} is not beside the checkout")
+    done = subprocess.run([sys.executable, str(tool), str(REPO)], capture_output=True, text=True)
+    assert "cycle:" not in done.stdout and "imports-benchmarks no" in done.stdout, done.stdout
+    sizes = {p.relative_to(REPO).as_posix(): len(p.read_text().splitlines())
+             for package in ("pipeline", "board_runtime") for p in (REPO / package).rglob("*.py")}
+    assert max(sizes.values()) <= 420, sorted(sizes.items(), key=lambda item: -item[1])[:3]
