@@ -216,7 +216,8 @@ def bench_all(manifest_path: Path, kinds: list[str], repeats: int, bench_args: l
     results = []
     scratch = manifest_path.resolve().parent / f".bench-{os.getpid()}.json"
     # The repeats run this same copy of the package, whatever else the board's Python has installed.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE_PARENT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE_PARENT), os.environ.get("PYTHONPATH", "")]),
+           "PYTHONDONTWRITEBYTECODE": "1"}
     try:
         for index, kind in enumerate(kinds, 1):
             runs = []

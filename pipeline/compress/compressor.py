@@ -1,10 +1,4 @@
-"""Block-wise knowledge distillation that finds the most accurate student under a budget.
-
-After Ahmed, Zunino, Morerio, Murino, "Compact CNN Structure Learning by Knowledge Distillation"
-(ICPR 2020): cut the teacher into blocks, distil candidate student blocks block-wise, choose one per
-block under a FLOPs / parameter budget (an exact multiple-choice knapsack), assemble, fine-tune with
-distillation. FLOPs count a multiply-add as 2 operations (``pipeline.torchmodel.count_flops``).
-"""
+"""``compress``: search, assemble and fine-tune a student of a teacher; ``finetune``: distillation from its logits."""
 from __future__ import annotations
 
 import time

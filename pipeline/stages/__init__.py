@@ -1,1 +1,2 @@
-"""One module per stage. Each exposes free functions with explicit arguments; the orchestrator chains them."""
+"""One module per stage: its work as free functions with explicit arguments, and the step a run asks the engine
+for (``*_step(plan, ...)``, built from the planner)."""
