@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable
 
 from .config import STAGES, RunConfig, save_config
 from .engine import Engine
+from .errors import AccuracyError
 from .planner import Planner
 from .profile import TargetProfile
 from .targets import load_target
@@ -44,6 +45,7 @@ class Run:
         results: dict[str, Path] = {}
         if not engine.wants("export"):
             return results
+        missed = []  # targets whose artifacts miss the accuracy gate: reported and bundled, then the run fails
         for target in self.targets:
             built = plan.artifacts(target)
             if not engine.wants("evaluate"):
@@ -51,13 +53,18 @@ class Run:
             bundle.write_target_manifest(plan, target, [artifact for artifact, _ in built])
             results[target.name] = self.out / target.name
             evaluation = evaluate.evaluate_step(plan, target, built)
-            bundled = bundle.bundle_step(plan, target, built) if engine.wants("bundle") and (
+            if not evaluation["gate"]["passed"] and "evaluate" in engine.requested:
+                missed.append(evaluate.gate_message(evaluation["gate"], target.name))
+            bundled = bundle.bundle_step(plan, target, built, evaluation) if engine.wants("bundle") and (
                 "bundle" in engine.requested or self.config.bench.host) else None
             if not engine.wants("bench"):
                 continue
             benched = bench.bench_step(plan, target, built, bundled)
             if engine.wants("report"):
                 report.report_step(plan, target, built, evaluation, benched)
+        if missed:
+            raise AccuracyError("; ".join(missed) + (f" (reports: {', '.join(str(d / 'report.md') for d in results.values())})"
+                                                     if engine.wants("report") else ""))
         return results
 
 

@@ -173,3 +173,56 @@ def test_imports_go_one_way_and_modules_stay_small():
     sizes = {p.relative_to(REPO).as_posix(): len(p.read_text().splitlines())
              for package in ("pipeline", "board_runtime") for p in (REPO / package).rglob("*.py")}
     assert max(sizes.values()) <= 420, sorted(sizes.items(), key=lambda item: -item[1])[:3]
+
+
+@pytest.fixture
+def broken_kind():
+    """A kind whose model answers wrongly on purpose: the ONNX fp32 model with its classifier's weights negated."""
+    import onnx
+    from onnx import numpy_helper
+
+    def build(plan, target):
+        export, key = plan.build("onnx-fp32", target)
+
+        def produce(tmp: Path) -> dict:
+            model = onnx.load(str(plan.path(export, key)))
+            gemm = next(node for node in model.graph.node if node.op_type == "Gemm")
+            weights = next(t for t in model.graph.initializer if t.name == gemm.input[1])
+            weights.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(weights), weights.name))
+            onnx.save(model, str(tmp / "negated.onnx"))
+            return {"files": {"onnx": "negated.onnx"}}
+
+        return plan.shared_step("negated", "quantize", {}, [export], produce), "onnx"
+
+    register_format(Format(kind="onnx-negated", format="onnx", precision="fp32", label="ONNX negated",
+                           stage="quantize", session="onnx", runtimes=("onnxruntime",), build=build, io=float_io))
+    try:
+        yield "onnx-negated"
+    finally:
+        del FORMATS["onnx-negated"]
+
+
+def test_a_missed_accuracy_gate_still_writes_the_report_and_a_failing_bundle(broken_kind, tmp_path, capsys):
+    from pipeline.cli import main
+
+    profile = tmp_path / "broken-board.yaml"
+    profile.write_text((TARGETS_DIR / "host.yaml").read_text().replace("name: host", "name: broken-board").replace(
+        "artifacts: [onnx-fp32, onnx-fp16, onnx-int8, tflite-fp32, tflite-fp16, tflite-int8]",
+        f"artifacts: [onnx-fp32, {broken_kind}]"))
+    out = tmp_path / "run"
+    code = main(["run", "--out", str(out), "--target", str(profile), "--model", "fmnist-tiny", "--epochs", "4",
+                 "--train-subset", "10000", "--eval-samples", "200", "--bench-runs", "5", "--bench-repeats", "1",
+                 "--no-compress"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars: the one-line error
+    assert code == 6 and err.startswith("error: broken-board: ") and f"{broken_kind} drops" in err
+    assert str(out / "broken-board" / "report.md") in err
+    report = json.loads((out / "broken-board" / "report.json").read_text())
+    gate = report["accuracy_gate"]
+    assert not gate["passed"] and [f["kind"] for f in gate["failing"]] == [broken_kind]
+    assert gate["failing"][0]["drop"] > 20 and "export parity" in gate["failing"][0]["advice"]
+    assert report["recommendation"]["kind"] == "onnx-fp32"  # the failing artifact is never recommended
+    md = (out / "broken-board" / "report.md").read_text()
+    assert md.splitlines()[2].startswith(f"**FAILED the accuracy gate:** {broken_kind} drops")
+    assert f"- **Accuracy gate:** FAILED: {broken_kind} drops" in md
+    manifest = json.loads((out / "broken-board" / "bundle" / "manifest.json").read_text())
+    assert manifest["accuracy_gate"]["passed"] is False and find_artifact(manifest, broken_kind)

@@ -60,6 +60,8 @@ def test_npz_with_explicit_test_split(tmp_path):
         (lambda p: (p / "t.txt").write_text("x") and p / "t.txt", "unsupported dataset file"),
         (lambda p: np.savez(p / "none.npz", x=np.zeros((0, 8, 8), np.uint8), y=np.zeros(0)) or p / "none.npz",
          "the train split is empty"),
+        (lambda p: np.savez(p / "nan.npz", x=np.where(np.eye(8)[None] > 0, np.nan, 0.5).repeat(4, 0), y=np.arange(4))
+         or p / "nan.npz", "'x' holds 32 non-finite values (NaN or inf) in 256"),
     ],
 )
 def test_bad_datasets(tmp_path, make, message):

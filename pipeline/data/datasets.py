@@ -124,7 +124,7 @@ def _split(images: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[Datas
     return Dataset(images[train], labels[train]), Dataset(images[test], labels[test])
 
 
-def _as_unit_float(images: np.ndarray, path: Path) -> np.ndarray:
+def _as_unit_float(images: np.ndarray, path: Path, key: str) -> np.ndarray:
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4:
@@ -132,6 +132,10 @@ def _as_unit_float(images: np.ndarray, path: Path) -> np.ndarray:
     if images.dtype == np.uint8:
         return images.astype(np.float32) / 255.0
     if np.issubdtype(images.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(images)))
+        if bad:  # calibration would otherwise stop deep inside onnxruntime ("scale issue")
+            raise DataError(f"{path}: '{key}' holds {bad} non-finite values (NaN or inf) in {images.size}; "
+                            "images must be finite, uint8 or float in [0, 1]")
         return np.clip(images.astype(np.float32), 0.0, 1.0)
     raise DataError(f"{path}: images must be uint8 or float in [0, 1], got {images.dtype}")
 
@@ -143,12 +147,12 @@ def _load_npz(path: Path) -> DataSplits:
         raise DataError(f"{path}: not a readable .npz ({exc})") from exc
     if "x" not in archive or "y" not in archive:
         raise DataError(f"{path}: an .npz dataset needs arrays 'x' and 'y', found {sorted(archive.files)}")
-    images, labels = _as_unit_float(archive["x"], path), archive["y"].astype(np.int64).reshape(-1)
+    images, labels = _as_unit_float(archive["x"], path, "x"), archive["y"].astype(np.int64).reshape(-1)
     if len(images) != len(labels):
         raise DataError(f"{path}: 'x' has {len(images)} samples but 'y' has {len(labels)}")
     if "x_test" in archive and "y_test" in archive:
         train = Dataset(images, labels)
-        test = Dataset(_as_unit_float(archive["x_test"], path), archive["y_test"].astype(np.int64).reshape(-1))
+        test = Dataset(_as_unit_float(archive["x_test"], path, "x_test"), archive["y_test"].astype(np.int64).reshape(-1))
     else:
         train, test = _split(images, labels)
     n_classes = int(max(labels.max(initial=0), test.labels.max(initial=0))) + 1

@@ -77,13 +77,17 @@ def write_bundle(directory: Path, artifacts: list[Artifact], base: Path, info: d
     return manifest
 
 
-def bundle_step(plan, target, built: list[tuple[Artifact, dict]]) -> dict:
+def bundle_step(plan, target, built: list[tuple[Artifact, dict]], evaluation: dict) -> dict:
+    """The bundle, its manifest saying whether every artifact passed the accuracy gate (a failing bundle is still
+    written, so that it can be looked at and benchmarked, and marked as failing)."""
     target_dir = plan.out / target.name
+    gate = evaluation["gate"]
 
     def produce(tmp: Path) -> dict:
-        write_bundle(tmp, [a for a, _ in built], target_dir, {"target": target.name, **manifest_info(plan, target)})
+        info = {"target": target.name, **manifest_info(plan, target), "accuracy_gate": gate}
+        write_bundle(tmp, [a for a, _ in built], target_dir, info)
         return {"files": {"manifest": "manifest.json"}}
 
     runtime = sha256_json({p.name: sha256_file(p) for p in sorted(RUNTIME_DIR.glob("*.py"))})  # a new runtime: rebundle
-    return plan.run(Step(f"{target.name}/bundle", "bundle", {"runtime": runtime},
-                         [plan.model_record, *[r for _, r in built]], target_dir / "bundle", produce))
+    return plan.run(Step(f"{target.name}/bundle", "bundle", {"runtime": runtime, "accuracy_gate": gate},
+                         [plan.model_record, *[r for _, r in built], evaluation], target_dir / "bundle", produce))

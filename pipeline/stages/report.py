@@ -174,6 +174,14 @@ def _estimate_table(estimates: list[dict]) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
+def gate_summary(gate: dict) -> str:
+    """Passed, or each failing artifact's drop and what to try."""
+    if gate["passed"]:
+        return f"passed: every artifact within {gate['tolerance']:g} points of {gate['reference']}"
+    return "; ".join(f"{f['kind']} drops {f['drop']:.2f} points (top-1 {f['top1']:.2f}%, tolerance "
+                     f"{gate['tolerance']:g}): {f['advice']}" for f in gate["failing"])
+
+
 def measured_on_text(measured: dict, threads: int, profile_threads: int) -> str:
     system = measured["system"]
     machine = f"{system.get('board') or system.get('cpu') or system['machine']}, {system['machine']}, {system['cores']} cores"
@@ -212,6 +220,7 @@ def write_report(data: dict, directory: Path) -> list[str]:
                 f"({rec['drop']:+.2f} points vs {reference}); {rec['reason']}." if rec
                 else "none: no artifact is within the accuracy tolerance and size budget.")
     model, bench = data["model"], data["bench"]
+    gate_text = gate_summary(data["accuracy_gate"])
     facts = [
         ("Board", f"{target['description']} ({target['board']['cpu_arch']}, {target['board']['cores']} cores, "
                   f"{target['board']['memory_mb']} MiB, accelerator: {target['board']['accelerator']})"),
@@ -226,6 +235,7 @@ def write_report(data: dict, directory: Path) -> list[str]:
         ("Budgets", data["budget_text"]),
         ("Evaluation", f"{rows[0]['samples']} held-out samples from {data['dataset']}; tolerance "
                        f"{target['accuracy_tolerance']:g} points below {reference}"),
+        ("Accuracy gate", gate_text if data["accuracy_gate"]["passed"] else f"FAILED: {gate_text}"),
         ("Calibration", "; ".join(f"{kind}: {text}" for kind, text in data["calibration"].items())
          or "none (no int8 artifact)"),
         ("ONNX export parity", f"max |logit diff| vs PyTorch {data['export_parity']:.2e}"),
@@ -234,6 +244,8 @@ def write_report(data: dict, directory: Path) -> list[str]:
                     f"NOISY above {bench['noise_threshold']:.0%}"),
     ]
     md = [f"# {target['name']}: deployment report", ""]
+    if not data["accuracy_gate"]["passed"]:
+        md += [f"**FAILED the accuracy gate:** {gate_text}", ""]
     md += [f"- **{k}:** {v}" for k, v in facts]
     md += ["", f"**Recommended artifact:** {rec_text}", "", "| " + " | ".join(header) + " |",
            "|" + "---|" * len(header)]
@@ -262,6 +274,7 @@ def write_report(data: dict, directory: Path) -> list[str]:
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
 figure{{display:inline-block;margin:1em}}</style></head><body>
 <h1>{html.escape(target['name'])}: deployment report</h1>
+{'' if data['accuracy_gate']['passed'] else f'<p style="color:#b00"><b>FAILED the accuracy gate:</b> {html.escape(gate_text)}</p>'}
 <ul>{''.join(f'<li><b>{html.escape(k)}:</b> {html.escape(str(v))}</li>' for k, v in facts)}</ul>
 <p><b>Recommended artifact:</b> {html.escape(rec_text.replace('**', ''))}</p>
 <table><tr>{cells(header, 'th')}</tr>{''.join(f'<tr>{cells(r, "td")}</tr>' for r in body)}</table>
@@ -328,8 +341,10 @@ def report_step(plan, target, built: list, evaluation: dict, benched: dict) -> d
             "bench": {k: getattr(options, k) for k in ("repeats", "runs", "warmup", "noise_threshold")},
             "versions": tool_versions(),
             "estimates": estimates(target, rows, data["flops"], plan.path(export, onnx_key)) if not options.host else [],
+            "accuracy_gate": evaluation["gate"],
         }
         return {"files": {n: n for n in write_report(content, tmp)}}
 
-    return plan.run(Step(f"{target.name}/report", "report", {}, [plan.model_record, export, evaluation, benched],
+    params = {"profile": target.to_dict(), "accuracy_gate": evaluation["gate"]}  # a changed profile: a new report
+    return plan.run(Step(f"{target.name}/report", "report", params, [plan.model_record, export, evaluation, benched],
                          target_dir, produce, flatten=True))
