@@ -1,14 +1,15 @@
 """The runtime's command line, as a bundle runs it::
 
     python run_model.py list                               # the artifacts in the bundle
-    python run_model.py predict  --artifact tflite-int8 image.npy [image2.npy ...]
+    python run_model.py predict  --artifact tflite-int8 photo.png [image.npy ...]
     python run_model.py bench-all --threads 4 --repeats 3 --json results.json   # every artifact
     python run_model.py bench    --artifact tflite-int8 --threads 4 --json result.json
     python run_model.py probe                              # this machine and its runtimes, as JSON
     python run_model.py verify                             # check every file against its sha256
 
-``predict`` takes raw images as .npy (H, W[, C], uint8 or float in [0, 1]) and applies the bundle's
-normalisation, layout and input quantization. Each artifact runs with the session its manifest entry names:
+``predict`` takes image files (PNG, JPEG; read with Pillow, resized and cropped as the bundle says) or raw
+images as .npy (H, W[, C], uint8 or float in [0, 1], already at the input size) and applies the bundle's
+channel order, normalisation, layout and input quantization. Each artifact runs with the session its manifest entry names:
 TFLite through ai-edge-litert, else tflite-runtime, else tensorflow.lite; an Edge TPU-compiled model through
 the Edge TPU delegate; ONNX through onnxruntime with the manifest's execution providers that this machine has;
 TorchScript through torch (host reference only).
@@ -20,10 +21,10 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 
 from .measure import PACKAGE_PARENT, bench, bench_all, probe
-from .model import Model, find_artifact, load_manifest, normalise, verify
+from .imaging import read_for_model
+from .model import Model, find_artifact, load_manifest, verify
 
 
 def _write_json(path: Path, data: dict) -> str:
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="list the artifacts")
     sub.add_parser("verify", help="check every file of the bundle against the manifest's sha256")
     sub.add_parser("probe", help="print this machine's facts and runtimes as JSON")
-    p = sub.add_parser("predict", help="classify raw images saved as .npy")
+    p = sub.add_parser("predict", help="classify image files (PNG, JPEG) or raw images saved as .npy")
     p.add_argument("--artifact", required=True)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("images", nargs="+", type=Path)
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         model = Model(find_artifact(manifest, args.artifact), base, args.threads, manifest.get("execution_providers", ()))
         classes = manifest.get("classes") or []
         for image_path in args.images:
-            logits = model.predict(normalise(np.load(image_path)[None], manifest))[0]
+            channels = manifest["input"]["shape"][1]
+            logits = model.predict(read_for_model(image_path, manifest["preprocess"], channels))[0]
             top = int(logits.argmax())
             print(f"{image_path}: {classes[top] if top < len(classes) else top} (class {top}, logit {logits[top]:.3f})")
     elif args.command == "bench":

@@ -54,16 +54,6 @@ def find_artifact(manifest: dict, kind: str) -> dict:
     raise SystemExit(f"error: no artifact '{kind}' in the manifest; valid: {valid}")
 
 
-def normalise(images: np.ndarray, manifest: dict) -> np.ndarray:
-    """Raw images (N, H, W[, C], uint8 or [0, 1] float) -> normalised NCHW float32."""
-    x = images.astype(np.float32) / (255.0 if images.dtype == np.uint8 else 1.0)
-    if x.ndim == 3:
-        x = x[..., None]
-    pre = manifest["preprocess"]
-    x = (x - np.asarray(pre["mean"], np.float32)) / np.asarray(pre["std"], np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
-
-
 def verify(manifest: dict, base: Path) -> list[str]:
     """The files whose sha256 does not match the manifest (missing files included)."""
     bad = []

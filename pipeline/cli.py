@@ -36,6 +36,14 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     add("--weights", help="state_dict checkpoint for a built-in or factory model")
     add("--data", help="directory of IDX files, image-folder tree, or .npz with x/y (default: Fashion-MNIST)")
     add("--out", help="run directory (default: out)")
+    add("--preprocess", choices=["imagenet", "inception", "unit", "raw", "dataset"],
+        help="the model's input normalisation: a preset (dataset: the training images' statistics)")
+    add("--mean", help="per-channel mean on pixels in [0, 1], e.g. 0.485,0.456,0.406 (with --std)")
+    add("--std", help="per-channel std on pixels in [0, 1], e.g. 0.229,0.224,0.225 (with --mean)")
+    add("--channel-order", choices=["RGB", "BGR"], help="the model's input channel order (default: its own, else RGB)")
+    add("--resize", type=int, help="resize images' shorter side to this before the crop (e.g. 256)")
+    add("--crop", type=int, help="centre crop of this size after resizing (e.g. 224)")
+    add("--interpolation", choices=["bilinear", "bicubic", "nearest"], help="resampling for --resize")
     add("--epochs", type=int, help="teacher training epochs when no weights are given")
     add("--train-subset", type=int, help="train the teacher on a random subset of this many samples")
     add("--calibration-method", choices=["minmax", "percentile", "entropy"])
@@ -77,6 +85,8 @@ def _config(args: argparse.Namespace, stage_command: bool):
                                     ("ssh_known_hosts", args.ssh_known_hosts), ("remote_python", args.remote_python))
                   if v is not None},
         "compress": _compress_overrides(args),
+        "preprocess": {k: getattr(args, k) for k in ("mean", "std", "channel_order", "resize", "crop", "interpolation")
+                       if getattr(args, k) is not None} | ({"preset": args.preprocess} if args.preprocess else {}),
     }
     if args.host == "local":
         overrides["bench"]["host"] = None

@@ -11,6 +11,7 @@ import yaml
 from .artifacts import plain_data, write_text
 from .calibration import CalibrationOptions
 from .compress.options import CompressOptions
+from .data.preprocess import PreprocessOptions
 from .errors import ConfigError
 
 # The bundle comes before bench: a board is benchmarked with the bundle as it is deployed.
@@ -60,7 +61,8 @@ class RunConfig:
     weights: str | None = None
     data: str | None = None  # None: Fashion-MNIST from the Debian package
     out: str = "out"
-    image_size: tuple[int, int] | None = None  # resize image-folder data to (H, W)
+    image_size: tuple[int, int] | None = None  # squash image-folder data to (H, W) (without preprocess resize/crop)
+    preprocess: PreprocessOptions = field(default_factory=PreprocessOptions)  # the model's, where it carries none
     eval_samples: int | None = None  # evaluate on a random subset of the held-out split (None: all)
     parity_atol: float = 1e-3  # max |logit| difference allowed between ONNX fp32 and PyTorch
     train: TrainOptions = field(default_factory=TrainOptions)
@@ -86,7 +88,7 @@ class RunConfig:
 
 
 _NESTED = {"train": TrainOptions, "calibration": CalibrationOptions, "bench": BenchOptions,
-           "compress": CompressOptions}
+           "compress": CompressOptions, "preprocess": PreprocessOptions}
 
 
 def _typed(cls: type, data: Any, where: str, source: str) -> Any:

@@ -14,6 +14,7 @@ from typing import Callable
 from .artifacts import Artifact, sha256_file
 from .config import RunConfig
 from .data import DataSplits, PreprocessSpec, load_dataset
+from .data.preprocess import PreprocessOptions, recipe_of
 from .engine import Engine, Step
 from .formats import FORMATS, get_format
 from .profile import TargetProfile
@@ -29,8 +30,16 @@ class Planner:
 
     # ---- what steps read ------------------------------------------------------------------------
     @cached_property
+    def carried_preprocessing(self):
+        """The preprocessing the model carries (and where from), or None; the user's options take precedence."""
+        return self.source.row.preprocessing(self.source)
+
+    @cached_property
     def data(self) -> DataSplits:
-        return load_dataset(self.config.data, self.config.image_size)
+        own = self.carried_preprocessing[0] if self.carried_preprocessing else PreprocessOptions()
+        recipe = recipe_of(self.config.preprocess, own)
+        return load_dataset(self.config.data, self.config.image_size, recipe["resize"], recipe["crop"],
+                            recipe["interpolation"])
 
     @cached_property
     def source(self):
@@ -42,8 +51,7 @@ class Planner:
         return self.engine.path(record, key)
 
     def preprocess(self) -> PreprocessSpec:
-        spec = self.model_record["data"]["preprocess"]
-        return PreprocessSpec(tuple(spec["mean"]), tuple(spec["std"]))
+        return PreprocessSpec.from_dict(self.model_record["data"]["preprocess"])
 
     def load_torch(self):
         """The model as a module: rebuilt from its source with the weights the model or compress step wrote."""

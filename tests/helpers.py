@@ -55,3 +55,20 @@ def grouped_conv_block(cin: int, cout: int, stride: int, groups: int) -> nn.Modu
         return None
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, groups=groups, bias=False), nn.BatchNorm2d(cout),
                          nn.ReLU(inplace=True))
+
+
+class PretrainedCfgNet(nn.Module):
+    """A small RGB net that carries its evaluation preprocessing the way timm models do (``pretrained_cfg``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = rgb_net()
+        self.pretrained_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "input_size": (3, 32, 32),
+                               "crop_pct": 0.8, "interpolation": "bicubic"}
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def pretrained_cfg_net() -> nn.Module:
+    return PretrainedCfgNet()

@@ -177,7 +177,7 @@ def test_config_file_with_flag_override(tmp_path):
     (["--target", "raspbery-pi-4"], 2, "unknown target 'raspbery-pi-4' (did you mean 'raspberry-pi-4'?)"),
     (["--data", "/nonexistent/data"], 3, "/nonexistent/data: dataset not found"),
     (["--model", "tests.helpers:rgb_net"], 4, "does not accept input of shape [1, 1, 28, 28]"),
-    (["--model", "tests.helpers:fft_net"], 5, "ONNX export at opset 17 failed"),
+    (["--model", "tests.helpers:fft_net", "--preprocess", "dataset"], 5, "ONNX export at opset 17 failed"),
 ])
 def test_bad_input_is_one_line_with_no_half_written_artifact(tmp_path, capsys, args, code, message):
     out = tmp_path / "run"

@@ -44,7 +44,8 @@ def main() -> None:
     options = CompressOptions(budget=Budget(flops_ratio=args.flops_ratio, params_ratio=args.params_ratio),
                               blockwise_epochs=args.blockwise_epochs, finetune_epochs=args.finetune_epochs)
     args.out.mkdir(parents=True, exist_ok=True)
-    student, report = compress(teacher, {"model": args.model, "in_channels": 1, "num_classes": len(data.classes)},
+    student, report = compress(teacher, {"model": args.model, "in_channels": 1, "num_classes": len(data.classes),
+                                         "preprocess": spec.to_dict()},
                                x[args.val_samples :], y[args.val_samples :], x[: args.val_samples],
                                y[: args.val_samples], options, args.out)
     buffer = io.BytesIO()

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from board_runtime.imaging import IMAGE_SUFFIXES, load_image
+
 from ..errors import DataError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 HELD_OUT_FRACTION = 0.2
 
 
@@ -57,8 +58,13 @@ class DataSplits:
         return digest.hexdigest()
 
 
-def load_dataset(spec: str | Path | None = None, image_size: tuple[int, int] | None = None) -> DataSplits:
-    """Load ``spec``: None for Fashion-MNIST, a directory of IDX files, an image-folder tree or an ``.npz``."""
+def load_dataset(spec: str | Path | None = None, image_size: tuple[int, int] | None = None, resize: int | None = None,
+                 crop: int | None = None, interpolation: str = "bilinear") -> DataSplits:
+    """Load ``spec``: None for Fashion-MNIST, a directory of IDX files, an image-folder tree or an ``.npz``.
+
+    Image files are read as the model's preprocessing says (``resize`` the shorter side, then a centred ``crop``,
+    with ``interpolation``), else squashed to ``image_size`` or to the first image's size.
+    """
     if spec is None:
         if not FASHION_MNIST_DIR.is_dir():
             raise DataError(
@@ -76,7 +82,7 @@ def load_dataset(spec: str | Path | None = None, image_size: tuple[int, int] | N
     elif any(path.glob("*-idx3-ubyte*")):
         splits = _load_idx_dir(path, None)
     else:
-        splits = _load_image_tree(path, image_size)
+        splits = _load_image_tree(path, image_size, {"resize": resize, "crop": crop, "interpolation": interpolation})
     for name, split in (("train", splits.train), ("test", splits.test)):
         if len(split) == 0:
             raise DataError(f"{path}: the {name} split is empty")
@@ -160,18 +166,13 @@ def _load_npz(path: Path) -> DataSplits:
     return DataSplits(train, test, classes, str(path))
 
 
-def _read_image(path: Path, size: tuple[int, int] | None, mode: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+def _read_image(path: Path, mode: str, size: tuple[int, int] | None, recipe: dict) -> np.ndarray:
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            image = image.convert(mode)
-            if size is not None and image.size != (size[1], size[0]):
-                image = image.resize((size[1], size[0]), Image.BILINEAR)
-            array = np.asarray(image, dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError) as exc:
+        return load_image(path, mode, size=size, **recipe)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from exc
-    return array[..., None] if array.ndim == 2 else array
 
 
 def _scan_classes(root: Path) -> dict[str, list[Path]]:
@@ -183,7 +184,7 @@ def _scan_classes(root: Path) -> dict[str, list[Path]]:
     return tree
 
 
-def _load_image_tree(root: Path, size: tuple[int, int] | None) -> DataSplits:
+def _load_image_tree(root: Path, size: tuple[int, int] | None, recipe: dict) -> DataSplits:
     """``root/<class>/*.png`` (split 80/20), or ``root/train/<class>`` with ``root/test`` or ``root/val``."""
     held_out = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
     trees = [_scan_classes(root / "train"), _scan_classes(held_out)] if (root / "train").is_dir() and held_out else [
@@ -197,16 +198,21 @@ def _load_image_tree(root: Path, size: tuple[int, int] | None) -> DataSplits:
 
     with Image.open(first) as probe:
         mode = "L" if probe.mode in ("L", "1", "I", "I;16") else "RGB"
-        size = size or (probe.size[1], probe.size[0])
+        if not (recipe["resize"] or recipe["crop"]):
+            size = size or (probe.size[1], probe.size[0])
     arrays = []
     for tree in trees:
         images, labels = [], []
         for label, name in enumerate(classes):
             for file in tree.get(name, []):
-                images.append(_read_image(file, size, mode))
+                images.append(_read_image(file, mode, size, recipe))
                 labels.append(label)
         if not images:
             raise DataError(f"{root}: a split holds no images")
+        shapes = sorted({image.shape for image in images})
+        if len(shapes) > 1:
+            raise DataError(f"{root}: images of {len(shapes)} shapes after resizing ({shapes[0]}, {shapes[-1]}, ...); "
+                            "give a centre crop (--crop) so that they share one")
         arrays.append((np.stack(images), np.asarray(labels, dtype=np.int64)))
     if len(arrays) == 2:
         train, test = Dataset(*arrays[0]), Dataset(*arrays[1])

@@ -1,14 +1,14 @@
 """The model-source registry: one row per way a user can give a model (a built-in name, a factory, a file).
 
 A row says how to recognise its kind of ``--model``, how to load it as an eval-mode ``nn.Module``, whether the
-pipeline trains it, whether the model step keeps a state_dict to rebuild it, and which artifact kind is the
-reference every other artifact is measured against.
+pipeline trains it, whether the model step keeps a state_dict to rebuild it, which artifact kind is the
+reference every other artifact is measured against, and the preprocessing the model carries, if any.
 """
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import ModelError
 
@@ -42,6 +42,9 @@ class SourceKind:
     trainable: bool = False  # without --weights, the pipeline trains it
     keeps_weights: bool = False  # the model step saves its state_dict, and rebuilds it from source + weights
     reference_kind: str = "torch-fp32"  # the artifact every other one is compared with
+    # The preprocessing the model carries, as (options, where from), or None: read before the data, whose image
+    # files it may resize and crop.
+    preprocessing: Callable[[ModelSource], tuple[Any, str] | None] = lambda source: None
 
 
 SOURCES: dict[str, SourceKind] = {}

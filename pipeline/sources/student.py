@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from ..compress.student import load_student
+from ..data.preprocess import PreprocessOptions
 from ..errors import ModelError
 from .registry import ModelSource, SourceKind, build_model, register_source
 
@@ -31,5 +32,18 @@ def _load(source: ModelSource, in_channels: int, num_classes: int):
     return load_student_files(path, weights)
 
 
+def _teacher_preprocessing(source: ModelSource) -> tuple[PreprocessOptions, str] | None:
+    """The teacher's preprocessing, which the compress step records in the spec."""
+    try:
+        recorded = json.loads(Path(source.model).read_text())["teacher"].get("preprocess")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # loading the spec says what is wrong with it
+    if not recorded:
+        return None
+    recipe = {k: recorded.get(k) for k in ("channel_order", "resize", "crop", "interpolation")}
+    return (PreprocessOptions(mean=tuple(recorded["mean"]), std=tuple(recorded["std"]), **recipe),
+            f"the teacher's preprocessing, recorded in {Path(source.model).name}")
+
+
 register_source(SourceKind("student", lambda model: model.endswith(".json"), _load,
-                           usage="a compressed student's .json spec"))
+                           usage="a compressed student's .json spec", preprocessing=_teacher_preprocessing))

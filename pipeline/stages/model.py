@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import sha256_file, write_json
-from ..data import PreprocessSpec
+from ..artifacts import plain_data, sha256_file, write_json
+from ..data.preprocess import resolve
 from ..engine import Step
 from ..units import format_count
 
@@ -30,6 +30,7 @@ def model_step(plan) -> dict:
     config, source = plan.config, plan.source
     fingerprint = plan.data.fingerprint()
     params = {"source": _source_identity(plan), "image_size": config.image_size,
+              "preprocess": plain_data(config.preprocess),
               "train": asdict(config.train) if source.needs_training else None, "data": fingerprint}
 
     def produce(tmp: Path) -> dict:
@@ -42,7 +43,7 @@ def model_step(plan) -> dict:
         torch.manual_seed(config.train.seed)  # the same initial weights on every run
         model = build_model(source, channels, num_classes)
         check_input(model, input_shape, config.model, num_classes)
-        preprocess = PreprocessSpec.from_images(data.train.images)
+        preprocess = resolve(config.preprocess, plan.carried_preprocessing, data.train.images, config.model)
         stats = None
         if source.needs_training:
             model, stats = train_classifier(model, data.train, data.test, preprocess, config.train,
@@ -54,7 +55,7 @@ def model_step(plan) -> dict:
         save_torchscript(model, input_shape, tmp / files["torchscript"])
         return {
             "files": files, "input_shape": list(input_shape), "classes": list(data.classes),
-            "preprocess": asdict(preprocess), "params": count_params(model),
+            "preprocess": preprocess.to_dict(), "params": count_params(model),
             "flops": count_flops(model, input_shape), "training": stats, "dataset": data.source,
         }
 
@@ -94,7 +95,7 @@ def compress_step(plan) -> dict:
         train_index = order[options.val_samples :][: options.finetune_subset]  # shuffled: block-wise takes its head
         spec = plan.preprocess()
         teacher_source = {"model": plan.config.model, "in_channels": data["input_shape"][1],
-                          "num_classes": len(data["classes"])}
+                          "num_classes": len(data["classes"]), "preprocess": data["preprocess"]}
         student, report = compress(
             plan.load_torch(), teacher_source, spec.apply(train.images[train_index]), train.labels[train_index],
             spec.apply(train.images[val_index]), train.labels[val_index], replace(options, budget=budget), tmp,

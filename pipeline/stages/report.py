@@ -7,6 +7,7 @@ import io
 import os
 from pathlib import Path
 
+from ..data.preprocess import PreprocessSpec
 from ..engine import Step
 from ..formats import FORMATS
 
@@ -232,6 +233,7 @@ def write_report(data: dict, directory: Path) -> list[str]:
                             f"{model['flops'] / model['teacher']['flops']:.2f}x the teacher's FLOPs, "
                             f"{model['params'] / model['teacher']['params']:.2f}x its parameters "
                             f"(details: {model['compression_details']})")] if model.get("teacher") else []),
+        ("Preprocessing", PreprocessSpec.from_dict(data["preprocess"]).describe()),
         ("Budgets", data["budget_text"]),
         ("Evaluation", f"{rows[0]['samples']} held-out samples from {data['dataset']}; tolerance "
                        f"{target['accuracy_tolerance']:g} points below {reference}"),
@@ -332,7 +334,7 @@ def report_step(plan, target, built: list, evaluation: dict, benched: dict) -> d
                       "input_shape": data["input_shape"], "teacher": data.get("teacher"),
                       "compression_details": os.path.relpath((plan.out / details).with_suffix(".md"), target_dir)
                       if details else None},
-            "budget_text": budget_text(target, data),
+            "budget_text": budget_text(target, data), "preprocess": data["preprocess"],
             "dataset": data["dataset"], "export_parity": export["data"]["parity_max_abs"],
             "calibration": {a.kind: a.calibration for a, _ in built if a.calibration},
             "measured_on": {**benched["data"]["location"], "system": benched["data"]["system"],
