@@ -36,6 +36,8 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     add("--weights", help="state_dict checkpoint for a built-in or factory model")
     add("--data", help="directory of IDX files, image-folder tree, or .npz with x/y (default: Fashion-MNIST)")
     add("--out", help="run directory (default: out)")
+    add("--labels", help="the model's class names in output order: a text file (one per line) or JSON; the data's "
+                         "classes (folder names, or indices) are mapped onto them")
     add("--preprocess", choices=["imagenet", "inception", "unit", "raw", "dataset"],
         help="the model's input normalisation: a preset (dataset: the training images' statistics)")
     add("--mean", help="per-channel mean on pixels in [0, 1], e.g. 0.485,0.456,0.406 (with --std)")
@@ -76,6 +78,7 @@ def _config(args: argparse.Namespace, stage_command: bool):
         config_file = previous if previous.is_file() else None  # a stage continues the run it belongs to
     overrides = {
         "targets": args.targets, "model": args.model, "weights": args.weights, "data": args.data, "out": args.out,
+        "labels": args.labels,
         "eval_samples": args.eval_samples, "force": args.force, "from_stage": args.from_stage,
         "train": {k: v for k, v in (("epochs", args.epochs), ("train_subset", args.train_subset)) if v is not None},
         "calibration": {k: v for k, v in (("method", args.calibration_method),

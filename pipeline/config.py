@@ -63,6 +63,7 @@ class RunConfig:
     out: str = "out"
     image_size: tuple[int, int] | None = None  # squash image-folder data to (H, W) (without preprocess resize/crop)
     preprocess: PreprocessOptions = field(default_factory=PreprocessOptions)  # the model's, where it carries none
+    labels: str | None = None  # the model's class names in output order (a text or JSON file); the data maps onto them
     eval_samples: int | None = None  # evaluate on a random subset of the held-out split (None: all)
     parity_atol: float = 1e-3  # max |logit| difference allowed between ONNX fp32 and PyTorch
     train: TrainOptions = field(default_factory=TrainOptions)

@@ -14,6 +14,7 @@ from typing import Callable
 from .artifacts import Artifact, sha256_file
 from .config import RunConfig
 from .data import DataSplits, PreprocessSpec, load_dataset
+from .data.labels import map_classes, read_labels
 from .data.preprocess import PreprocessOptions, recipe_of
 from .engine import Engine, Step
 from .formats import FORMATS, get_format
@@ -38,8 +39,11 @@ class Planner:
     def data(self) -> DataSplits:
         own = self.carried_preprocessing[0] if self.carried_preprocessing else PreprocessOptions()
         recipe = recipe_of(self.config.preprocess, own)
-        return load_dataset(self.config.data, self.config.image_size, recipe["resize"], recipe["crop"],
+        data = load_dataset(self.config.data, self.config.image_size, recipe["resize"], recipe["crop"],
                             recipe["interpolation"])
+        if self.config.labels:
+            data = map_classes(data, read_labels(self.config.labels), self.config.labels)
+        return data
 
     @cached_property
     def source(self):

@@ -93,3 +93,27 @@ def test_preprocess_spec_normalises_per_channel():
     assert out.shape == (50, 3, 4, 4)
     np.testing.assert_allclose(out.mean(axis=(0, 2, 3)), 0, atol=1e-4)
     np.testing.assert_allclose(out.std(axis=(0, 2, 3)), 1, atol=1e-3)
+
+
+def test_labels_files_and_the_mapping_of_the_datas_classes(tmp_path):
+    from pipeline.data.labels import map_classes, read_labels
+
+    (tmp_path / "labels.txt").write_text("tench\ngoldfish\ngreat white shark\n\n")
+    (tmp_path / "list.json").write_text('["tench", "goldfish", "great white shark"]')
+    (tmp_path / "index.json").write_text('{"1": ["n01443537", "goldfish"], "0": ["n01440764", "tench"], '
+                                         '"2": ["n01484850", "great white shark"]}')
+    labels = ("tench", "goldfish", "great white shark")
+    assert all(read_labels(tmp_path / name) == labels for name in ("labels.txt", "list.json", "index.json"))
+    images = np.zeros((4, 2, 2, 1), np.float32)
+    from pipeline.data import DataSplits, Dataset
+
+    data = DataSplits(Dataset(images, np.array([0, 1, 0, 1])), Dataset(images[:2], np.array([1, 0])),
+                      ("Great White Shark", "0"), "folder")  # by name (any case) and by index
+    mapped = map_classes(data, labels, "labels.txt")
+    assert mapped.classes == labels and list(mapped.train.labels) == [2, 0, 2, 0] and list(mapped.test.labels) == [0, 2]
+    with pytest.raises(DataError, match="folder: data class 'carp' is none of the model's 3 labels \\(labels.txt, "
+                                        "e.g. 'tench'\\) nor an index below 3; the data has 2 classes"):
+        map_classes(DataSplits(data.train, data.test, ("carp", "0"), "folder"), labels, "labels.txt")
+    (tmp_path / "bad.json").write_text('{"a": "tench"}')
+    with pytest.raises(DataError, match="bad.json: a JSON mapping of labels needs integer keys"):
+        read_labels(tmp_path / "bad.json")

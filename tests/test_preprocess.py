@@ -13,6 +13,7 @@ from PIL import Image
 from board_runtime.imaging import load_image, to_input
 from pipeline.cli import main
 from pipeline.data import load_dataset
+from pipeline.data.datasets import HELD_OUT_FRACTION
 from pipeline.data.preprocess import PreprocessOptions, PreprocessSpec, resolve
 from pipeline.errors import ConfigError, ModelError
 from pipeline.targets import TARGETS_DIR
@@ -133,3 +134,33 @@ def test_the_users_preprocessing_wins_and_a_model_without_one_is_refused(photo_f
     assert spec.source == "the configuration (preset imagenet)" and record["input_shape"] == [1, 3, 28, 28]
     np.testing.assert_allclose(to_input(np.full((1, 2, 2, 3), 0.485, np.float32), record["preprocess"])[0, 0], 0,
                                atol=1e-6)
+
+
+def test_data_holding_a_few_of_the_models_classes(photo_folder, tmp_path, capsys):
+    """A five-class model, photos of three of its classes: two folders named by label, one by index."""
+    import shutil
+
+    data = tmp_path / "photos"
+    shutil.copytree(photo_folder, data)
+    (data / "rocket").rename(data / "4")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ncup\ndog\nperson\nrocket\n")
+    out = tmp_path / "run"
+    base = ["--out", str(out), "--target", str(_profile(tmp_path)), "--data", str(data), "--model",
+            "tests.helpers:five_class_net", "--preprocess", "unit", "--resize", "40", "--crop", "32", "--no-compress"]
+    assert main(["export", *base]) == 4
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("output [1, 5] is not [batch, 3] logits for the data's 3 classes; if the model's 5 classes "
+                        "include the data's, pass --labels FILE (the model's class names in output order)")
+    assert main(["run", *base, "--labels", str(labels), "--calibration-samples", "8", "--bench-runs", "5",
+                 "--bench-repeats", "1"]) == 0, capsys.readouterr().err
+    record = json.loads((out / ".state" / "model.json").read_text())["data"]
+    assert record["classes"] == ["cat", "cup", "dog", "person", "rocket"]
+    evaluations = json.loads((out / ".state" / "onnx-board__evaluate.json").read_text())["data"]["evaluations"]
+    held_out = round(len(list(data.glob("*/*.png"))) * HELD_OUT_FRACTION)  # scored on the model's own indices
+    assert evaluations[0]["kind"] == "torch-fp32" and evaluations[0]["samples"] == held_out
+    bundle = out / "onnx-board" / "bundle"
+    done = subprocess.run([sys.executable, str(bundle / "run_model.py"), "predict", "--artifact", "onnx-fp32",
+                           str(next((data / "4").glob("*.png")))], capture_output=True, text=True)
+    assert done.returncode == 0 and any(f": {name} (class {i}," in done.stdout
+                                        for i, name in enumerate(record["classes"])), done.stdout

@@ -15,7 +15,7 @@ from ..units import format_count
 def _source_identity(plan) -> dict:
     config = plan.config
     identity = {"model": config.model, "kind": plan.source.kind}
-    for key, value in (("weights", config.weights), ("file", config.model)):
+    for key, value in (("weights", config.weights), ("file", config.model), ("labels", config.labels)):
         if value and Path(value).is_file():
             identity[f"{key}_sha256"] = sha256_file(value)
     return identity
