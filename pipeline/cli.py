@@ -32,7 +32,8 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--config", type=Path, help="YAML file of options; flags override it")
     add("--target", dest="targets", help="board name(s), comma-separated, or a path to a profile YAML")
-    add("--model", help="built-in name, package.module:factory, or a TorchScript (.pt) / torch.export (.pt2) file")
+    add("--model", help="built-in name, package.module:factory, a TorchScript (.pt) / torch.export (.pt2) / ONNX (.onnx) "
+                        "file, or a compressed student's .json")
     add("--weights", help="state_dict checkpoint for a built-in or factory model")
     add("--data", help="directory of IDX files, image-folder tree, or .npz with x/y (default: Fashion-MNIST)")
     add("--out", help="run directory (default: out)")

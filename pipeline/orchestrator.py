@@ -29,7 +29,7 @@ class Run:
     def execute(self, stages: Iterable[str] | None = None) -> dict[str, Path]:
         """Run ``stages`` (all by default) for every target; returns each target's directory."""
         from .stages import bench, bundle, evaluate, report
-        from .stages.model import compress_step, fits_budget, model_step
+        from .stages.model import compress_skip, compress_step, model_step
 
         engine = Engine(self.out, stages or STAGES, self.config.force, self.config.from_stage, self.log)
         plan = Planner(self.config, engine, self.targets)
@@ -37,7 +37,7 @@ class Run:
         save_config(self.config, self.out / "pipeline.yaml")
         plan.model_record = model_step(plan)
         if self.config.compress.enabled and engine.wants("compress"):
-            reason = fits_budget(plan)
+            reason = compress_skip(plan)
             if reason:
                 self.log(f"[skip] compress: {reason}")
             else:

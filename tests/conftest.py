@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from pipeline import build_config
 from pipeline.orchestrator import Run
@@ -45,3 +46,23 @@ def tiny_run(tmp_path_factory, small_config):
     run = Run(small_config(out, targets="raspberry-pi-4,coral-edgetpu"), log=lines.append)
     run.execute()
     return run, lines
+
+
+PHOTOS = {"person": "astronaut", "cup": "coffee", "rocket": "rocket"}  # class -> skimage photo (rgb_net: 3 classes)
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory) -> Path:
+    """Real photos (scikit-image's), six crops of each at several sizes and aspect ratios, one folder per class."""
+    from skimage import data as skimage_data  # a test dependency; these photos ship in its wheel
+
+    root = tmp_path_factory.mktemp("photos")
+    for label, name in PHOTOS.items():
+        photo = getattr(skimage_data, name)()
+        (root / label).mkdir()
+        height, width = photo.shape[:2]
+        for i in range(6):
+            top, left = (i * height) // 12, (i * width) // 14
+            crop = photo[top : top + height // 2 + 10 * i, left : left + width // 2 + 6 * i]
+            Image.fromarray(crop).save(root / label / f"{name}-{i}.png")
+    return root

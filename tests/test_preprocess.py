@@ -19,22 +19,6 @@ from pipeline.errors import ConfigError, ModelError
 from pipeline.targets import TARGETS_DIR
 
 skimage_data = pytest.importorskip("skimage.data")
-PHOTOS = {"person": "astronaut", "cup": "coffee", "rocket": "rocket"}  # class -> skimage photo (rgb_net: 3 classes)
-
-
-@pytest.fixture(scope="module")
-def photo_folder(tmp_path_factory) -> Path:
-    """Real photos (scikit-image's), six crops of each at several sizes and aspect ratios, one folder per class."""
-    root = tmp_path_factory.mktemp("photos")
-    for label, name in PHOTOS.items():
-        photo = getattr(skimage_data, name)()
-        (root / label).mkdir()
-        height, width = photo.shape[:2]
-        for i in range(6):
-            top, left = (i * height) // 12, (i * width) // 14
-            crop = photo[top : top + height // 2 + 10 * i, left : left + width // 2 + 6 * i]
-            Image.fromarray(crop).save(root / label / f"{name}-{i}.png")
-    return root
 
 
 def test_resize_then_centre_crop_as_torchvision_evaluates(tmp_path):

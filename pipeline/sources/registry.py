@@ -42,6 +42,7 @@ class SourceKind:
     trainable: bool = False  # without --weights, the pipeline trains it
     keeps_weights: bool = False  # the model step saves its state_dict, and rebuilds it from source + weights
     reference_kind: str = "torch-fp32"  # the artifact every other one is compared with
+    framework: str = "torch"  # what the model step makes of it: torch (a module, traced) or onnx (the graph itself)
     # The preprocessing the model carries, as (options, where from), or None: read before the data, whose image
     # files it may resize and crop.
     preprocessing: Callable[[ModelSource], tuple[Any, str] | None] = lambda source: None

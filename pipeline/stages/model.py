@@ -21,12 +21,55 @@ def _source_identity(plan) -> dict:
     return identity
 
 
-def model_step(plan) -> dict:
+def _torch_model(plan, tmp: Path, fingerprint: str) -> dict:
+    """A PyTorch model: built (and trained, for a built-in without weights), traced to TorchScript."""
     import torch
 
     from ..sources import build_model
     from ..torchmodel import check_input, count_flops, count_params, save_torchscript
+    from ..train import train_classifier
 
+    config, source, data = plan.config, plan.source, plan.data
+    height, width, channels = data.image_shape
+    input_shape = (1, channels, height, width)
+    num_classes = len(data.classes)
+    torch.manual_seed(config.train.seed)  # the same initial weights on every run
+    model = build_model(source, channels, num_classes)
+    check_input(model, input_shape, config.model, num_classes)
+    preprocess = resolve(config.preprocess, plan.carried_preprocessing, data.train.images, config.model)
+    stats = None
+    if source.needs_training:
+        model, stats = train_classifier(model, data.train, data.test, preprocess, config.train,
+                                        {"model": config.model, "data": fingerprint})
+    files = {"torchscript": "model.torchscript.pt"}
+    if source.row.keeps_weights:
+        torch.save(model.state_dict(), tmp / "weights.pt")
+        files["weights"] = "weights.pt"
+    save_torchscript(model, input_shape, tmp / files["torchscript"])
+    return {"files": files, "input_shape": list(input_shape), "preprocess": preprocess.to_dict(), "training": stats,
+            "params": count_params(model), "flops": count_flops(model, input_shape)}
+
+
+def _onnx_model(plan, tmp: Path, fingerprint: str) -> dict:
+    """An ONNX file: its input fixed to the data's shape, weights folded, run once and counted (no torch)."""
+    from .. import onnxmodel
+
+    config, data = plan.config, plan.data
+    height, width, channels = data.image_shape
+    input_shape = (1, channels, height, width)
+    onnxmodel.fix_and_fold(Path(config.model), input_shape, tmp / "model.onnx")
+    onnxmodel.run_once(tmp / "model.onnx", input_shape, len(data.classes), config.model)
+    preprocess = resolve(config.preprocess, plan.carried_preprocessing, data.train.images, config.model)
+    params, flops = onnxmodel.count(tmp / "model.onnx")
+    return {"files": {"onnx": "model.onnx"}, "input_shape": list(input_shape), "preprocess": preprocess.to_dict(),
+            "training": None, "params": params, "flops": flops}
+
+
+# How the model step makes the model of each framework a source can be in.
+MODEL_MAKERS = {"torch": _torch_model, "onnx": _onnx_model}
+
+
+def model_step(plan) -> dict:
     config, source = plan.config, plan.source
     fingerprint = plan.data.fingerprint()
     params = {"source": _source_identity(plan), "image_size": config.image_size,
@@ -34,32 +77,21 @@ def model_step(plan) -> dict:
               "train": asdict(config.train) if source.needs_training else None, "data": fingerprint}
 
     def produce(tmp: Path) -> dict:
-        from ..train import train_classifier
-
-        data = plan.data
-        height, width, channels = data.image_shape
-        input_shape = (1, channels, height, width)
-        num_classes = len(data.classes)
-        torch.manual_seed(config.train.seed)  # the same initial weights on every run
-        model = build_model(source, channels, num_classes)
-        check_input(model, input_shape, config.model, num_classes)
-        preprocess = resolve(config.preprocess, plan.carried_preprocessing, data.train.images, config.model)
-        stats = None
-        if source.needs_training:
-            model, stats = train_classifier(model, data.train, data.test, preprocess, config.train,
-                                            {"model": config.model, "data": fingerprint})
-        files = {"torchscript": "model.torchscript.pt"}
-        if source.row.keeps_weights:
-            torch.save(model.state_dict(), tmp / "weights.pt")
-            files["weights"] = "weights.pt"
-        save_torchscript(model, input_shape, tmp / files["torchscript"])
-        return {
-            "files": files, "input_shape": list(input_shape), "classes": list(data.classes),
-            "preprocess": preprocess.to_dict(), "params": count_params(model),
-            "flops": count_flops(model, input_shape), "training": stats, "dataset": data.source,
-        }
+        made = MODEL_MAKERS[source.row.framework](plan, tmp, fingerprint)
+        return {**made, "classes": list(plan.data.classes), "dataset": plan.data.source}
 
     return plan.run(Step("model", "model", params, [], plan.out / "shared" / "model", produce))
+
+
+def compress_skip(plan) -> str | None:
+    """Why the run keeps the model as it is (a model compression cannot take, or one that fits already), or None."""
+    if plan.source.row.framework != "torch":
+        return f"{plan.config.model} is not a PyTorch model; block-wise distillation needs a torch module"
+    data = plan.model_record["data"]
+    max_flops, max_params = compress_budget(plan).limits(data["flops"], data["params"])
+    if data["flops"] <= (max_flops or data["flops"]) and data["params"] <= (max_params or data["params"]):
+        return f"the model already fits the budget (FLOPs <= {max_flops or 'any'}, parameters <= {max_params or 'any'})"
+    return None
 
 
 def compress_budget(plan):
@@ -67,15 +99,6 @@ def compress_budget(plan):
     flops = [t.budgets.max_flops for t in plan.targets if t.budgets.max_flops]
     params = [t.budgets.max_params for t in plan.targets if t.budgets.max_params]
     return plan.config.compress.budget.with_defaults(min(flops, default=None), min(params, default=None))
-
-
-def fits_budget(plan) -> str | None:
-    """Why compression is not needed (the model already fits the budget), or None."""
-    data = plan.model_record["data"]
-    max_flops, max_params = compress_budget(plan).limits(data["flops"], data["params"])
-    if data["flops"] <= (max_flops or data["flops"]) and data["params"] <= (max_params or data["params"]):
-        return f"the model already fits the budget (FLOPs <= {max_flops or 'any'}, parameters <= {max_params or 'any'})"
-    return None
 
 
 def compress_step(plan) -> dict:

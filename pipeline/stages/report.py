@@ -240,7 +240,7 @@ def write_report(data: dict, directory: Path) -> list[str]:
         ("Accuracy gate", gate_text if data["accuracy_gate"]["passed"] else f"FAILED: {gate_text}"),
         ("Calibration", "; ".join(f"{kind}: {text}" for kind, text in data["calibration"].items())
          or "none (no int8 artifact)"),
-        ("ONNX export parity", f"max |logit diff| vs PyTorch {data['export_parity']:.2e}"),
+        ("ONNX export parity", f"max |logit diff| vs the model as given {data['export_parity']:.2e}"),
         ("Latency", f"median of {bench['repeats']} repeats, each a fresh process ({bench['warmup']} warm-up, then up "
                     f"to {bench['runs']} timed runs); spread = (max - min) / median of the repeats' medians, "
                     f"NOISY above {bench['noise_threshold']:.0%}"),
