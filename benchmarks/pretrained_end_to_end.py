@@ -40,13 +40,18 @@ def efficientnet_lite0():
 
 
 def own_input(image):
-    """The model's own preprocessing, written independently of the pipeline: PIL resize + centre crop, (x-127)/128."""
+    """The model's own preprocessing, torchvision's evaluation transform written out with PIL and numpy (none of the
+    pipeline's code): Resize(256) keeps the aspect ratio with int() on the longer side, CenterCrop(224) rounds the
+    offsets, bicubic, then (x - 127) / 128."""
     from PIL import Image
 
     width, height = image.size
-    scale = 256 / min(width, height)
-    image = image.resize((max(256, round(width * scale)), max(256, round(height * scale))), Image.BICUBIC)
-    left, top = (image.size[0] - 224) // 2, (image.size[1] - 224) // 2
+    if width <= height:
+        size = (256, int(256 * height / width))
+    else:
+        size = (int(256 * width / height), 256)
+    image = image.resize(size, Image.BICUBIC)
+    left, top = int(round((size[0] - 224) / 2.0)), int(round((size[1] - 224) / 2.0))
     pixels = np.asarray(image.crop((left, top, left + 224, top + 224)), np.float32)
     return ((pixels - 127.0) / 128.0).transpose(2, 0, 1)[None]
 

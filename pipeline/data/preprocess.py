@@ -85,7 +85,8 @@ class PreprocessOptions:
         return self.preset is not None or self.mean is not None
 
     def describe(self) -> str:
-        return f"preset {self.preset}" if self.preset else f"mean {list(self.mean)}, std {list(self.std)}"
+        values = lambda numbers: ",".join(f"{v:.4g}" for v in numbers)  # noqa: E731
+        return f"preset {self.preset}" if self.preset else f"--mean {values(self.mean)} --std {values(self.std)}"
 
 
 @dataclass(frozen=True)
