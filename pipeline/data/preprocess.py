@@ -126,7 +126,8 @@ class PreprocessSpec:
         geometry = (f"shorter side resized to {self.resize}" if self.resize else "") + (
             f"{', then ' if self.resize else ''}centre crop {self.crop}x{self.crop}" if self.crop else "")
         stats = lambda values: ", ".join(f"{v:.4g}" for v in values)  # noqa: E731
-        return (f"(x - [{stats(self.mean)}]) / [{stats(self.std)}] on {self.channel_order} pixels / 255"
+        order = f"{self.channel_order} " if len(self.mean) == 3 else ""  # one channel has no order
+        return (f"(x - [{stats(self.mean)}]) / [{stats(self.std)}] on {order}pixels / 255"
                 + (f"; {geometry} ({self.interpolation})" if geometry else "") + f" — from {self.source}")
 
 
