@@ -88,11 +88,17 @@ def dummy_kind():
         del FORMATS["onnx-copy"]
 
 
+def _host_profile(tmp_path: Path, name: str, kinds: list[str]) -> Path:
+    """The host profile under another name, building only ``kinds``."""
+    text = (TARGETS_DIR / "host.yaml").read_text().replace("name: host", f"name: {name}")
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text.replace("artifacts: [onnx-fp32, onnx-fp16, onnx-int8, tflite-fp32, tflite-fp16, tflite-int8]",
+                                 f"artifacts: [{', '.join(kinds)}]"))
+    return path
+
+
 def test_a_new_kind_is_one_registration(dummy_kind, tmp_path, small_config):
-    profile = tmp_path / "copy-board.yaml"
-    profile.write_text((TARGETS_DIR / "host.yaml").read_text().replace("name: host", "name: copy-board").replace(
-        "artifacts: [onnx-fp32, onnx-fp16, onnx-int8, tflite-fp32, tflite-fp16, tflite-int8]",
-        f"artifacts: [onnx-fp32, {dummy_kind}]"))
+    profile = _host_profile(tmp_path, "copy-board", ["onnx-fp32", dummy_kind])
     out = tmp_path / "run"
     Run(small_config(out, targets=str(profile), bench={"runs": 5, "warmup": 1, "repeats": 1})).execute()
     report = json.loads((out / "copy-board" / "report.json").read_text())
@@ -206,10 +212,7 @@ def broken_kind():
 def test_a_missed_accuracy_gate_still_writes_the_report_and_a_failing_bundle(broken_kind, tmp_path, capsys):
     from pipeline.cli import main
 
-    profile = tmp_path / "broken-board.yaml"
-    profile.write_text((TARGETS_DIR / "host.yaml").read_text().replace("name: host", "name: broken-board").replace(
-        "artifacts: [onnx-fp32, onnx-fp16, onnx-int8, tflite-fp32, tflite-fp16, tflite-int8]",
-        f"artifacts: [onnx-fp32, {broken_kind}]"))
+    profile = _host_profile(tmp_path, "broken-board", ["onnx-fp32", broken_kind])
     out = tmp_path / "run"
     code = main(["run", "--out", str(out), "--target", str(profile), "--model", "fmnist-tiny", "--epochs", "4",
                  "--train-subset", "10000", "--eval-samples", "200", "--bench-runs", "5", "--bench-repeats", "1",
