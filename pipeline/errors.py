@@ -14,6 +14,15 @@ class ConfigError(PipelineError):
     exit_code = 2
 
 
+def not_logits(model: str, shape: list | str, num_classes: int) -> "ModelError":
+    """The error for a model whose output is not [1, num_classes]: a wider one is told about --labels."""
+    wider = isinstance(shape, list) and len(shape) == 2 and shape[1] > num_classes
+    hint = (f"; if the model's {shape[1]} classes include the data's, pass --labels FILE (the model's class names in "
+            "output order)") if wider else ""
+    return ModelError(f"{model}: output {shape} is not [batch, {num_classes}] logits for the data's {num_classes} "
+                      f"classes{hint}")
+
+
 class DataError(PipelineError):
     """A dataset is missing, empty or does not fit the model."""
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelError
+from .errors import ModelError, not_logits
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"  # as the pipeline's own exports name them
 
@@ -103,11 +103,7 @@ def run_once(path: Path, shape: tuple[int, ...], num_classes: int, name: str) ->
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = session.run(None, {INPUT_NAME: np.zeros(shape, np.float32)})[0]
     if out.shape != (1, num_classes):
-        more = out.ndim == 2 and out.shape[1] > num_classes
-        hint = (f"; if the model's {out.shape[1]} classes include the data's, pass --labels FILE (the model's class "
-                "names in output order)") if more else ""
-        raise ModelError(f"{name}: output {list(out.shape)} is not [batch, {num_classes}] logits for the data's "
-                         f"{num_classes} classes{hint}")
+        raise not_logits(name, list(out.shape), num_classes)
 
 
 def count(path: Path) -> tuple[int, int]:

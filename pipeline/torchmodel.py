@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import ModelError
+from .errors import ModelError, not_logits
 
 
 def import_callable(ref: str) -> Callable[..., nn.Module]:
@@ -61,11 +61,7 @@ def check_input(model: nn.Module, input_shape: tuple[int, ...], name: str, num_c
         raise ModelError(f"{name}: does not accept input of shape {list(input_shape)} from the data ({first})") from exc
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != num_classes:
         shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        more = isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[1] > num_classes
-        hint = (f"; if the model's {out.shape[1]} classes include the data's, pass --labels FILE (the model's class "
-                "names in output order)") if more else ""
-        raise ModelError(f"{name}: output {shape} is not [batch, {num_classes}] logits for the data's {num_classes} "
-                         f"classes{hint}")
+        raise not_logits(name, shape, num_classes)
 
 
 def count_params(model: nn.Module) -> int:
