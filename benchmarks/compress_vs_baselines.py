@@ -57,11 +57,11 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     data = load_dataset(None)
-    spec = PreprocessSpec.from_images(data.train.images)
+    spec = PreprocessSpec.from_images(data.train.read())
     train = data.train.take(args.train_subset)
     order = np.random.default_rng(0).permutation(len(train))
     val_index, fit_index = order[:5000], order[5000:]
-    x_test, y_test = spec.apply(data.test.images), data.test.labels
+    x_test, y_test = spec.apply(data.test.read()), data.test.labels
     rows, started = [], time.perf_counter()
 
     teacher, _ = train_classifier(fmnist_resnet(), train, data.test, spec, TrainOptions(epochs=args.epochs),
@@ -69,8 +69,8 @@ def main() -> int:
     t_flops, t_params = count_flops(teacher, INPUT), count_params(teacher)
     rows.append(("teacher", t_flops, t_params, evaluate_torch(teacher, x_test, y_test)))
 
-    x_fit, y_fit = spec.apply(train.images[fit_index]), train.labels[fit_index]
-    x_val, y_val = spec.apply(train.images[val_index]), train.labels[val_index]
+    x_fit, y_fit = spec.apply(train.subset(fit_index).read()), train.labels[fit_index]
+    x_val, y_val = spec.apply(train.subset(val_index).read()), train.labels[val_index]
     reports, blockwise = {}, None
     for feature_weight in sorted({0.0, args.feature_weight}):
         options = CompressOptions(budget=Budget(flops_ratio=args.flops_ratio, params_ratio=args.params_ratio),

@@ -56,7 +56,7 @@ def own_input(image):
     return ((pixels - 127.0) / 128.0).transpose(2, 0, 1)[None]
 
 
-def make_photo_folder(root: Path, crops: int, model) -> dict:
+def make_photo_folder(root: Path, crops: int, model, suffix: str = ".png") -> dict:
     """Random crops of scikit-image's photos, filed under the class the model predicts for them."""
     import torch
     from PIL import Image
@@ -75,7 +75,7 @@ def make_photo_folder(root: Path, crops: int, model) -> dict:
         with torch.no_grad():
             label = int(model(torch.from_numpy(own_input(image))).argmax())
         (root / str(label)).mkdir(parents=True, exist_ok=True)
-        image.save(root / str(label) / f"crop-{i:04d}.png")
+        image.save(root / str(label) / f"crop-{i:05d}{suffix}")
         counts[label] = counts.get(label, 0) + 1
     return counts
 
@@ -133,7 +133,7 @@ def main() -> int:
     record = json.loads((args.out / "run" / ".state" / "model.json").read_text())["data"]
     spec = PreprocessSpec.from_dict(record["preprocess"])
     test = load_dataset(data, resize=256, crop=224, interpolation="bicubic").test
-    sqnr = artifact_sqnr(target_dir, spec.apply(test.images))
+    sqnr = artifact_sqnr(target_dir, spec.apply(test.read()))
     rows = [{"artifact": r["kind"], "agreement_with_own_predictions": r["top1"], "agreement_with_reference": r["agreement"],
              "logit_sqnr_db": sqnr[r["kind"]], "p50_ms": r["latency_ms"]["p50"], "peak_rss_mb": r["peak_rss_mb"]}
             for r in report["rows"]]

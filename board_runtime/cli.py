@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "predict":
         model = Model(find_artifact(manifest, args.artifact), base, args.threads, manifest.get("execution_providers", ()))
         classes = manifest.get("classes") or []
+        if manifest.get("preprocess") is None:
+            raise SystemExit(f"error: {args.manifest}: the manifest records no preprocessing (the model was "
+                             "benchmarked without data); give the pipeline its preprocessing to predict on images")
         for image_path in args.images:
             channels = manifest["input"]["shape"][1]
             logits = model.predict(read_for_model(image_path, manifest["preprocess"], channels))[0]

@@ -15,6 +15,9 @@ from .config import STAGES, build_config
 from .errors import ConfigError, PipelineError
 from .targets import list_targets, load_target
 
+# `pipeline bench --model FILE` benchmarks such a file as it is (and evaluates it with --data), and runs nothing else.
+MODEL_FILES_BENCHED_ALONE = (".tflite", ".onnx")
+
 # What each stage command runs: the model step belongs to export, calibration to quantize.
 STAGE_COMMANDS = {
     "compress": ("model", "compress"),
@@ -37,6 +40,8 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     add("--weights", help="state_dict checkpoint for a built-in or factory model")
     add("--data", help="directory of IDX files, image-folder tree, or .npz with x/y (default: Fashion-MNIST)")
     add("--out", help="run directory (default: out)")
+    add("--input-shape", help="the model file's input N,C,H,W (e.g. 1,3,224,224) where its dims are dynamic "
+                              "and no --data gives them")
     add("--labels", help="the model's class names in output order: a text file (one per line) or JSON; the data's "
                          "classes (folder names, or indices) are mapped onto them")
     add("--preprocess", choices=["imagenet", "inception", "unit", "raw", "dataset"],
@@ -79,7 +84,7 @@ def _config(args: argparse.Namespace, stage_command: bool):
         config_file = previous if previous.is_file() else None  # a stage continues the run it belongs to
     overrides = {
         "targets": args.targets, "model": args.model, "weights": args.weights, "data": args.data, "out": args.out,
-        "labels": args.labels,
+        "labels": args.labels, "input_shape": args.input_shape, "artifact_only": _benched_alone(args) or None,
         "eval_samples": args.eval_samples, "force": args.force, "from_stage": args.from_stage,
         "train": {k: v for k, v in (("epochs", args.epochs), ("train_subset", args.train_subset)) if v is not None},
         "calibration": {k: v for k, v in (("method", args.calibration_method),
@@ -100,6 +105,10 @@ def _config(args: argparse.Namespace, stage_command: bool):
     return build_config(config_file, **overrides)
 
 
+def _benched_alone(args: argparse.Namespace) -> bool:
+    return args.command == "bench" and bool(args.model) and Path(args.model).suffix in MODEL_FILES_BENCHED_ALONE
+
+
 def _compress_overrides(args: argparse.Namespace) -> dict:
     budget = {k: getattr(args, k) for k in ("max_flops", "max_params", "flops_ratio", "params_ratio")
               if getattr(args, k) is not None}
@@ -110,7 +119,7 @@ def _compress_overrides(args: argparse.Namespace) -> dict:
         raise ConfigError("--compress and --no-compress: choose one")
     if args.compress or args.command == "compress":
         overrides["enabled"] = True
-    elif args.no_compress:
+    elif args.no_compress or _benched_alone(args):
         overrides["enabled"] = False
     return overrides
 
@@ -154,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             for path in write_comparison(args.compare, Path(args.out or "comparison")):
                 print(path)
         elif args.command == "run":
+            _print_result(Run(_config(args, False)).execute())
+        elif _benched_alone(args):  # the file as it is, every stage to the report, and nothing else
             _print_result(Run(_config(args, False)).execute())
         else:
             _print_result(Run(_config(args, True)).execute(STAGE_COMMANDS[args.command]))

@@ -62,6 +62,8 @@ class RunConfig:
     data: str | None = None  # None: Fashion-MNIST from the Debian package
     out: str = "out"
     image_size: tuple[int, int] | None = None  # squash image-folder data to (H, W) (without preprocess resize/crop)
+    input_shape: tuple[int, ...] | None = None  # the model's NCHW input, for a file whose dims are dynamic
+    artifact_only: bool = False  # the model file as it is: benchmarked (and evaluated with data), no other artifact
     preprocess: PreprocessOptions = field(default_factory=PreprocessOptions)  # the model's, where it carries none
     labels: str | None = None  # the model's class names in output order (a text or JSON file); the data maps onto them
     eval_samples: int | None = None  # evaluate on a random subset of the held-out split (None: all)
@@ -82,10 +84,25 @@ class RunConfig:
             raise ConfigError(f"from_stage: bad value {self.from_stage!r}, expected one of {', '.join(STAGES)}")
         if self.image_size is not None:
             object.__setattr__(self, "image_size", tuple(self.image_size))
+        if self.input_shape is not None:
+            object.__setattr__(self, "input_shape", _nchw(self.input_shape))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-safe data: enums as their values, tuples as lists."""
         return plain_data(self)
+
+
+def _nchw(value: Any) -> tuple[int, ...]:
+    """``1,3,224,224`` (a flag), [1, 3, 224, 224] or [3, 224, 224] -> (1, C, H, W)."""
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        dims = tuple(int(d) for d in parts)
+    except (TypeError, ValueError):
+        dims = ()
+    dims = (1, *dims) if len(dims) == 3 else dims
+    if len(dims) != 4 or dims[0] != 1 or min(dims) < 1:
+        raise ConfigError(f"input_shape: bad value {value!r}, expected N,C,H,W with batch 1, such as 1,3,224,224")
+    return dims
 
 
 _NESTED = {"train": TrainOptions, "calibration": CalibrationOptions, "bench": BenchOptions,

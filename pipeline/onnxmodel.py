@@ -31,6 +31,12 @@ def image_input(model, path: Path):
     return inputs[0]
 
 
+def declared_shape(path: Path) -> list[int | None]:
+    """The image input's dims as the file declares them, None where a dim is dynamic."""
+    dims = image_input(_load(path), path).type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else None for d in dims]
+
+
 def fix_and_fold(path: Path, shape: tuple[int, ...], out: Path) -> None:
     """Write ``path`` with its input fixed to ``shape`` (NCHW), input and output renamed as the pipeline names them,
     constants folded into initializers and the graph simplified; a one-line error when the shapes disagree."""
@@ -96,14 +102,18 @@ def _rename(model, old: str, new: str) -> None:
             value.name = new
 
 
-def run_once(path: Path, shape: tuple[int, ...], num_classes: int, name: str) -> None:
-    """One inference on zeros: the output must be [1, num_classes] logits (or probabilities)."""
+def run_once(path: Path, shape: tuple[int, ...], num_classes: int | None, name: str) -> int:
+    """One inference on zeros: the output must be [1, num_classes] logits (or probabilities), or any [1, K] when the
+    classes are not known; returns K."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = session.run(None, {INPUT_NAME: np.zeros(shape, np.float32)})[0]
-    if out.shape != (1, num_classes):
+    if num_classes is not None and out.shape != (1, num_classes):
         raise not_logits(name, list(out.shape), num_classes)
+    if out.ndim != 2 or out.shape[0] != 1:
+        raise ModelError(f"{name}: output {list(out.shape)} is not [1, K] logits")
+    return int(out.shape[1])
 
 
 def count(path: Path) -> tuple[int, int]:

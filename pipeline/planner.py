@@ -36,7 +36,10 @@ class Planner:
         return self.source.row.preprocessing(self.source)
 
     @cached_property
-    def data(self) -> DataSplits:
+    def data(self) -> DataSplits | None:
+        """The data; None for a model file benchmarked alone without ``--data`` (no Fashion-MNIST default then)."""
+        if self.config.artifact_only and self.config.data is None:
+            return None
         own = self.carried_preprocessing[0] if self.carried_preprocessing else PreprocessOptions()
         recipe = recipe_of(self.config.preprocess, own)
         data = load_dataset(self.config.data, self.config.image_size, recipe["resize"], recipe["crop"],
@@ -107,9 +110,12 @@ class Planner:
 
     # ---- a target's artifacts -------------------------------------------------------------------
     def kinds(self, target: TargetProfile) -> list[str]:
-        """The reference first, then the target's kinds in the registry's order, up to the requested stages."""
-        reference = self.source.row.reference_kind
-        wanted = [reference, *[k for k in FORMATS if k in target.artifacts and k != reference]]
+        """The reference first, then the target's kinds in the registry's order, up to the requested stages; the
+        reference alone for a model file used as it is."""
+        reference = self.model_record["data"].get("reference_kind", self.source.row.reference_kind)
+        derived = [] if self.config.artifact_only or not self.source.row.derives else [
+            k for k in FORMATS if k in target.artifacts and k != reference]
+        wanted = [reference, *derived]
         return [k for k in wanted if self.engine.wants(FORMATS[k].stage)]
 
     def artifacts(self, target: TargetProfile) -> list[tuple[Artifact, dict]]:

@@ -5,6 +5,7 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -21,15 +22,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PIPELINE_CACHE", Path.home() / ".cache" / "embedded-pipeline"))
 
 
-def evaluate_torch(model: nn.Module, inputs: np.ndarray, labels: np.ndarray, batch: int = 500) -> float:
-    """Top-1 accuracy in percent."""
+def top1(model: nn.Module, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Top-1 accuracy in percent over (model inputs, labels) batches."""
     model.eval()
-    correct = 0
+    correct = total = 0
     with torch.no_grad():
-        for start in range(0, len(labels), batch):
-            logits = model(torch.from_numpy(inputs[start : start + batch]))
-            correct += int((logits.argmax(1).numpy() == labels[start : start + batch]).sum())
-    return 100.0 * correct / max(1, len(labels))
+        for inputs, labels in batches:
+            correct += int((model(torch.from_numpy(inputs)).argmax(1).numpy() == labels).sum())
+            total += len(labels)
+    return 100.0 * correct / max(1, total)
+
+
+def evaluate_torch(model: nn.Module, inputs: np.ndarray, labels: np.ndarray, batch: int = 500) -> float:
+    """Top-1 accuracy in percent on inputs in memory."""
+    return top1(model, ((inputs[s : s + batch], labels[s : s + batch]) for s in range(0, len(labels), batch)))
 
 
 def train_classifier(
@@ -45,10 +51,8 @@ def train_classifier(
         return model.eval(), stats
 
     torch.manual_seed(options.seed)
-    subset = train.take(options.train_subset, options.seed)
-    x = torch.from_numpy(preprocess.apply(subset.images))
+    subset = train.take(options.train_subset, options.seed)  # read a batch at a time, never whole
     y = torch.from_numpy(subset.labels)
-    x_test = preprocess.apply(test.images)
     steps_per_epoch = max(1, len(y) // options.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr / 2, weight_decay=options.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, options.lr, total_steps=options.epochs * steps_per_epoch)
@@ -67,7 +71,7 @@ def train_classifier(
         bar = tqdm(range(steps_per_epoch), desc=f"train teacher epoch {epoch + 1}/{options.epochs}", unit="batch")
         for step in bar:
             index = order[step * options.batch_size : (step + 1) * options.batch_size]
-            batch = x[index]
+            batch = torch.from_numpy(preprocess.apply(subset.subset(index.numpy()).read()))
             if options.hflip:
                 flip = torch.rand(len(index), generator=generator) < 0.5
                 batch = torch.where(flip[:, None, None, None], batch.flip(3), batch)
@@ -82,7 +86,7 @@ def train_classifier(
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         bar.close()
-        accuracy = evaluate_torch(model, x_test, test.labels)
+        accuracy = top1(model, ((preprocess.apply(x), y) for x, y in test.batches(500)))
         tqdm.write(f"epoch {epoch + 1}: test top-1 {accuracy:.2f}%")
         checkpoint.save(epoch + 1, model, optimizer, schedule, generator, accuracy=accuracy)
     model = model.to(memory_format=torch.contiguous_format).eval()

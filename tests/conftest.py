@@ -66,3 +66,19 @@ def photo_folder(tmp_path_factory) -> Path:
             crop = photo[top : top + height // 2 + 10 * i, left : left + width // 2 + 6 * i]
             Image.fromarray(crop).save(root / label / f"{name}-{i}.png")
     return root
+
+
+IMAGENET_INDEX = {"person": "0", "cup": "968", "rocket": "812"}  # the photo classes, as ImageNet indices
+
+
+@pytest.fixture
+def imagenet_photos(photo_folder, tmp_path) -> tuple[Path, Path]:
+    """The photos in folders named by ImageNet index, and a 1000-line labels file."""
+    import shutil
+
+    data = tmp_path / "photos"
+    for label, index in IMAGENET_INDEX.items():
+        shutil.copytree(photo_folder / label, data / index)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"class {i}\n" for i in range(1000)))
+    return data, labels

@@ -48,7 +48,7 @@ def test_every_format_builds_and_round_trips_through_the_runtime(tiny_run, tmp_p
     Run(small_config(out, targets="host")).execute(UP_TO_BUNDLE)
     manifest = json.loads((out / "host" / "artifacts.json").read_text())
     assert [a["kind"] for a in manifest["artifacts"]] == list(FORMATS)  # the reference first, then registry order
-    x = to_input(load_dataset(None).test.images[:20], manifest["preprocess"])  # as the board normalises raw images
+    x = to_input(load_dataset(None).test.read()[:20], manifest["preprocess"])  # as the board normalises raw images
     outputs = {}
     for artifact in manifest["artifacts"]:
         row = FORMATS[artifact["kind"]]

@@ -21,7 +21,7 @@ def tiny_onnx(tmp_path_factory):
     path = tmp_path_factory.mktemp("calib") / "tiny.onnx"
     export_onnx(fmnist_tiny().eval(), (1, 1, 28, 28), path, 17)
     data = load_dataset(None).train.take(96)
-    return path, PreprocessSpec.from_images(data.images).apply(data.images)
+    return path, PreprocessSpec.from_images(data.read()).apply(data.read())
 
 
 @pytest.fixture(scope="module")

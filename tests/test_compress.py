@@ -68,16 +68,16 @@ def test_bad_budget_values():
 def compressed(tmp_path_factory):
     data = load_dataset(None)
     train, val = data.train.take(3000, seed=1), data.test.take(600, seed=1)
-    spec = PreprocessSpec.from_images(train.images)
+    spec = PreprocessSpec.from_images(train.read())
     torch.manual_seed(0)  # the result must not depend on which tests ran before
     teacher, _ = train_classifier(fmnist_tiny(), train, val, spec, TrainOptions(epochs=2), {"test": "compress"})
     out = tmp_path_factory.mktemp("compress")
     options = CompressOptions(budget=Budget(flops_ratio=0.6, params_ratio=0.6), blockwise_epochs=1, finetune_epochs=1)
     student, report = compress(teacher, {"model": "fmnist-tiny", "in_channels": 1, "num_classes": 10},
-                      spec.apply(train.images), train.labels, spec.apply(val.images), val.labels, options, out)
+                      spec.apply(train.read()), train.labels, spec.apply(val.read()), val.labels, options, out)
     with torch.no_grad():
-        reference = student(torch.from_numpy(spec.apply(val.images[:8])))
-    return report, out, (spec.apply(val.images[:8]), reference)
+        reference = student(torch.from_numpy(spec.apply(val.read()[:8])))
+    return report, out, (spec.apply(val.read()[:8]), reference)
 
 
 def test_budget_is_met_by_the_measured_student(compressed):
@@ -226,12 +226,12 @@ def test_torchvision_style_teacher_pools_and_flattens_in_forward(tmp_path):
     assert find_head(fmnist_tiny().eval(), (1, 1, 28, 28)) == "classifier"
     data = load_dataset(None)
     train, val = data.train.take(600, seed=3), data.test.take(200, seed=3)
-    spec = PreprocessSpec.from_images(train.images)
+    spec = PreprocessSpec.from_images(train.read())
     options = CompressOptions(budget=Budget(flops_ratio=0.6), blockwise_epochs=1, finetune_epochs=1)
     student, report = compress(teacher, {"model": "tests.helpers:torchvision_style_net", "in_channels": 1,
-                                         "num_classes": 10}, spec.apply(train.images), train.labels,
-                               spec.apply(val.images), val.labels, options, tmp_path)
-    x = torch.from_numpy(spec.apply(val.images[:8]))
+                                         "num_classes": 10}, spec.apply(train.read()), train.labels,
+                               spec.apply(val.read()), val.labels, options, tmp_path)
+    x = torch.from_numpy(spec.apply(val.read()[:8]))
     with torch.no_grad():
         assert student(x).shape == (8, 10)
         assert torch.equal(load_student_files(tmp_path / "student.json")(x), student(x))
@@ -256,18 +256,18 @@ def test_feature_loss_keeps_the_student_blocks_near_the_teachers(tmp_path):
 
     data = load_dataset(None)
     train, val = data.train.take(1500, seed=4), data.test.take(300, seed=4)
-    spec = PreprocessSpec.from_images(train.images)
+    spec = PreprocessSpec.from_images(train.read())
     torch.manual_seed(0)
     teacher, _ = train_classifier(fmnist_tiny(), train, val, spec, TrainOptions(epochs=2), {"test": "feature loss"})
     blocks, _ = cut_teacher(teacher)
-    x = torch.from_numpy(spec.apply(val.images))
+    x = torch.from_numpy(spec.apply(val.read()))
     _, teacher_outputs = teacher_features(blocks, x)
     distance = {}
     for weight in (0.0, 1.0):
         options = CompressOptions(budget=Budget(flops_ratio=0.6), blockwise_epochs=1, finetune_epochs=2,
                                   feature_weight=weight)
         student, report = compress(teacher, {"model": "fmnist-tiny", "in_channels": 1, "num_classes": 10},
-                                   spec.apply(train.images), train.labels, spec.apply(val.images), val.labels,
+                                   spec.apply(train.read()), train.labels, spec.apply(val.read()), val.labels,
                                    options, tmp_path)
         _, student_outputs = teacher_features([TeacherBlock(b.name, s) for b, s in zip(blocks, student.features)], x)
         distance[weight] = float(sum(map(nmse, student_outputs, teacher_outputs)))
@@ -287,19 +287,19 @@ def test_search_space_from_a_config_file_with_a_users_block_factory(tmp_path, co
                       finetune_epochs=1)
     data = load_dataset(None)
     train, val = data.train.take(3000, seed=1), data.test.take(600, seed=1)
-    spec = PreprocessSpec.from_images(train.images)
+    spec = PreprocessSpec.from_images(train.read())
     torch.manual_seed(0)
     # the `compressed` fixture's teacher, from the training cache
     teacher, stats = train_classifier(fmnist_tiny(), train, val, spec, TrainOptions(epochs=2), {"test": "compress"})
     assert stats["cached"]
     out = tmp_path / "student"
     student, report = compress(teacher, {"model": "fmnist-tiny", "in_channels": 1, "num_classes": 10},
-                               spec.apply(train.images), train.labels, spec.apply(val.images), val.labels, options, out)
+                               spec.apply(train.read()), train.labels, spec.apply(val.read()), val.labels, options, out)
     # stem 1->8 channels: only groups=1 divides; the others take all three, besides the teacher's own block
     assert [b["candidates"] for b in report["blocks"]] == [2, 4, 4]
     assert {b["chosen"]["type"] for b in report["blocks"]} <= {"teacher", "tests.helpers:grouped_conv_block"}
     assert any(b["chosen"]["type"] != "teacher" for b in report["blocks"])
-    x = torch.from_numpy(spec.apply(val.images[:8]))
+    x = torch.from_numpy(spec.apply(val.read()[:8]))
     with torch.no_grad():
         assert torch.equal(load_student_files(out / "student.json")(x), student(x))
     assert count_flops(student, (1, 1, 28, 28)) <= report["budget"]["max_flops"]

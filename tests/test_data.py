@@ -21,13 +21,13 @@ def test_fashion_mnist_default():
     splits = load_dataset(None)
     assert len(splits.train) == 60000 and len(splits.test) == 10000
     assert splits.image_shape == (28, 28, 1) and splits.classes[0] == "T-shirt/top"
-    assert 0.0 <= splits.train.images.min() and splits.train.images.max() <= 1.0
+    assert 0.0 <= splits.train.read().min() and splits.train.read().max() <= 1.0
 
 
 def test_idx_directory(tmp_path):
     real = load_dataset(None)
     for prefix, split in (("train", real.train.take(200)), ("t10k", real.test.take(50))):
-        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", np.round(split.images[..., 0] * 255))
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", np.round(split.read()[..., 0] * 255))
         _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", split.labels)
     splits = load_dataset(tmp_path)
     assert len(splits.train) == 200 and len(splits.test) == 50 and len(splits.classes) == 10
@@ -107,7 +107,7 @@ def test_labels_files_and_the_mapping_of_the_datas_classes(tmp_path):
     images = np.zeros((4, 2, 2, 1), np.float32)
     from pipeline.data import DataSplits, Dataset
 
-    data = DataSplits(Dataset(images, np.array([0, 1, 0, 1])), Dataset(images[:2], np.array([1, 0])),
+    data = DataSplits(Dataset.from_arrays(images, np.array([0, 1, 0, 1])), Dataset.from_arrays(images[:2], np.array([1, 0])),
                       ("Great White Shark", "0"), "folder")  # by name (any case) and by index
     mapped = map_classes(data, labels, "labels.txt")
     assert mapped.classes == labels and list(mapped.train.labels) == [2, 0, 2, 0] and list(mapped.test.labels) == [0, 2]

@@ -86,7 +86,7 @@ def test_interrupted_teacher_training_resumes_to_the_same_weights(monkeypatch):
 
     data = load_dataset(None)
     train, test = data.train.take(1200, seed=2), data.test.take(200, seed=2)
-    spec, options = PreprocessSpec.from_images(train.images), TrainOptions(epochs=3)
+    spec, options = PreprocessSpec.from_images(train.read()), TrainOptions(epochs=3)
 
     def trained(key: str) -> dict:
         torch.manual_seed(0)
@@ -94,7 +94,7 @@ def test_interrupted_teacher_training_resumes_to_the_same_weights(monkeypatch):
         return model.state_dict()
 
     straight = trained("straight")
-    evaluate, calls = train_module.evaluate_torch, []
+    evaluate, calls = train_module.top1, []
 
     def interrupted_in_the_second_epoch(*args):
         calls.append(args)
@@ -102,7 +102,7 @@ def test_interrupted_teacher_training_resumes_to_the_same_weights(monkeypatch):
             raise KeyboardInterrupt
         return evaluate(*args)
 
-    monkeypatch.setattr(train_module, "evaluate_torch", interrupted_in_the_second_epoch)
+    monkeypatch.setattr(train_module, "top1", interrupted_in_the_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         trained("resumed")
     monkeypatch.undo()

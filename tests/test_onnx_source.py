@@ -4,26 +4,11 @@ import json
 from pathlib import Path
 
 import onnx
-import pytest
 
 from pipeline.cli import main
 from pipeline.targets import TARGETS_DIR
 
 SQUEEZENET = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_squeezenet.onnx"
-IMAGENET_INDEX = {"person": "0", "cup": "968", "rocket": "812"}  # the photo classes, as ImageNet indices
-
-
-@pytest.fixture
-def imagenet_photos(photo_folder, tmp_path) -> tuple[Path, Path]:
-    """The photos in folders named by ImageNet index, and a 1000-line labels file."""
-    import shutil
-
-    data = tmp_path / "photos"
-    for label, index in IMAGENET_INDEX.items():
-        shutil.copytree(photo_folder / label, data / index)
-    labels = tmp_path / "labels.txt"
-    labels.write_text("".join(f"class {i}\n" for i in range(1000)))
-    return data, labels
 
 
 def _args(tmp_path: Path, model: Path, data: Path, labels: Path) -> list[str]:
@@ -52,15 +37,21 @@ def test_an_onnx_file_runs_through_as_its_own_reference(imagenet_photos, tmp_pat
     assert [d.dim_value for d in prepared.graph.output[0].type.tensor_type.shape.dim] == [1, 1000]
 
 
-def test_a_dynamic_input_is_fixed_from_the_data_and_a_wrong_size_is_named(imagenet_photos, tmp_path, capsys):
-    data, labels = imagenet_photos
+def dynamic_squeezenet(folder: Path) -> Path:
+    """The SqueezeNet with its image input's batch, height and width dynamic (its first inputs are weights)."""
     model = onnx.load(str(SQUEEZENET))
-    for dim, name in zip(model.graph.input[0].type.tensor_type.shape.dim, ("batch", None, "height", "width")):
+    [image] = [i for i in model.graph.input if i.name == "data_0"]
+    for dim, name in zip(image.type.tensor_type.shape.dim, ("batch", None, "height", "width")):
         if name:
             dim.Clear()
             dim.dim_param = name
-    dynamic = tmp_path / "dynamic.onnx"
-    onnx.save(model, str(dynamic))
+    onnx.save(model, str(folder / "dynamic.onnx"))
+    return folder / "dynamic.onnx"
+
+
+def test_a_dynamic_input_is_fixed_from_the_data_and_a_wrong_size_is_named(imagenet_photos, tmp_path, capsys):
+    data, labels = imagenet_photos
+    dynamic = dynamic_squeezenet(tmp_path)
     assert main(["export", *_args(tmp_path, dynamic, data, labels)]) == 0
     exported = onnx.load(str(tmp_path / "run" / "shared" / "export-opset13" / "model.onnx"))
     assert [d.dim_value for d in exported.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 224, 224]

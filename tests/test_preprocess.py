@@ -12,7 +12,7 @@ from PIL import Image
 
 from board_runtime.imaging import load_image, to_input
 from pipeline.cli import main
-from pipeline.data import load_dataset
+from pipeline.data import Dataset, load_dataset
 from pipeline.data.datasets import HELD_OUT_FRACTION
 from pipeline.data.preprocess import PreprocessOptions, PreprocessSpec, resolve
 from pipeline.errors import ConfigError, ModelError
@@ -34,22 +34,23 @@ def test_resize_then_centre_crop_as_torchvision_evaluates(tmp_path):
 
 def test_presets_channel_order_and_the_users_options_over_the_models():
     images = np.random.default_rng(0).random((8, 4, 4, 3)).astype(np.float32)
-    imagenet = resolve(PreprocessOptions(preset="imagenet"), None, images, "m")
+    train = Dataset.from_arrays(images, np.zeros(8))
+    imagenet = resolve(PreprocessOptions(preset="imagenet"), None, 3, train, "m")
     assert imagenet.mean == (0.485, 0.456, 0.406) and "the configuration (preset imagenet)" in imagenet.source
     carried = (PreprocessOptions(mean=(0.5,), std=(0.25,), resize=40, crop=32, interpolation="bicubic"), "its cfg")
-    own = resolve(PreprocessOptions(), carried, images, "m")
+    own = resolve(PreprocessOptions(), carried, 3, train, "m")
     assert (own.mean, own.std, own.resize, own.crop, own.interpolation, own.source) == (
         (0.5,) * 3, (0.25,) * 3, 40, 32, "bicubic", "its cfg")
-    mixed = resolve(PreprocessOptions(preset="unit", crop=28, channel_order="BGR"), carried, images, "m")
+    mixed = resolve(PreprocessOptions(preset="unit", crop=28, channel_order="BGR"), carried, 3, train, "m")
     assert (mixed.resize, mixed.crop, mixed.interpolation, mixed.channel_order) == (40, 28, "bicubic", "BGR")
     np.testing.assert_allclose(mixed.apply(images), images[..., ::-1].transpose(0, 3, 1, 2))  # BGR, unit scale
-    dataset = resolve(PreprocessOptions(preset="dataset"), None, images, "m")
+    dataset = resolve(PreprocessOptions(preset="dataset"), None, 3, train, "m")
     np.testing.assert_allclose(dataset.apply(images).mean(axis=(0, 2, 3)), 0, atol=1e-5)
     assert PreprocessSpec.from_dict(mixed.to_dict()) == mixed
     with pytest.raises(ModelError, match="m: the model's preprocessing is unknown; give it with --preprocess"):
-        resolve(PreprocessOptions(), None, images, "m")
+        resolve(PreprocessOptions(), None, 3, train, "m")
     with pytest.raises(ConfigError, match="2 mean/std values for images with 3 channels"):
-        resolve(PreprocessOptions(mean=(0.5, 0.5), std=(0.5, 0.5)), None, images, "m")
+        resolve(PreprocessOptions(mean=(0.5, 0.5), std=(0.5, 0.5)), None, 3, train, "m")
 
 
 @pytest.mark.parametrize("options, message", [
@@ -90,7 +91,7 @@ def test_a_photo_on_the_board_gives_the_hosts_prediction(photo_folder, tmp_path,
     bundle = out / "onnx-board" / "bundle"
     assert json.loads((bundle / "manifest.json").read_text())["preprocess"] == record["preprocess"]
     splits = load_dataset(photo_folder, resize=spec.resize, crop=spec.crop, interpolation=spec.interpolation)
-    pixels = np.concatenate([splits.train.images, splits.test.images])  # what the pipeline read from the folder
+    pixels = np.concatenate([splits.train.read(), splits.test.read()])  # what the pipeline read from the folder
     model = torch.jit.load(str(out / "shared" / "model" / "model.torchscript.pt"))
     for photo in sorted(photo_folder.glob("*/*-3.png")):
         image = load_image(photo, resize=spec.resize, crop=spec.crop, interpolation=spec.interpolation)

@@ -59,7 +59,7 @@ def test_bundle_manifest_verifies_and_runner_predicts(tiny_run, tmp_path):
     from pipeline.data import load_dataset
 
     test = load_dataset(None).test
-    np.save(image, (test.images[0, ..., 0] * 255).astype(np.uint8))
+    np.save(image, (test.read()[0, ..., 0] * 255).astype(np.uint8))
     out = subprocess.run(runner + ["predict", "--artifact", "tflite-int8", str(image)], capture_output=True, text=True)
     assert out.returncode == 0 and "(class" in out.stdout
     # a bundle that was tampered with fails verification

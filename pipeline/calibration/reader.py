@@ -16,7 +16,7 @@ class ArrayDataReader(CalibrationDataReader):
 
     def _iterate(self) -> Iterator[np.ndarray]:
         for start in range(0, len(self.inputs), self.batch_size):
-            yield self.inputs[start : start + self.batch_size]
+            yield np.ascontiguousarray(self.inputs[start : start + self.batch_size])  # also from a mapped file
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)

@@ -38,8 +38,8 @@ def main() -> None:
     torch.set_num_threads(1)
     data = load_dataset(None)
     train = data.train.take(args.train_subset + args.val_samples, seed=0)
-    spec = PreprocessSpec.from_images(data.train.images)
-    x, y = spec.apply(train.images), train.labels
+    spec = PreprocessSpec.from_batches(images for images, _ in data.train.batches(4096))
+    x, y = spec.apply(train.read()), train.labels
     teacher = build_model(ModelSource(args.model, args.weights), 1, len(data.classes))
     options = CompressOptions(budget=Budget(flops_ratio=args.flops_ratio, params_ratio=args.params_ratio),
                               blockwise_epochs=args.blockwise_epochs, finetune_epochs=args.finetune_epochs)

@@ -1,14 +1,18 @@
 """Dataset readers: Fashion-MNIST IDX files, image-folder trees and ``.npz`` archives.
 
-Every reader returns images as float32 NHWC in [0, 1] and int64 labels, split into train and test.
+A split is read in batches, as float32 NHWC in [0, 1] with int64 labels: arrays (IDX, ``.npz``) stay in memory as
+they were stored (uint8 is not widened), and image folders are decoded when a batch is read, so no split is ever
+held whole as float32. Labels are always in memory.
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -21,22 +25,92 @@ FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 HELD_OUT_FRACTION = 0.2
+BATCH = 64  # images per batch read from a split
+
+
+class ArrayImages:
+    """Images held in memory as stored: uint8 (scaled when read) or float32 in [0, 1], NHWC."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.array.shape[1:])
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        images = self.array[rows]
+        return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32, copy=False)
+
+    def digest(self, digest) -> None:
+        digest.update(np.ascontiguousarray(self.array).tobytes())
+
+
+class ImageFiles:
+    """Image files decoded when read, resized and cropped by the model's recipe (or squashed to ``size``)."""
+
+    def __init__(self, files: list[Path], mode: str, size: tuple[int, int] | None, recipe: dict):
+        self.files, self.mode, self.size, self.recipe = files, mode, size, recipe
+        self.shape = self._decode(files[0]).shape  # every image must have it (a crop makes sure)
+
+    def _decode(self, path: Path) -> np.ndarray:
+        from PIL import UnidentifiedImageError
+
+        try:
+            return load_image(path, self.mode, size=self.size, **self.recipe)
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise DataError(f"{path}: not a readable image ({exc})") from exc
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        images = np.empty((len(rows), *self.shape), np.float32)
+        for position, row in enumerate(rows):
+            image = self._decode(self.files[row])
+            if image.shape != self.shape:
+                raise DataError(f"{self.files[row]}: {image.shape[1]}x{image.shape[0]} after resizing, unlike the "
+                                f"{self.shape[1]}x{self.shape[0]} of {self.files[0].name}; give a centre crop (--crop) "
+                                "so that every image has one size")
+            images[position] = image
+        return images
+
+    def digest(self, digest) -> None:
+        digest.update(json.dumps([self.mode, self.size, self.recipe], sort_keys=True).encode())
+        for file in self.files:
+            digest.update(str(file).encode())
+            digest.update(file.read_bytes())
 
 
 @dataclass(frozen=True)
 class Dataset:
-    images: np.ndarray  # float32 NHWC in [0, 1]
-    labels: np.ndarray  # int64
+    """Some of a store's images (``rows``, in order) with their labels."""
+
+    pixels: ArrayImages | ImageFiles
+    labels: np.ndarray  # int64, one per row
+    rows: np.ndarray
+
+    @classmethod
+    def from_arrays(cls, images: np.ndarray, labels: np.ndarray) -> "Dataset":
+        return cls(ArrayImages(images), np.asarray(labels, dtype=np.int64), np.arange(len(labels)))
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def subset(self, positions: np.ndarray) -> "Dataset":
+        return replace(self, labels=self.labels[positions], rows=self.rows[positions])
 
     def take(self, count: int | None, seed: int = 0) -> "Dataset":
         """A reproducible random subset of ``count`` samples (all when None or larger)."""
         if count is None or count >= len(self):
             return self
-        index = np.sort(np.random.default_rng(seed).choice(len(self), size=count, replace=False))
-        return Dataset(self.images[index], self.labels[index])
+        return self.subset(np.sort(np.random.default_rng(seed).choice(len(self), size=count, replace=False)))
+
+    def read(self) -> np.ndarray:
+        """Every image of the subset at once (float32 NHWC in [0, 1]): for small subsets; large ones use
+        ``batches``."""
+        return self.pixels.read(self.rows)
+
+    def batches(self, size: int = BATCH) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(self), size):
+            yield self.pixels.read(self.rows[start : start + size]), self.labels[start : start + size]
 
 
 @dataclass(frozen=True)
@@ -48,12 +122,15 @@ class DataSplits:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.images.shape[1:])  # H, W, C
+        return self.train.pixels.shape  # H, W, C
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
+        stores = {id(split.pixels): split.pixels for split in (self.train, self.test)}  # one folder: hashed once
+        for pixels in stores.values():
+            pixels.digest(digest)
         for split in (self.train, self.test):
-            digest.update(np.ascontiguousarray(split.images).tobytes())
+            digest.update(split.rows.tobytes())
             digest.update(split.labels.tobytes())
         return digest.hexdigest()
 
@@ -118,25 +195,26 @@ def _load_idx_dir(directory: Path, classes: tuple[str, ...] | None) -> DataSplit
         labels = _read_idx(_find(directory, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
         if len(images) != len(labels):
             raise DataError(f"{directory}: {prefix} has {len(images)} images but {len(labels)} labels")
-        splits.append(Dataset(images[..., None].astype(np.float32) / 255.0, labels))
+        splits.append(Dataset.from_arrays(images[..., None], labels))  # uint8: scaled to [0, 1] when read
     n_classes = int(max(splits[0].labels.max(initial=0), splits[1].labels.max(initial=0))) + 1
     return DataSplits(splits[0], splits[1], classes or tuple(str(i) for i in range(n_classes)), str(directory))
 
 
-def _split(images: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[Dataset, Dataset]:
-    order = np.random.default_rng(seed).permutation(len(labels))
-    n_test = max(1, int(round(len(labels) * HELD_OUT_FRACTION))) if len(labels) > 1 else 0
-    test, train = order[:n_test], order[n_test:]
-    return Dataset(images[train], labels[train]), Dataset(images[test], labels[test])
+def _split(whole: Dataset, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """80/20 into train and held-out, by a seeded permutation."""
+    order = np.random.default_rng(seed).permutation(len(whole))
+    n_test = max(1, int(round(len(whole) * HELD_OUT_FRACTION))) if len(whole) > 1 else 0
+    return whole.subset(order[n_test:]), whole.subset(order[:n_test])
 
 
-def _as_unit_float(images: np.ndarray, path: Path, key: str) -> np.ndarray:
+def _as_unit_images(images: np.ndarray, path: Path, key: str) -> np.ndarray:
+    """uint8 as it is, float checked finite and clipped to [0, 1]; NHWC."""
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4:
         raise DataError(f"{path}: images must be (N, H, W) or (N, H, W, C), got shape {images.shape}")
     if images.dtype == np.uint8:
-        return images.astype(np.float32) / 255.0
+        return images
     if np.issubdtype(images.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(images)))
         if bad:  # calibration would otherwise stop deep inside onnxruntime ("scale issue")
@@ -153,26 +231,18 @@ def _load_npz(path: Path) -> DataSplits:
         raise DataError(f"{path}: not a readable .npz ({exc})") from exc
     if "x" not in archive or "y" not in archive:
         raise DataError(f"{path}: an .npz dataset needs arrays 'x' and 'y', found {sorted(archive.files)}")
-    images, labels = _as_unit_float(archive["x"], path, "x"), archive["y"].astype(np.int64).reshape(-1)
+    images, labels = _as_unit_images(archive["x"], path, "x"), archive["y"].astype(np.int64).reshape(-1)
     if len(images) != len(labels):
         raise DataError(f"{path}: 'x' has {len(images)} samples but 'y' has {len(labels)}")
     if "x_test" in archive and "y_test" in archive:
-        train = Dataset(images, labels)
-        test = Dataset(_as_unit_float(archive["x_test"], path, "x_test"), archive["y_test"].astype(np.int64).reshape(-1))
+        train = Dataset.from_arrays(images, labels)
+        test = Dataset.from_arrays(_as_unit_images(archive["x_test"], path, "x_test"),
+                                   archive["y_test"].astype(np.int64).reshape(-1))
     else:
-        train, test = _split(images, labels)
+        train, test = _split(Dataset.from_arrays(images, labels))
     n_classes = int(max(labels.max(initial=0), test.labels.max(initial=0))) + 1
     classes = tuple(str(c) for c in archive["classes"]) if "classes" in archive else tuple(map(str, range(n_classes)))
     return DataSplits(train, test, classes, str(path))
-
-
-def _read_image(path: Path, mode: str, size: tuple[int, int] | None, recipe: dict) -> np.ndarray:
-    from PIL import UnidentifiedImageError
-
-    try:
-        return load_image(path, mode, size=size, **recipe)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable image ({exc})") from exc
 
 
 def _scan_classes(root: Path) -> dict[str, list[Path]]:
@@ -185,7 +255,8 @@ def _scan_classes(root: Path) -> dict[str, list[Path]]:
 
 
 def _load_image_tree(root: Path, size: tuple[int, int] | None, recipe: dict) -> DataSplits:
-    """``root/<class>/*.png`` (split 80/20), or ``root/train/<class>`` with ``root/test`` or ``root/val``."""
+    """``root/<class>/*.png`` (split 80/20), or ``root/train/<class>`` with ``root/test`` or ``root/val``. Only the
+    file list is read here; images are decoded batch by batch."""
     held_out = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
     trees = [_scan_classes(root / "train"), _scan_classes(held_out)] if (root / "train").is_dir() and held_out else [
         _scan_classes(root)
@@ -193,29 +264,23 @@ def _load_image_tree(root: Path, size: tuple[int, int] | None, recipe: dict) -> 
     classes = sorted(set().union(*trees))
     if not classes:
         raise DataError(f"{root}: no images found (expected one sub-folder of PNG/JPEG files per class)")
-    first = next(iter(trees[0].values()))[0]
+    files, labels, counts = [], [], []
+    for tree in trees:
+        split = [(file, label) for label, name in enumerate(classes) for file in tree.get(name, [])]
+        if not split:
+            raise DataError(f"{root}: a split holds no images")
+        files += [file for file, _ in split]
+        labels += [label for _, label in split]
+        counts.append(len(split))
     from PIL import Image
 
-    with Image.open(first) as probe:
+    with Image.open(files[0]) as probe:
         mode = "L" if probe.mode in ("L", "1", "I", "I;16") else "RGB"
         if not (recipe["resize"] or recipe["crop"]):
             size = size or (probe.size[1], probe.size[0])
-    arrays = []
-    for tree in trees:
-        images, labels = [], []
-        for label, name in enumerate(classes):
-            for file in tree.get(name, []):
-                images.append(_read_image(file, mode, size, recipe))
-                labels.append(label)
-        if not images:
-            raise DataError(f"{root}: a split holds no images")
-        shapes = sorted({image.shape for image in images})
-        if len(shapes) > 1:
-            raise DataError(f"{root}: images of {len(shapes)} shapes after resizing ({shapes[0]}, {shapes[-1]}, ...); "
-                            "give a centre crop (--crop) so that they share one")
-        arrays.append((np.stack(images), np.asarray(labels, dtype=np.int64)))
-    if len(arrays) == 2:
-        train, test = Dataset(*arrays[0]), Dataset(*arrays[1])
+    whole = Dataset(ImageFiles(files, mode, size, recipe), np.asarray(labels, dtype=np.int64), np.arange(len(files)))
+    if len(counts) == 2:
+        train, test = whole.subset(np.arange(counts[0])), whole.subset(np.arange(counts[0], len(files)))
     else:
-        train, test = _split(*arrays[0])
+        train, test = _split(whole)
     return DataSplits(train, test, tuple(classes), str(root))

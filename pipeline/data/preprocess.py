@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from board_runtime.imaging import INTERPOLATIONS, to_input
 
 from ..errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    from .datasets import Dataset
 
 # Per-channel (mean, std) on pixels in [0, 1]; one value means every channel.
 PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -24,6 +28,7 @@ PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "unit": ((0.0,), (1.0,)),  # pixels in [0, 1] as they are
     "raw": ((0.0,), (1 / 255,)),  # pixels in [0, 255]
 }
+STATISTICS_BATCH = 1024  # images per batch when computing the training images' statistics
 DATASET = "dataset"  # the statistics of the training images: the default for a model the pipeline trains
 
 
@@ -104,8 +109,18 @@ class PreprocessSpec:
     @classmethod
     def from_images(cls, images: np.ndarray, **recipe: Any) -> "PreprocessSpec":
         """The per-channel statistics of training images (NHWC in [0, 1])."""
-        mean = images.mean(axis=(0, 1, 2), dtype=np.float64)
-        std = images.std(axis=(0, 1, 2), dtype=np.float64)
+        return cls.from_batches([images], 1, **recipe)
+
+    @classmethod
+    def from_batches(cls, batches: Iterable[np.ndarray], total: int | None = None, **recipe: Any) -> "PreprocessSpec":
+        """The per-channel statistics of training images read batch by batch (NHWC in [0, 1]); float64 sums, so a
+        split never has to be in memory at once."""
+        count, total, squares = 0, 0.0, 0.0
+        for images in tqdm(batches, "image statistics", total, unit="batch", delay=2.0, leave=False):
+            pixels = images.reshape(-1, images.shape[-1]).astype(np.float64)
+            count, total, squares = count + len(pixels), total + pixels.sum(0), squares + np.square(pixels).sum(0)
+        mean = total / count
+        std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
         return cls(tuple(round(float(m), 6) for m in mean), tuple(round(max(float(s), 1e-6), 6) for s in std), **recipe)
 
     @classmethod
@@ -131,10 +146,11 @@ class PreprocessSpec:
                 + (f"; {geometry} ({self.interpolation})" if geometry else "") + f" — from {self.source}")
 
 
-def resolve(options: PreprocessOptions, carried: tuple[PreprocessOptions, str] | None, train_images: np.ndarray,
-            model: str) -> PreprocessSpec:
+def resolve(options: PreprocessOptions, carried: tuple[PreprocessOptions, str] | None, channels: int,
+            train: "Dataset | None", model: str) -> PreprocessSpec:
     """The user's preprocessing where given, else what the model carries; a one-line error when neither says.
-    Resize, crop, interpolation and channel order likewise: the user's where given, else the model's own."""
+    Resize, crop, interpolation and channel order likewise: the user's where given, else the model's own. ``train``
+    (None without data) gives the statistics of the ``dataset`` preset."""
     own, carried_from = carried if carried else (PreprocessOptions(), "")
     if options.normalisation_given:
         chosen, source = options, f"the configuration ({options.describe()})"
@@ -145,9 +161,11 @@ def resolve(options: PreprocessOptions, carried: tuple[PreprocessOptions, str] |
                          f"{'|'.join([*PRESETS, DATASET])} or --mean/--std (per channel, on pixels in [0, 1])")
     recipe = {"source": source, **recipe_of(options, own)}
     if chosen.preset == DATASET:
-        return PreprocessSpec.from_images(train_images, **recipe)
+        if train is None:
+            raise ConfigError("preprocess.preset: 'dataset' needs training images; give --data or another preset")
+        batches = (images for images, _ in train.batches(STATISTICS_BATCH))
+        return PreprocessSpec.from_batches(batches, -(-len(train) // STATISTICS_BATCH), **recipe)
     mean, std = PRESETS[chosen.preset] if chosen.preset else (chosen.mean, chosen.std)
-    channels = train_images.shape[-1]
     if len(mean) == 1:
         mean, std = mean * channels, std * channels
     if len(mean) != channels:

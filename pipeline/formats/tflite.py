@@ -115,6 +115,7 @@ def tflite_io(path: Path) -> dict:
 
     return {
         "input_name": inp["name"], "input_shape": tuple(int(d) for d in inp["shape"]),
+        "output_shape": [int(d) for d in out["shape"]],
         "input_dtype": np.dtype(inp["dtype"]).name, "output_dtype": np.dtype(out["dtype"]).name,
         "input_quant": quant(inp), "output_quant": quant(out),
     }
@@ -129,8 +130,8 @@ def conversion_step(plan, target) -> dict:
             f"{target.input_layout.value}")
 
     def produce(tmp: Path) -> dict:
-        outputs = convert_tflite(plan.path(export, onnx_key), np.load(plan.path(samples, "inputs")),
-                                 np.load(plan.path(samples, "images")), tmp, scheme.granularity.value,
+        outputs = convert_tflite(plan.path(export, onnx_key), np.load(plan.path(samples, "inputs"), mmap_mode="r"),
+                                 np.load(plan.path(samples, "images"), mmap_mode="r"), tmp, scheme.granularity.value,
                                  scheme.io_dtype, target.input_layout)
         return {"files": {k: p.name for k, p in outputs.items()}, "io": {k: tflite_io(p) for k, p in outputs.items()},
                 "calibration": {"int8": f"the TensorFlow Lite converter's own calibration (onnx2tf) on the same "
@@ -145,14 +146,22 @@ def recorded_io(record: dict, key: str, target, input_shape: tuple[int, ...]) ->
     io = record["data"]["io"][key]
     quant = lambda q: QuantParams(**q) if q else None  # noqa: E731
     return {"input_name": io["input_name"], "input_shape": tuple(io["input_shape"]),
-            "input_layout": target.input_layout.value, "input_dtype": io["input_dtype"],
+            "input_layout": io.get("input_layout", target.input_layout.value), "input_dtype": io["input_dtype"],
             "output_dtype": io["output_dtype"], "input_quant": quant(io["input_quant"]),
             "output_quant": quant(io["output_quant"])}
 
+
+# Where each TFLite kind comes from, by the framework of the run's model: converted from the ONNX export, or the
+# user's .tflite file itself (the model step's record holds it and its I/O).
+FROM_FRAMEWORK = {
+    "torch": lambda plan, target, key: (conversion_step(plan, target), key),
+    "onnx": lambda plan, target, key: (conversion_step(plan, target), key),
+    "tflite": lambda plan, target, key: (plan.model_record, "tflite"),
+}
 
 for _precision, _label in (("fp32", "TFLite fp32"), ("fp16", "TFLite fp16"), ("int8", "TFLite int8")):
     register_format(Format(
         kind=f"tflite-{_precision}", format="tflite", precision=_precision, label=_label, stage="convert",
         session="tflite", runtimes=("litert", "tflite-runtime"), io=recorded_io,
-        build=lambda plan, target, key=_precision: (conversion_step(plan, target), key),
+        build=lambda plan, target, key=_precision: FROM_FRAMEWORK[plan.source.row.framework](plan, target, key),
     ))

@@ -42,7 +42,8 @@ class SourceKind:
     trainable: bool = False  # without --weights, the pipeline trains it
     keeps_weights: bool = False  # the model step saves its state_dict, and rebuilds it from source + weights
     reference_kind: str = "torch-fp32"  # the artifact every other one is compared with
-    framework: str = "torch"  # what the model step makes of it: torch (a module, traced) or onnx (the graph itself)
+    framework: str = "torch"  # what the model step makes of it: torch (a module, traced), onnx or tflite (the file)
+    derives: bool = True  # the other artifact kinds can be made from it (not from a .tflite)
     # The preprocessing the model carries, as (options, where from), or None: read before the data, whose image
     # files it may resize and crop.
     preprocessing: Callable[[ModelSource], tuple[Any, str] | None] = lambda source: None
@@ -68,6 +69,14 @@ def resolve(model: str) -> SourceKind:
     close = difflib.get_close_matches(model, list_builtins(), n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     raise ModelError(f"{model}: unknown model{hint}; give " + ", ".join(row.usage for row in SOURCES.values()))
+
+
+def not_a_module(what: str) -> Callable[[ModelSource, int, int], object]:
+    """The ``load`` of a source that is a file for another framework: a one-line error where a module is needed."""
+    def load(source: ModelSource, in_channels: int, num_classes: int):
+        raise ModelError(f"{source.model}: {what} is not a PyTorch module; this step needs one")
+
+    return load
 
 
 def build_model(source: ModelSource, in_channels: int, num_classes: int):

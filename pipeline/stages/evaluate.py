@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -27,16 +28,21 @@ class Evaluation:
 
 
 def evaluate_artifacts(
-    artifacts: list[Artifact], base: Path, inputs_nchw: np.ndarray, labels: np.ndarray, threads: int
+    artifacts: list[Artifact], base: Path, batches: Iterable[tuple[np.ndarray, np.ndarray]], total: int, threads: int
 ) -> list[Evaluation]:
-    """Run every artifact on ``inputs_nchw`` one sample at a time (the artifacts have a static batch of 1); the
-    first is the reference."""
-    logits = {}
-    for artifact in artifacts:
-        model = Model(artifact.to_dict(), base, threads)
-        rows = [model.predict(sample[None])[0] for sample in tqdm(inputs_nchw, desc=f"evaluate {artifact.kind}",
-                                                                  unit="img", mininterval=1.0)]
-        logits[artifact.kind] = np.stack(rows).astype(np.float32)
+    """Run every artifact on each batch of (model inputs NCHW, labels), one sample at a time (the artifacts have a
+    static batch of 1), so that a batch is read once for all of them; the first artifact is the reference."""
+    models = {artifact.kind: Model(artifact.to_dict(), base, threads) for artifact in artifacts}
+    logits: dict[str, list[np.ndarray]] = {kind: [] for kind in models}
+    seen = []
+    with tqdm(total=total, desc=f"evaluate {len(models)} artifacts", unit="img", mininterval=1.0) as bar:
+        for inputs, labels in batches:
+            for kind, model in models.items():
+                logits[kind] += [model.predict(sample[None])[0].astype(np.float32) for sample in inputs]
+            seen.append(labels)
+            bar.update(len(labels))
+    labels = np.concatenate(seen)
+    logits = {kind: np.stack(rows) for kind, rows in logits.items()}
     reference = logits[artifacts[0].kind]
     ref_top = reference.argmax(1)
     ref_top1 = 100.0 * float((ref_top == labels).mean())
@@ -60,12 +66,13 @@ ADVICE = {
 }
 
 
-def accuracy_gate(evaluations: list[dict], tolerance: float) -> dict:
-    """Which artifacts fell more than ``tolerance`` top-1 points below the reference (the first), and what to try."""
+def accuracy_gate(evaluations: list[dict] | None, tolerance: float, reference: str) -> dict:
+    """Which artifacts fell more than ``tolerance`` top-1 points below the reference (the first), and what to try;
+    ``evaluated`` is false when there was no data to evaluate on."""
     failing = [{"kind": e["kind"], "drop": e["drop"], "top1": e["top1"],
-                "advice": ADVICE[FORMATS[e["kind"]].precision]} for e in evaluations if e["drop"] > tolerance]
-    return {"passed": not failing, "tolerance": tolerance, "reference": FORMATS[evaluations[0]["kind"]].label,
-            "failing": failing}
+                "advice": ADVICE[FORMATS[e["kind"]].precision]} for e in evaluations or [] if e["drop"] > tolerance]
+    return {"passed": not failing, "evaluated": evaluations is not None, "tolerance": tolerance,
+            "reference": FORMATS[reference].label, "failing": failing}
 
 
 def gate_message(gate: dict, target: str) -> str:
@@ -75,7 +82,7 @@ def gate_message(gate: dict, target: str) -> str:
 
 def check_tolerance(evaluations: list[dict], tolerance: float, target: str) -> None:
     """Fail, naming every artifact whose top-1 fell more than ``tolerance`` points below the reference (the first)."""
-    gate = accuracy_gate(evaluations, tolerance)
+    gate = accuracy_gate(evaluations, tolerance, evaluations[0]["kind"])
     if not gate["passed"]:
         raise AccuracyError(gate_message(gate, target))
 
@@ -86,16 +93,21 @@ def to_dicts(evaluations: list[Evaluation]) -> list[dict]:
 
 def evaluate_step(plan, target, built: list[tuple[Artifact, dict]]) -> dict:
     """Every artifact of ``target`` on the held-out split; the record's ``gate`` says which miss the profile's
-    tolerance (the run still writes the bundle and the report, then fails)."""
+    tolerance (the run still writes the bundle and the report, then fails). Without data (a model file benchmarked
+    alone) nothing is evaluated."""
     target_dir = plan.out / target.name
     artifacts = [a for a, _ in built]
     threads = min(target.threads, os.cpu_count() or 1)  # for evaluation on this host
 
     def produce(tmp: Path) -> dict:
-        test = plan.data.test.take(plan.config.eval_samples)
-        rows = evaluate_artifacts(artifacts, target_dir, plan.preprocess().apply(test.images), test.labels, threads)
+        if plan.data is None:
+            return {"evaluations": None}
+        test, spec = plan.data.test.take(plan.config.eval_samples), plan.preprocess()
+        batches = ((spec.apply(images), labels) for images, labels in test.batches())
+        rows = evaluate_artifacts(artifacts, target_dir, batches, len(test), threads)
         return {"evaluations": to_dicts(rows)}
 
     record = plan.run(Step(f"{target.name}/evaluate", "evaluate", {"samples": plan.config.eval_samples},
                            [plan.model_record, *[r for _, r in built]], target_dir / "evaluate", produce))
-    return {**record, "gate": accuracy_gate(record["data"]["evaluations"], target.accuracy_tolerance)}
+    gate = accuracy_gate(record["data"]["evaluations"], target.accuracy_tolerance, artifacts[0].kind)
+    return {**record, "gate": gate}

@@ -1,14 +1,17 @@
 """The model step (the user's model loaded, or a built-in trained) and the compress step (its student)."""
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..artifacts import plain_data, sha256_file, write_json
+from ..data.labels import read_labels
 from ..data.preprocess import resolve
 from ..engine import Step
+from ..errors import DataError, ModelError
 from ..units import format_count
 
 
@@ -30,13 +33,15 @@ def _torch_model(plan, tmp: Path, fingerprint: str) -> dict:
     from ..train import train_classifier
 
     config, source, data = plan.config, plan.source, plan.data
+    if data is None:
+        raise DataError(f"{config.model}: a PyTorch model needs --data (its input shape and classes come from it)")
     height, width, channels = data.image_shape
     input_shape = (1, channels, height, width)
     num_classes = len(data.classes)
     torch.manual_seed(config.train.seed)  # the same initial weights on every run
     model = build_model(source, channels, num_classes)
     check_input(model, input_shape, config.model, num_classes)
-    preprocess = resolve(config.preprocess, plan.carried_preprocessing, data.train.images, config.model)
+    preprocess = resolve(config.preprocess, plan.carried_preprocessing, channels, data.train, config.model)
     stats = None
     if source.needs_training:
         model, stats = train_classifier(model, data.train, data.test, preprocess, config.train,
@@ -47,7 +52,41 @@ def _torch_model(plan, tmp: Path, fingerprint: str) -> dict:
         files["weights"] = "weights.pt"
     save_torchscript(model, input_shape, tmp / files["torchscript"])
     return {"files": files, "input_shape": list(input_shape), "preprocess": preprocess.to_dict(), "training": stats,
-            "params": count_params(model), "flops": count_flops(model, input_shape)}
+            "params": count_params(model), "flops": count_flops(model, input_shape), "classes": list(data.classes)}
+
+
+def file_input_shape(plan, declared: list[int | None]) -> tuple[int, ...]:
+    """A model file's NCHW input: ``--input-shape``, else the data's, else the file's own static dims."""
+    config, data = plan.config, plan.data
+    from_data = (1, data.image_shape[2], *data.image_shape[:2]) if data else None
+    if config.input_shape and from_data and config.input_shape != from_data:
+        raise DataError(f"{data.source}: the data gives {list(from_data)} (NCHW), --input-shape says "
+                        f"{list(config.input_shape)}; resize or crop the images (--resize/--crop)")
+    shape = config.input_shape or from_data
+    if shape is None:
+        if len(declared) != 4 or any(d is None for d in declared[1:]):
+            raise ModelError(f"{config.model}: input {[d or '?' for d in declared]} has dynamic dims; give "
+                             "--input-shape N,C,H,W (e.g. 1,3,224,224) or --data")
+        shape = (1, *declared[1:])
+    return tuple(shape)
+
+
+def _preprocess_and_classes(plan, channels: int, num_outputs: int) -> dict:
+    """The preprocessing (None for a file benchmarked alone that was given none) and the class names: the data's,
+    else the labels file's, else the output indices."""
+    config, data = plan.config, plan.data
+    given = config.preprocess.normalisation_given or plan.carried_preprocessing
+    preprocess = resolve(config.preprocess, plan.carried_preprocessing, channels, data and data.train, config.model) \
+        if data or given else None
+    if data:
+        classes = data.classes
+    elif config.labels:
+        classes = read_labels(config.labels)
+        if len(classes) != num_outputs:
+            raise DataError(f"{config.labels}: {len(classes)} labels for a model with {num_outputs} outputs")
+    else:
+        classes = tuple(str(i) for i in range(num_outputs))
+    return {"preprocess": preprocess.to_dict() if preprocess else None, "classes": list(classes)}
 
 
 def _onnx_model(plan, tmp: Path, fingerprint: str) -> dict:
@@ -55,30 +94,50 @@ def _onnx_model(plan, tmp: Path, fingerprint: str) -> dict:
     from .. import onnxmodel
 
     config, data = plan.config, plan.data
-    height, width, channels = data.image_shape
-    input_shape = (1, channels, height, width)
-    onnxmodel.fix_and_fold(Path(config.model), input_shape, tmp / "model.onnx")
-    onnxmodel.run_once(tmp / "model.onnx", input_shape, len(data.classes), config.model)
-    preprocess = resolve(config.preprocess, plan.carried_preprocessing, data.train.images, config.model)
+    shape = file_input_shape(plan, onnxmodel.declared_shape(Path(config.model)))
+    onnxmodel.fix_and_fold(Path(config.model), shape, tmp / "model.onnx")
+    outputs = onnxmodel.run_once(tmp / "model.onnx", shape, len(data.classes) if data else None, config.model)
     params, flops = onnxmodel.count(tmp / "model.onnx")
-    return {"files": {"onnx": "model.onnx"}, "input_shape": list(input_shape), "preprocess": preprocess.to_dict(),
-            "training": None, "params": params, "flops": flops}
+    return {"files": {"onnx": "model.onnx"}, "input_shape": list(shape), "training": None, "params": params,
+            "flops": flops, **_preprocess_and_classes(plan, shape[1], outputs)}
+
+
+def _tflite_model(plan, tmp: Path, fingerprint: str) -> dict:
+    """A TensorFlow Lite file, kept as it is: its input and output as the interpreter reads them, its precision,
+    parameters and FLOPs from the flatbuffer; the data must have its input size."""
+    from ..formats.tflite import tflite_io
+    from ..tflite_file import read_tflite
+
+    config = plan.config
+    contents = read_tflite(Path(config.model))
+    shutil.copyfile(config.model, tmp / "model.tflite")
+    io = tflite_io(tmp / "model.tflite")
+    declared = list(io["input_shape"])
+    nhwc = len(declared) == 4 and declared[3] in (1, 3) and declared[1] not in (1, 3)
+    shape = file_input_shape(plan, [declared[0], declared[3], *declared[1:3]] if nhwc else declared)
+    if ([shape[0], *shape[2:], shape[1]] if nhwc else list(shape)) != declared:
+        raise ModelError(f"{config.model}: the file takes {declared} ({'NHWC' if nhwc else 'NCHW'}), not "
+                         f"{list(shape)} (NCHW); resize or crop the images to its size (--resize/--crop)")
+    return {"files": {"tflite": "model.tflite"}, "input_shape": list(shape), "training": None,
+            "params": contents.params, "flops": contents.flops, "reference_kind": f"tflite-{contents.precision}",
+            "io": {"tflite": {**io, "input_layout": "NHWC" if nhwc else "NCHW"}},
+            **_preprocess_and_classes(plan, shape[1], io["output_shape"][-1])}
 
 
 # How the model step makes the model of each framework a source can be in.
-MODEL_MAKERS = {"torch": _torch_model, "onnx": _onnx_model}
+MODEL_MAKERS = {"torch": _torch_model, "onnx": _onnx_model, "tflite": _tflite_model}
 
 
 def model_step(plan) -> dict:
     config, source = plan.config, plan.source
-    fingerprint = plan.data.fingerprint()
-    params = {"source": _source_identity(plan), "image_size": config.image_size,
+    fingerprint = plan.data.fingerprint() if plan.data else None
+    params = {"source": _source_identity(plan), "image_size": config.image_size, "input_shape": config.input_shape,
               "preprocess": plain_data(config.preprocess),
               "train": asdict(config.train) if source.needs_training else None, "data": fingerprint}
 
     def produce(tmp: Path) -> dict:
         made = MODEL_MAKERS[source.row.framework](plan, tmp, fingerprint)
-        return {**made, "classes": list(plan.data.classes), "dataset": plan.data.source}
+        return {**made, "dataset": plan.data.source if plan.data else None}
 
     return plan.run(Step("model", "model", params, [], plan.out / "shared" / "model", produce))
 
@@ -119,10 +178,10 @@ def compress_step(plan) -> dict:
         spec = plan.preprocess()
         teacher_source = {"model": plan.config.model, "in_channels": data["input_shape"][1],
                           "num_classes": len(data["classes"]), "preprocess": data["preprocess"]}
-        student, report = compress(
-            plan.load_torch(), teacher_source, spec.apply(train.images[train_index]), train.labels[train_index],
-            spec.apply(train.images[val_index]), train.labels[val_index], replace(options, budget=budget), tmp,
-            resume_dir, (spec.apply(plan.data.test.images), plan.data.test.labels),
+        fit, val, test = train.subset(train_index), train.subset(val_index), plan.data.test
+        student, report = compress(  # block-wise distillation holds its inputs in memory (issue 13)
+            plan.load_torch(), teacher_source, spec.apply(fit.read()), fit.labels, spec.apply(val.read()), val.labels,
+            replace(options, budget=budget), tmp, resume_dir, (spec.apply(test.read()), test.labels),
         )
         write_json(tmp / "compression.json", report)
         (tmp / "compression.md").write_text(compression_markdown(report))

@@ -85,11 +85,15 @@ def png_bytes(fig) -> bytes:
     return buffer.getvalue()
 
 
-def merge_rows(evaluations: list[dict], benches: list[dict], size_budget_mb: float | None) -> list[dict]:
-    """One row per benchmarked artifact: its accuracy next to its latency (a board's bundle has no PyTorch row)."""
+NOT_EVALUATED = {"samples": None, "top1": None, "agreement": None, "max_logit_diff": None, "drop": None}
+
+
+def merge_rows(evaluations: list[dict] | None, benches: list[dict], size_budget_mb: float | None) -> list[dict]:
+    """One row per benchmarked artifact: its accuracy (None without data) next to its latency (a board's bundle has
+    no PyTorch row)."""
     by_kind = {b["artifact"]: b for b in benches}
     rows = []
-    for e in evaluations:
+    for e in evaluations if evaluations is not None else [{"kind": b["artifact"], **NOT_EVALUATED} for b in benches]:
         b = by_kind.get(e["kind"])
         if b is None:
             continue
@@ -105,13 +109,15 @@ def merge_rows(evaluations: list[dict], benches: list[dict], size_budget_mb: flo
 
 def recommend(rows: list[dict], tolerance: float, reference: str) -> dict | None:
     """The fastest deployable artifact (by median latency) within the accuracy tolerance and size budget."""
-    eligible = [r for r in rows if FORMATS[r["kind"]].deployable and r["drop"] <= tolerance and r["fits_size_budget"]]
+    evaluated = rows and rows[0]["drop"] is not None
+    eligible = [r for r in rows if FORMATS[r["kind"]].deployable and (not evaluated or r["drop"] <= tolerance)
+                and r["fits_size_budget"]]
     if not eligible:
         return None
     best = min(eligible, key=lambda r: r["latency_ms"]["p50"])
+    within = f"within {tolerance:g} points of {FORMATS[reference].label} and " if evaluated else "(not evaluated) within "
     return {"kind": best["kind"], "p50_ms": best["latency_ms"]["p50"], "top1": best["top1"], "drop": best["drop"],
-            "reason": f"fastest median latency among the {len(eligible)} artifacts within {tolerance:g} points "
-                      f"of {FORMATS[reference].label} and the size budget"}
+            "reason": f"fastest median latency among the {len(eligible)} artifacts {within}the size budget"}
 
 
 def _plots(rows: list[dict]) -> dict[str, bytes]:
@@ -119,14 +125,17 @@ def _plots(rows: list[dict]) -> dict[str, bytes]:
     labels = [r["kind"] for r in rows]
     figures = {}
     fig, ax = plt.subplots(figsize=(6, 4))
-    for r in rows:
+    for r in (r for r in rows if r["top1"] is not None):
         ax.scatter(r["latency_ms"]["p50"], r["top1"], s=40)
         ax.annotate(r["kind"], (r["latency_ms"]["p50"], r["top1"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("median latency (ms)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title("accuracy vs latency")
     ax.grid(alpha=0.3)
-    figures["accuracy_vs_latency.png"] = fig
+    if rows[0]["top1"] is not None:
+        figures["accuracy_vs_latency.png"] = fig
+    else:
+        plt.close(fig)
     for name, values, unit in (("size_per_artifact.png", [r["size_bytes"] / 1024 for r in rows], "size (KiB)"),
                                ("latency_per_artifact.png", [r["latency_ms"]["p50"] for r in rows], "median latency (ms)")):
         fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -150,11 +159,12 @@ def _table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
               "p50 (ms)", "p90 (ms)", "p99 (ms)", "mean ± std (ms)", "spread", "inferences/s", "load (ms)",
               "first (ms)", "peak RSS (MiB)", "RSS growth (MiB)"]
     body = []
+    shown = lambda value, form: "—" if value is None else format(value, form)  # noqa: E731  (— : not evaluated)
     for r in rows:
         lat = r["latency_ms"]
         body.append([
-            r["kind"], r["runtime"], f"{r['size_bytes'] / 1024:.1f}", f"{r['top1']:.2f}", f"{r['drop']:+.2f}",
-            f"{r['agreement']:.2f}", f"{r['max_logit_diff']:.4f}", f"{lat['p50']:.3f}", f"{lat['p90']:.3f}",
+            r["kind"], r["runtime"], f"{r['size_bytes'] / 1024:.1f}", shown(r["top1"], ".2f"), shown(r["drop"], "+.2f"),
+            shown(r["agreement"], ".2f"), shown(r["max_logit_diff"], ".4f"), f"{lat['p50']:.3f}", f"{lat['p90']:.3f}",
             f"{lat['p99']:.3f}", f"{lat['mean']:.3f} ± {lat['std']:.3f}", spread_text(r),
             f"{r['throughput_per_s']:.0f}", f"{r['load_ms']:.1f}", f"{r['first_inference_ms']:.2f}",
             f"{r['peak_rss_mb']:.0f}", f"{r['rss_growth_mb']:.0f}",
@@ -177,6 +187,8 @@ def _estimate_table(estimates: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 def gate_summary(gate: dict) -> str:
     """Passed, or each failing artifact's drop and what to try."""
+    if not gate.get("evaluated", True):
+        return "not evaluated: no data given (--data)"
     if gate["passed"]:
         return f"passed: every artifact within {gate['tolerance']:g} points of {gate['reference']}"
     return "; ".join(f"{f['kind']} drops {f['drop']:.2f} points (top-1 {f['top1']:.2f}%, tolerance "
@@ -217,8 +229,9 @@ def write_report(data: dict, directory: Path) -> list[str]:
     (directory / "report.json").write_text(json.dumps(data, indent=2, default=str))
     header, body = _table(rows)
     rec = data["recommendation"]
-    rec_text = (f"**{rec['kind']}** — {rec['p50_ms']:.3f} ms median, top-1 {rec['top1']:.2f}% "
-                f"({rec['drop']:+.2f} points vs {reference}); {rec['reason']}." if rec
+    accuracy = lambda rec: "" if rec["top1"] is None else (  # noqa: E731
+        f", top-1 {rec['top1']:.2f}% ({rec['drop']:+.2f} points vs {reference})")
+    rec_text = (f"**{rec['kind']}** — {rec['p50_ms']:.3f} ms median{accuracy(rec)}; {rec['reason']}." if rec
                 else "none: no artifact is within the accuracy tolerance and size budget.")
     model, bench = data["model"], data["bench"]
     gate_text = gate_summary(data["accuracy_gate"])
@@ -233,14 +246,17 @@ def write_report(data: dict, directory: Path) -> list[str]:
                             f"{model['flops'] / model['teacher']['flops']:.2f}x the teacher's FLOPs, "
                             f"{model['params'] / model['teacher']['params']:.2f}x its parameters "
                             f"(details: {model['compression_details']})")] if model.get("teacher") else []),
-        ("Preprocessing", PreprocessSpec.from_dict(data["preprocess"]).describe()),
+        ("Preprocessing", PreprocessSpec.from_dict(data["preprocess"]).describe() if data["preprocess"]
+         else "none given (no data to preprocess)"),
         ("Budgets", data["budget_text"]),
         ("Evaluation", f"{rows[0]['samples']} held-out samples from {data['dataset']}; tolerance "
-                       f"{target['accuracy_tolerance']:g} points below {reference}"),
+                       f"{target['accuracy_tolerance']:g} points below {reference}" if rows[0]["samples"] is not None
+         else "none: no data given (--data); latency and memory only"),
         ("Accuracy gate", gate_text if data["accuracy_gate"]["passed"] else f"FAILED: {gate_text}"),
         ("Calibration", "; ".join(f"{kind}: {text}" for kind, text in data["calibration"].items())
          or "none (no int8 artifact)"),
-        ("ONNX export parity", f"max |logit diff| vs the model as given {data['export_parity']:.2e}"),
+        *([("ONNX export parity", f"max |logit diff| vs the model as given {data['export_parity']:.2e}")]
+          if data["export_parity"] is not None else []),
         ("Latency", f"median of {bench['repeats']} repeats, each a fresh process ({bench['warmup']} warm-up, then up "
                     f"to {bench['runs']} timed runs); spread = (max - min) / median of the repeats' medians, "
                     f"NOISY above {bench['noise_threshold']:.0%}"),
@@ -317,7 +333,8 @@ def estimates(target, rows: list[dict], flops: int, onnx_path: Path) -> list[dic
 def report_step(plan, target, built: list, evaluation: dict, benched: dict) -> dict:
     """report.md, .html and .json in ``out/<target>/``: accuracy and latency per artifact, and where each came from."""
     options, data, target_dir = plan.config.bench, plan.model_record["data"], plan.out / target.name
-    export, onnx_key = plan.build("onnx-fp32", target)
+    # The ONNX export (for its parity and the roofline estimates); a .tflite given as it is has none.
+    export, onnx_key = plan.build("onnx-fp32", target) if plan.source.row.derives else (None, None)
     reference = built[0][0].kind
 
     def produce(tmp: Path) -> dict:
@@ -335,18 +352,20 @@ def report_step(plan, target, built: list, evaluation: dict, benched: dict) -> d
                       "compression_details": os.path.relpath((plan.out / details).with_suffix(".md"), target_dir)
                       if details else None},
             "budget_text": budget_text(target, data), "preprocess": data["preprocess"],
-            "dataset": data["dataset"], "export_parity": export["data"]["parity_max_abs"],
+            "dataset": data["dataset"], "export_parity": export["data"]["parity_max_abs"] if export else None,
             "calibration": {a.kind: a.calibration for a, _ in built if a.calibration},
             "measured_on": {**benched["data"]["location"], "system": benched["data"]["system"],
                             "system_after": benched["data"]["system_after"]},
             "profile_threads": target.threads,
             "bench": {k: getattr(options, k) for k in ("repeats", "runs", "warmup", "noise_threshold")},
             "versions": tool_versions(),
-            "estimates": estimates(target, rows, data["flops"], plan.path(export, onnx_key)) if not options.host else [],
+            "estimates": estimates(target, rows, data["flops"], plan.path(export, onnx_key))
+            if export and not options.host else [],
             "accuracy_gate": evaluation["gate"],
         }
         return {"files": {n: n for n in write_report(content, tmp)}}
 
     params = {"profile": target.to_dict(), "accuracy_gate": evaluation["gate"]}  # a changed profile: a new report
-    return plan.run(Step(f"{target.name}/report", "report", params, [plan.model_record, export, evaluation, benched],
+    needs = [plan.model_record, *([export] if export else []), evaluation, benched]
+    return plan.run(Step(f"{target.name}/report", "report", params, needs,
                          target_dir, produce, flatten=True))

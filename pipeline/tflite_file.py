@@ -1,0 +1,68 @@
+"""What a ``.tflite`` file holds, read from its flatbuffer (``ai_edge_litert``'s schema, no interpreter): the
+operators, the constant tensors, their types, and the precision and work that follow from them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelError
+
+# Work per output element of the operators that do most of a CNN's arithmetic; a multiply-add counts as 2 FLOPs.
+# (weight shape -> multiply-adds per output element)
+MACS_PER_OUTPUT = {
+    "CONV_2D": lambda w: int(np.prod(w[1:])),  # [out, kh, kw, in]
+    "DEPTHWISE_CONV_2D": lambda w: int(w[1] * w[2]),  # [1, kh, kw, out]
+    "FULLY_CONNECTED": lambda w: int(w[-1]),  # [out, in]
+    "TRANSPOSE_CONV": lambda w: int(np.prod(w[1:])),
+}
+
+
+@dataclass(frozen=True)
+class TFLiteContents:
+    operators: tuple[str, ...]  # builtin names, or CUSTOM:<name> (Flex ops are custom ops named Flex...)
+    params: int  # elements of the constant tensors that feed operators as weights
+    flops: int  # of the operators in MACS_PER_OUTPUT
+    weight_types: tuple[str, ...]  # FLOAT32, FLOAT16, INT8, ... of those constants
+
+    @property
+    def precision(self) -> str:
+        """int8 when the weights are integers, fp16 when some are stored in half precision, else fp32."""
+        if "INT8" in self.weight_types or "UINT8" in self.weight_types:
+            return "int8"
+        return "fp16" if "FLOAT16" in self.weight_types else "fp32"
+
+
+def _names(enum) -> dict[int, str]:
+    return {value: name for name, value in vars(enum).items() if not name.startswith("_")}
+
+
+def read_tflite(path: Path) -> TFLiteContents:
+    """The contents of ``path``; a one-line error when it is not a TFLite flatbuffer."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = Path(path).read_bytes()
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise ModelError(f"{path}: not a TensorFlow Lite model (no TFL3 identifier)")
+    model = schema.ModelT.InitFromPackedBuf(data, 0)
+    ops, types = _names(schema.BuiltinOperator), _names(schema.TensorType)
+    graph = model.subgraphs[0]
+    constant = lambda t: bool(model.buffers[t.buffer].data is not None and len(model.buffers[t.buffer].data)  # noqa: E731
+                              or model.buffers[t.buffer].size)
+    operators, weights, flops = [], {}, 0
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        name = ops.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
+        if name == "CUSTOM":
+            name = f"CUSTOM:{code.customCode.decode() if isinstance(code.customCode, bytes) else code.customCode}"
+        operators.append(name)
+        inputs = [graph.tensors[i] for i in op.inputs if i >= 0]
+        for tensor_index in (i for i in op.inputs if i >= 0):
+            if constant(graph.tensors[tensor_index]) and tensor_index not in weights:
+                weights[tensor_index] = graph.tensors[tensor_index]
+        if name in MACS_PER_OUTPUT and len(inputs) > 1 and inputs[1].shape is not None:
+            output = graph.tensors[op.outputs[0]]
+            flops += 2 * int(np.prod(output.shape)) * MACS_PER_OUTPUT[name](list(inputs[1].shape))
+    params = sum(int(np.prod(t.shape)) for t in weights.values() if t.shape is not None and len(t.shape))
+    return TFLiteContents(tuple(operators), params, flops, tuple(sorted({types[t.type] for t in weights.values()})))
