@@ -137,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _run_options(sub.add_parser("run", help="all stages for one or more targets"))
     for name in STAGE_COMMANDS:
-        stage = sub.add_parser(name, help=f"the {name} stage alone, on the run directory's earlier output")
+        stage = sub.add_parser(name, help=f"the {name} stage alone, on the run directory's earlier output" + (
+            "; with --model FILE (.tflite or .onnx): that file as it is, benchmarked (and evaluated with --data)"
+            if name == "bench" else ""))
         _run_options(stage)
         if name == "report":
             stage.add_argument("--compare", nargs="+", metavar="RUN",

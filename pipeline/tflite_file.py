@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelError
+from .errors import ConversionError, ModelError
 
 # Work per output element of the operators that do most of a CNN's arithmetic; a multiply-add counts as 2 FLOPs.
 # (weight shape -> multiply-adds per output element)
@@ -25,6 +25,7 @@ class TFLiteContents:
     params: int  # elements of the constant tensors that feed operators as weights
     flops: int  # of the operators in MACS_PER_OUTPUT
     weight_types: tuple[str, ...]  # FLOAT32, FLOAT16, INT8, ... of those constants
+    non_builtin: tuple[tuple[str, str], ...] = ()  # (custom op, the tensor it writes: the layer's name) per such op
 
     @property
     def precision(self) -> str:
@@ -50,12 +51,15 @@ def read_tflite(path: Path) -> TFLiteContents:
     graph = model.subgraphs[0]
     constant = lambda t: bool(model.buffers[t.buffer].data is not None and len(model.buffers[t.buffer].data)  # noqa: E731
                               or model.buffers[t.buffer].size)
-    operators, weights, flops = [], {}, 0
+    operators, weights, flops, odd = [], {}, 0, []
     for op in graph.operators:
         code = model.operatorCodes[op.opcodeIndex]
         name = ops.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
         if name == "CUSTOM":
-            name = f"CUSTOM:{code.customCode.decode() if isinstance(code.customCode, bytes) else code.customCode}"
+            custom = code.customCode.decode() if isinstance(code.customCode, bytes) else str(code.customCode)
+            name = f"CUSTOM:{custom}"
+            written = graph.tensors[op.outputs[0]].name if len(op.outputs) else b"?"
+            odd.append((custom, written.decode() if isinstance(written, bytes) else str(written)))
         operators.append(name)
         inputs = [graph.tensors[i] for i in op.inputs if i >= 0]
         for tensor_index in (i for i in op.inputs if i >= 0):
@@ -65,4 +69,25 @@ def read_tflite(path: Path) -> TFLiteContents:
             output = graph.tensors[op.outputs[0]]
             flops += 2 * int(np.prod(output.shape)) * MACS_PER_OUTPUT[name](list(inputs[1].shape))
     params = sum(int(np.prod(t.shape)) for t in weights.values() if t.shape is not None and len(t.shape))
-    return TFLiteContents(tuple(operators), params, flops, tuple(sorted({types[t.type] for t in weights.values()})))
+    return TFLiteContents(tuple(operators), params, flops, tuple(sorted({types[t.type] for t in weights.values()})),
+                          tuple(odd))
+
+
+# What onnx2tf can write with builtin ops instead (its -rtpo / replace_to_pseudo_operators list), by Flex op.
+PSEUDO_OPS = {"FlexErf": "Erf", "FlexGelu": "GeLU", "FlexAsin": "Asin", "FlexAcos": "Acos", "FlexAtan": "Atan",
+              "FlexAbs": "Abs", "FlexPow": "Power", "FlexGatherNd": "GatherND", "FlexNeg": "Neg"}
+
+
+def check_builtin_only(path: Path, contents: TFLiteContents, allowed: tuple[str, ...] = ()) -> None:
+    """A one-line error naming the first custom or Flex op (and its layer) unless it is ``allowed``: LiteRT's and
+    tflite-runtime's packages have no Flex delegate, and the Edge TPU compiler maps builtin ops only."""
+    blocking = [(op, layer) for op, layer in contents.non_builtin if op not in allowed]
+    if not blocking:
+        return
+    op, layer = blocking[0]
+    more = f" and {len(blocking) - 1} more" if len(blocking) > 1 else ""
+    pseudo = sorted({PSEUDO_OPS[o] for o, _ in blocking if o in PSEUDO_OPS})
+    remedy = (f"convert with onnx2tf's builtin approximations (-rtpo {' '.join(pseudo)}; pipeline option "
+              "tflite.replace_ops)" if pseudo else "replace that layer in the model with builtin-friendly ops")
+    raise ConversionError(f"{path}: {op} (layer '{layer}'){more} is not a TFLite builtin op, and the board's TFLite "
+                          f"runtimes have no Flex delegate; {remedy}")
