@@ -42,6 +42,8 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     add("--out", help="run directory (default: out)")
     add("--input-shape", help="the model file's input N,C,H,W (e.g. 1,3,224,224) where its dims are dynamic "
                               "and no --data gives them")
+    add("--tflite-pseudo-ops", help="ONNX ops that onnx2tf writes as builtin approximations (its -rtpo), e.g. Erf,GeLU: "
+                                    "for a TFLite that would otherwise need the Flex delegate")
     add("--labels", help="the model's class names in output order: a text file (one per line) or JSON; the data's "
                          "classes (folder names, or indices) are mapped onto them")
     add("--preprocess", choices=["imagenet", "inception", "unit", "raw", "dataset"],
@@ -85,6 +87,7 @@ def _config(args: argparse.Namespace, stage_command: bool):
     overrides = {
         "targets": args.targets, "model": args.model, "weights": args.weights, "data": args.data, "out": args.out,
         "labels": args.labels, "input_shape": args.input_shape, "artifact_only": _benched_alone(args) or None,
+        "tflite_pseudo_ops": args.tflite_pseudo_ops,
         "eval_samples": args.eval_samples, "force": args.force, "from_stage": args.from_stage,
         "train": {k: v for k, v in (("epochs", args.epochs), ("train_subset", args.train_subset)) if v is not None},
         "calibration": {k: v for k, v in (("method", args.calibration_method),

@@ -64,6 +64,7 @@ class RunConfig:
     image_size: tuple[int, int] | None = None  # squash image-folder data to (H, W) (without preprocess resize/crop)
     input_shape: tuple[int, ...] | None = None  # the model's NCHW input, for a file whose dims are dynamic
     artifact_only: bool = False  # the model file as it is: benchmarked (and evaluated with data), no other artifact
+    tflite_pseudo_ops: tuple[str, ...] = ()  # ONNX ops onnx2tf writes as builtin approximations (its -rtpo)
     preprocess: PreprocessOptions = field(default_factory=PreprocessOptions)  # the model's, where it carries none
     labels: str | None = None  # the model's class names in output order (a text or JSON file); the data maps onto them
     eval_samples: int | None = None  # evaluate on a random subset of the held-out split (None: all)
@@ -84,12 +85,23 @@ class RunConfig:
             raise ConfigError(f"from_stage: bad value {self.from_stage!r}, expected one of {', '.join(STAGES)}")
         if self.image_size is not None:
             object.__setattr__(self, "image_size", tuple(self.image_size))
+        ops = self.tflite_pseudo_ops.split(",") if isinstance(self.tflite_pseudo_ops, str) else self.tflite_pseudo_ops
+        object.__setattr__(self, "tflite_pseudo_ops", tuple(op.strip() for op in ops if op.strip()))
+        unknown = [op for op in self.tflite_pseudo_ops if op not in PSEUDO_OPERATORS]
+        if unknown:
+            raise ConfigError(f"tflite_pseudo_ops: bad value {unknown[0]!r}, expected some of "
+                              f"{', '.join(PSEUDO_OPERATORS)}")
         if self.input_shape is not None:
             object.__setattr__(self, "input_shape", _nchw(self.input_shape))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-safe data: enums as their values, tuples as lists."""
         return plain_data(self)
+
+
+# The operators onnx2tf can write as builtin approximations (``-rtpo``, onnx2tf 1.29).
+PSEUDO_OPERATORS = ("Asin", "Acos", "Atan", "Abs", "PReLU", "LeakyReLU", "Power", "GatherND", "Neg", "HardSwish", "Erf",
+                    "GeLU", "MatMulInteger")
 
 
 def _nchw(value: Any) -> tuple[int, ...]:

@@ -78,16 +78,16 @@ PSEUDO_OPS = {"FlexErf": "Erf", "FlexGelu": "GeLU", "FlexAsin": "Asin", "FlexAco
               "FlexAbs": "Abs", "FlexPow": "Power", "FlexGatherNd": "GatherND", "FlexNeg": "Neg"}
 
 
-def check_builtin_only(path: Path, contents: TFLiteContents, allowed: tuple[str, ...] = ()) -> None:
-    """A one-line error naming the first custom or Flex op (and its layer) unless it is ``allowed``: LiteRT's and
+def check_builtin_only(name: str, contents: TFLiteContents) -> None:
+    """A one-line error naming the first custom or Flex op of model ``name`` and its layer: LiteRT's and
     tflite-runtime's packages have no Flex delegate, and the Edge TPU compiler maps builtin ops only."""
-    blocking = [(op, layer) for op, layer in contents.non_builtin if op not in allowed]
+    blocking = list(contents.non_builtin)
     if not blocking:
         return
     op, layer = blocking[0]
     more = f" and {len(blocking) - 1} more" if len(blocking) > 1 else ""
     pseudo = sorted({PSEUDO_OPS[o] for o, _ in blocking if o in PSEUDO_OPS})
-    remedy = (f"convert with onnx2tf's builtin approximations (-rtpo {' '.join(pseudo)}; pipeline option "
-              "tflite.replace_ops)" if pseudo else "replace that layer in the model with builtin-friendly ops")
-    raise ConversionError(f"{path}: {op} (layer '{layer}'){more} is not a TFLite builtin op, and the board's TFLite "
+    remedy = (f"convert with onnx2tf's builtin approximations: --tflite-pseudo-ops {','.join(pseudo)}" if pseudo
+              else "replace that layer in the model with builtin ops")
+    raise ConversionError(f"{name}: {op} (layer '{layer}'){more} is not a TFLite builtin op, and the boards' TFLite "
                           f"runtimes have no Flex delegate; {remedy}")

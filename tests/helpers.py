@@ -15,6 +15,12 @@ def rgb_net() -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
 
 
+def gelu_net() -> nn.Module:
+    """GELU, exported as Erf: onnx2tf writes FlexErf unless told to approximate it with builtin ops."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 3))
+
+
 class FFTNet(nn.Module):
     """Uses a spectral op that the ONNX exporter cannot express."""
 

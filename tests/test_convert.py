@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import ConversionError
+from pipeline.errors import ConfigError, ConversionError
 from pipeline.data import PreprocessSpec
 from pipeline.formats.onnx_fp32 import export_onnx
 from pipeline.formats.tflite import ONNX2TF_SAMPLE, convert_tflite, tflite_io
@@ -62,3 +62,33 @@ def test_converter_failure_is_one_line_and_leaves_no_tflite(tmp_path):
                        IODtype.FLOAT32, Layout.NHWC)
     assert str(info.value).startswith("broken.onnx: onnx2tf failed") and "\n" not in str(info.value)
     assert not list((tmp_path / "tfl").glob("*.tflite"))
+
+
+def test_a_flex_op_is_one_line_naming_its_layer_and_the_builtin_remedy_works(tmp_path):
+    """GELU exports as Erf, which onnx2tf writes as FlexErf: no board's TFLite runtime runs it."""
+    from pipeline.tflite_file import read_tflite
+    from tests.helpers import gelu_net
+
+    torch.manual_seed(0)
+    images = np.random.default_rng(0).random((16, 16, 16, 3)).astype(np.float32)
+    inputs = PreprocessSpec.from_images(images).apply(images)
+    export_onnx(gelu_net().eval(), (1, 3, 16, 16), tmp_path / "gelu.onnx", 17)
+    with pytest.raises(ConversionError) as info:
+        convert_tflite(tmp_path / "gelu.onnx", inputs, images, tmp_path / "flex", "per-channel", IODtype.INT8,
+                       Layout.NHWC)
+    message = str(info.value)
+    assert message.startswith("gelu.onnx as tflite-fp32: FlexErf (layer '") and "\n" not in message
+    assert message.endswith("is not a TFLite builtin op, and the boards' TFLite runtimes have no Flex delegate; "
+                            "convert with onnx2tf's builtin approximations: --tflite-pseudo-ops Erf")
+    files = convert_tflite(tmp_path / "gelu.onnx", inputs, images, tmp_path / "builtin", "per-channel", IODtype.INT8,
+                           Layout.NHWC, pseudo_ops=("Erf",))
+    for path in files.values():
+        assert not read_tflite(path).non_builtin and "CONV_2D" in read_tflite(path).operators
+
+
+def test_pseudo_ops_are_onnx2tfs_names():
+    from pipeline import build_config
+
+    assert build_config(tflite_pseudo_ops="Erf,GeLU").tflite_pseudo_ops == ("Erf", "GeLU")
+    with pytest.raises(ConfigError, match="tflite_pseudo_ops: bad value 'erff', expected some of Asin, Acos"):
+        build_config(tflite_pseudo_ops=["erff"])

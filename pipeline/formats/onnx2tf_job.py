@@ -22,6 +22,7 @@ class TFLiteJob:
     quant_type: str  # per-channel | per-tensor
     io_dtype: str  # dtype of the full-integer model's input and output
     keep_nchw: bool
+    pseudo_ops: tuple[str, ...] = ()  # ops onnx2tf writes as builtin approximations (its -rtpo), e.g. Erf
 
 
 def run_job(job: TFLiteJob) -> None:
@@ -39,6 +40,7 @@ def run_job(job: TFLiteJob) -> None:
         output_quant_dtype=job.io_dtype,
         keep_ncw_or_nchw_or_ncdhw_input_names=["input"] if job.keep_nchw else None,
         copy_onnx_input_output_names_to_tflite=True,
+        replace_to_pseudo_operators=[op.lower() for op in job.pseudo_ops],  # onnx2tf matches lower-case names
     )
 
 

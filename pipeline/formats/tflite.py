@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..artifacts import QuantParams
 from ..errors import ConversionError
 from ..profile import IODtype, Layout
+from ..tflite_file import check_builtin_only, read_tflite
 from .onnx2tf_job import TFLiteJob
 from .registry import Format, register_format
 
@@ -46,9 +47,10 @@ def write_onnx2tf_sample(images_nhwc: np.ndarray, directory: Path) -> None:
 
 def convert_tflite(
     onnx_path: Path, calibration_inputs_nchw: np.ndarray, raw_images_nhwc: np.ndarray, out_dir: Path,
-    quant_type: str, io_dtype: IODtype, layout: Layout,
+    quant_type: str, io_dtype: IODtype, layout: Layout, pseudo_ops: tuple[str, ...] = (),
 ) -> dict[str, Path]:
-    """Convert to TFLite; returns {"fp32", "fp16", "int8"} -> file in ``out_dir``."""
+    """Convert to TFLite; returns {"fp32", "fp16", "int8"} -> file in ``out_dir``. Each must hold builtin ops only
+    (a one-line error names the first that does not, and its layer)."""
     out_dir = out_dir.resolve()  # onnx2tf runs in its own working directory
     work = out_dir / "onnx2tf"
     work.mkdir(parents=True, exist_ok=True)
@@ -60,7 +62,7 @@ def convert_tflite(
     job = TFLiteJob(
         onnx_path=str(model_copy), output_dir=str(work / "tf"), calibration_npy=str(work / "calibration.npy"),
         channels=int(calibration_inputs_nchw.shape[1]), quant_type=quant_type, io_dtype=io_dtype.value,
-        keep_nchw=layout is Layout.NCHW,
+        keep_nchw=layout is Layout.NCHW, pseudo_ops=tuple(pseudo_ops),
     )
     (work / "job.json").write_text(json.dumps(asdict(job)))
     env = dict(os.environ)
@@ -88,6 +90,8 @@ def convert_tflite(
     missing = [p.name for p in outputs.values() if not p.is_file()]
     if code != 0 or missing:
         raise ConversionError(f"{onnx_path.name}: onnx2tf failed ({_last_error(log_path)}); full log: {log_path}")
+    for key, path in outputs.items():
+        check_builtin_only(f"{onnx_path.name} as tflite-{key}", read_tflite(path))
     final = {}
     for key, path in outputs.items():
         final[key] = out_dir / f"model_{key}.tflite"
@@ -126,18 +130,20 @@ def conversion_step(plan, target) -> dict:
     export, onnx_key = plan.build("onnx-fp32", target)
     samples = plan.calibration_samples()
     scheme = target.int8
+    pseudo_ops = plan.config.tflite_pseudo_ops
     name = (f"convert-opset{export['data']['opset']}-{scheme.granularity.value}-{scheme.io_dtype.value}-"
-            f"{target.input_layout.value}")
+            f"{target.input_layout.value}" + "".join(f"-{op}" for op in pseudo_ops))
 
     def produce(tmp: Path) -> dict:
         outputs = convert_tflite(plan.path(export, onnx_key), np.load(plan.path(samples, "inputs"), mmap_mode="r"),
                                  np.load(plan.path(samples, "images"), mmap_mode="r"), tmp, scheme.granularity.value,
-                                 scheme.io_dtype, target.input_layout)
+                                 scheme.io_dtype, target.input_layout, pseudo_ops)
         return {"files": {k: p.name for k, p in outputs.items()}, "io": {k: tflite_io(p) for k, p in outputs.items()},
                 "calibration": {"int8": f"the TensorFlow Lite converter's own calibration (onnx2tf) on the same "
                                         f"{samples['data']['num_samples']} samples; calibration.method does not reach it"}}
 
-    params = {"granularity": scheme.granularity.value, "io": scheme.io_dtype.value, "layout": target.input_layout.value}
+    params = {"granularity": scheme.granularity.value, "io": scheme.io_dtype.value, "layout": target.input_layout.value,
+              "pseudo_ops": list(pseudo_ops)}
     return plan.shared_step(name, "convert", params, [export, samples], produce)
 
 

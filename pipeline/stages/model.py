@@ -106,10 +106,11 @@ def _tflite_model(plan, tmp: Path, fingerprint: str) -> dict:
     """A TensorFlow Lite file, kept as it is: its input and output as the interpreter reads them, its precision,
     parameters and FLOPs from the flatbuffer; the data must have its input size."""
     from ..formats.tflite import tflite_io
-    from ..tflite_file import read_tflite
+    from ..tflite_file import check_builtin_only, read_tflite
 
     config = plan.config
     contents = read_tflite(Path(config.model))
+    check_builtin_only(config.model, contents)  # the boards' runtimes (and this host's LiteRT) run builtin ops only
     shutil.copyfile(config.model, tmp / "model.tflite")
     io = tflite_io(tmp / "model.tflite")
     declared = list(io["input_shape"])
