@@ -11,7 +11,10 @@ from ..data.preprocess import PreprocessSpec
 from ..engine import Step
 from ..formats import FORMATS
 
-FLOP_NOTE = "FLOPs count a multiply-add as 2 operations (torch.utils.flop_counter)."
+# How the model's FLOPs were counted, by the framework of the run's model.
+FLOP_COUNTERS = {"torch": "torch.utils.flop_counter", "onnx": "Conv, Gemm and MatMul nodes of the ONNX graph",
+                 "tflite": "CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED and TRANSPOSE_CONV ops of the TFLite file"}
+FLOP_NOTE = f"FLOPs count a multiply-add as 2 operations ({FLOP_COUNTERS['torch']})."
 
 
 def compression_markdown(report: dict) -> str:
@@ -195,13 +198,13 @@ def gate_summary(gate: dict) -> str:
                      f"{gate['tolerance']:g}): {f['advice']}" for f in gate["failing"])
 
 
-def measured_on_text(measured: dict, threads: int, profile_threads: int) -> str:
+def measured_on_text(measured: dict, threads: int, profile_threads: int, estimated: bool) -> str:
     system = measured["system"]
     machine = f"{system.get('board') or system.get('cpu') or system['machine']}, {system['machine']}, {system['cores']} cores"
     if measured["kind"] == "ssh":
         return f"the board, over SSH ({measured['destination']}) — {machine}, {threads} threads"
-    return (f"this host — {machine}, {threads} threads (profile: {profile_threads}); not on the board itself, "
-            "see the estimates below")
+    return (f"this host — {machine}, {threads} threads (profile: {profile_threads}); not on the board itself"
+            + (", see the estimates below" if estimated else ""))
 
 
 def conditions_text(measured: dict) -> str:
@@ -238,7 +241,8 @@ def write_report(data: dict, directory: Path) -> list[str]:
     facts = [
         ("Board", f"{target['description']} ({target['board']['cpu_arch']}, {target['board']['cores']} cores, "
                   f"{target['board']['memory_mb']} MiB, accelerator: {target['board']['accelerator']})"),
-        ("Measured on", measured_on_text(data["measured_on"], rows[0]["threads"], data["profile_threads"])),
+        ("Measured on", measured_on_text(data["measured_on"], rows[0]["threads"], data["profile_threads"],
+                                         bool(data["estimates"]))),
         ("Conditions", conditions_text(data["measured_on"])),
         ("Model", f"{'student of ' if model.get('teacher') else ''}{model['source']} — {model['params']:,} parameters, {model['flops'] / 1e6:.1f} MFLOPs, "
                   f"input {model['input_shape']}"),
@@ -273,7 +277,8 @@ def write_report(data: dict, directory: Path) -> list[str]:
         md += ["", f"## {ESTIMATE_TITLE}", "", ESTIMATE_NOTE + f" Board figures: {data['estimates'][0]['source']}", "",
                "| " + " | ".join(est_header) + " |", "|" + "---|" * len(est_header)]
         md += ["| " + " | ".join(row) + " |" for row in est_body]
-    md += ["", FLOP_NOTE, ""]
+    flop_note = f"FLOPs count a multiply-add as 2 operations ({data['flop_counter']})."
+    md += ["", flop_note, ""]
     md += [f"![{name}]({name})" for name in pngs]
     md += ["", f"Tool versions: {', '.join(f'{k} {v}' for k, v in data['versions'].items())}", ""]
     (directory / "report.md").write_text("\n".join(md))
@@ -297,7 +302,7 @@ figure{{display:inline-block;margin:1em}}</style></head><body>
 <p><b>Recommended artifact:</b> {html.escape(rec_text.replace('**', ''))}</p>
 <table><tr>{cells(header, 'th')}</tr>{''.join(f'<tr>{cells(r, "td")}</tr>' for r in body)}</table>
 {estimates_html}
-<p>{html.escape(FLOP_NOTE)}</p>{images}</body></html>
+<p>{html.escape(flop_note)}</p>{images}</body></html>
 """
     (directory / "report.html").write_text(page)
     return ["report.md", "report.json", "report.html", *pngs]
@@ -352,6 +357,7 @@ def report_step(plan, target, built: list, evaluation: dict, benched: dict) -> d
                       "compression_details": os.path.relpath((plan.out / details).with_suffix(".md"), target_dir)
                       if details else None},
             "budget_text": budget_text(target, data), "preprocess": data["preprocess"],
+            "flop_counter": FLOP_COUNTERS[plan.source.row.framework],
             "dataset": data["dataset"], "export_parity": export["data"]["parity_max_abs"] if export else None,
             "calibration": {a.kind: a.calibration for a, _ in built if a.calibration},
             "measured_on": {**benched["data"]["location"], "system": benched["data"]["system"],
