@@ -322,3 +322,25 @@ def test_bad_search_space_names_the_file_the_field_and_the_value(tmp_path, searc
     config_file.write_text(f"compress:\n  search_space: {search_space}\n")
     with pytest.raises(ConfigError, match=f"^{tmp_path}/pipeline.yaml: {message}"):
         build_config(config_file)
+
+
+def test_each_candidates_backward_gives_the_summed_losss_gradients():
+    """Block-wise distillation back-propagates one candidate at a time (one autograd graph alive, not all of them):
+    the candidates share no weights, so the gradients must be exactly those of the summed loss."""
+    from pipeline.compress.blocks import find_head
+    from pipeline.compress.options import SearchSpace
+    from pipeline.compress.search import CandidateBank, block_shapes, make_candidates, nmse, teacher_features
+
+    torch.manual_seed(0)
+    teacher = fmnist_tiny().eval()
+    blocks, _ = cut_teacher(teacher, None, (), find_head(teacher, (1, 1, 28, 28)))
+    candidates = [make_candidates(b, i, o, SearchSpace()) for b, (i, o) in
+                  zip(blocks, block_shapes(blocks, (1, 1, 28, 28)))]
+    bank = CandidateBank(candidates).train()
+    assert len(bank.index) > 5
+    inputs, outputs = teacher_features(blocks, torch.randn(8, 1, 28, 28))
+    sum(nmse(m(inputs[b]), outputs[b]) for (b, _), m in zip(bank.index, bank.members)).backward()
+    summed = [p.grad.clone() for p in bank.parameters()]
+    bank.zero_grad(set_to_none=True)
+    bank.backward(inputs, outputs)
+    assert all(torch.equal(a, p.grad) for a, p in zip(summed, bank.parameters()))

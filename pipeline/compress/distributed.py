@@ -38,6 +38,16 @@ def wrap(module: nn.Module) -> nn.Module:
     return nn.parallel.DistributedDataParallel(module)
 
 
+def average_gradients(module: nn.Module) -> None:
+    """Average ``module``'s gradients over the processes (what DistributedDataParallel does, for a module whose
+    backward is not one call on one output)."""
+    if dist.is_initialized():
+        for parameter in module.parameters():
+            if parameter.grad is not None:
+                dist.all_reduce(parameter.grad)
+                parameter.grad /= world_size()
+
+
 def sync_buffers(module: nn.Module) -> None:
     """Give every process rank 0's buffers (BatchNorm statistics saw only each process's shard last),
     so that scores, selection and early stopping agree everywhere."""
