@@ -112,7 +112,7 @@ class CandidateBank(nn.Module):
             loss = nmse(member(inputs[b]), outputs[b])
             if loss.requires_grad:  # an identity candidate has no weights to train
                 loss.backward()
-            total += float(loss)
+            total += float(loss.detach())
         return total
 
 
