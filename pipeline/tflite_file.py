@@ -62,9 +62,7 @@ def read_tflite(path: Path) -> TFLiteContents:
             odd.append((custom, written.decode() if isinstance(written, bytes) else str(written)))
         operators.append(name)
         inputs = [graph.tensors[i] for i in op.inputs if i >= 0]
-        for tensor_index in (i for i in op.inputs if i >= 0):
-            if constant(graph.tensors[tensor_index]) and tensor_index not in weights:
-                weights[tensor_index] = graph.tensors[tensor_index]
+        weights.update({i: graph.tensors[i] for i in op.inputs if i >= 0 and constant(graph.tensors[i])})
         if name in MACS_PER_OUTPUT and len(inputs) > 1 and inputs[1].shape is not None:
             output = graph.tensors[op.outputs[0]]
             flops += 2 * int(np.prod(output.shape)) * MACS_PER_OUTPUT[name](list(inputs[1].shape))

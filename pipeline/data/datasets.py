@@ -124,6 +124,12 @@ class DataSplits:
     def image_shape(self) -> tuple[int, int, int]:
         return self.train.pixels.shape  # H, W, C
 
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """The model input these images make: (1, C, H, W)."""
+        height, width, channels = self.image_shape
+        return 1, channels, height, width
+
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
         stores = {id(split.pixels): split.pixels for split in (self.train, self.test)}  # one folder: hashed once

@@ -115,11 +115,11 @@ class PreprocessSpec:
     def from_batches(cls, batches: Iterable[np.ndarray], total: int | None = None, **recipe: Any) -> "PreprocessSpec":
         """The per-channel statistics of training images read batch by batch (NHWC in [0, 1]); float64 sums, so a
         split never has to be in memory at once."""
-        count, total, squares = 0, 0.0, 0.0
+        count, sums, squares = 0, 0.0, 0.0
         for images in tqdm(batches, "image statistics", total, unit="batch", delay=2.0, leave=False):
             pixels = images.reshape(-1, images.shape[-1]).astype(np.float64)
-            count, total, squares = count + len(pixels), total + pixels.sum(0), squares + np.square(pixels).sum(0)
-        mean = total / count
+            count, sums, squares = count + len(pixels), sums + pixels.sum(0), squares + np.square(pixels).sum(0)
+        mean = sums / count
         std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
         return cls(tuple(round(float(m), 6) for m in mean), tuple(round(max(float(s), 1e-6), 6) for s in std), **recipe)
 

@@ -159,11 +159,12 @@ def recorded_io(record: dict, key: str, target, input_shape: tuple[int, ...]) ->
 
 # Where each TFLite kind comes from, by the framework of the run's model: converted from the ONNX export, or the
 # user's .tflite file itself (the model step's record holds it and its I/O).
-FROM_FRAMEWORK = {
-    "torch": lambda plan, target, key: (conversion_step(plan, target), key),
-    "onnx": lambda plan, target, key: (conversion_step(plan, target), key),
-    "tflite": lambda plan, target, key: (plan.model_record, "tflite"),
-}
+def _converted(plan, target, key: str) -> tuple[dict, str]:
+    return conversion_step(plan, target), key
+
+
+FROM_FRAMEWORK = {"torch": _converted, "onnx": _converted,
+                  "tflite": lambda plan, target, key: (plan.model_record, "tflite")}
 
 for _precision, _label in (("fp32", "TFLite fp32"), ("fp16", "TFLite fp16"), ("int8", "TFLite int8")):
     register_format(Format(

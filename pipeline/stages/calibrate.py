@@ -28,8 +28,8 @@ def samples_step(plan) -> dict:
                              delay=2.0, leave=False):
             images[start : start + len(batch)], inputs[start : start + len(batch)] = batch, spec.apply(batch)
             start += len(batch)
-        images.flush(), inputs.flush()
-        del images, inputs
+        images.flush()
+        inputs.flush()
         return {"files": {"inputs": "inputs.npy", "images": "images.npy"}, "num_samples": len(subset)}
 
     params = {"num_samples": options.num_samples, "seed": options.seed}  # the data: through the model record

@@ -35,9 +35,8 @@ def _torch_model(plan, tmp: Path, fingerprint: str) -> dict:
     config, source, data = plan.config, plan.source, plan.data
     if data is None:
         raise DataError(f"{config.model}: a PyTorch model needs --data (its input shape and classes come from it)")
-    height, width, channels = data.image_shape
-    input_shape = (1, channels, height, width)
-    num_classes = len(data.classes)
+    input_shape = data.input_shape
+    channels, num_classes = input_shape[1], len(data.classes)
     torch.manual_seed(config.train.seed)  # the same initial weights on every run
     model = build_model(source, channels, num_classes)
     check_input(model, input_shape, config.model, num_classes)
@@ -58,7 +57,7 @@ def _torch_model(plan, tmp: Path, fingerprint: str) -> dict:
 def file_input_shape(plan, declared: list[int | None]) -> tuple[int, ...]:
     """A model file's NCHW input: ``--input-shape``, else the data's, else the file's own static dims."""
     config, data = plan.config, plan.data
-    from_data = (1, data.image_shape[2], *data.image_shape[:2]) if data else None
+    from_data = data.input_shape if data else None
     if config.input_shape and from_data and config.input_shape != from_data:
         raise DataError(f"{data.source}: the data gives {list(from_data)} (NCHW), --input-shape says "
                         f"{list(config.input_shape)}; resize or crop the images (--resize/--crop)")
