@@ -103,10 +103,28 @@ class Planner:
 
         return samples_step(self)
 
-    def calibration_ranges(self, export: dict) -> dict:
+    def int8_model(self, target: TargetProfile) -> tuple[dict, str]:
+        """The float model the int8 kinds quantize: the export itself, or with its weights chosen on the target's
+        int8 grid (``calibration.weight_rounding``)."""
+        from .calibration import WeightRounding
+        from .stages.calibrate import weights_step
+
+        export, key = self.build("onnx-fp32", target)
+        if self.config.calibration.weight_rounding is WeightRounding.NEAREST:
+            return export, key
+        return weights_step(self, export, key, target.int8.granularity), "onnx"
+
+    def weights_note(self, model: dict, found: list, layout: str) -> tuple[str, tuple[int, int]]:
+        """How an int8 kind made from ``model`` (``int8_model``) got its weights, checked against its ``found`` int8
+        tensors; and (layers kept exactly, layers chosen)."""
+        from .stages.calibrate import weights_note
+
+        return weights_note(self, model, found, layout)
+
+    def calibration_ranges(self, export: dict, target: TargetProfile) -> dict:
         from .stages.calibrate import ranges_step
 
-        return ranges_step(self, export)
+        return ranges_step(self, export, target.int8)
 
     # ---- a target's artifacts -------------------------------------------------------------------
     def kinds(self, target: TargetProfile) -> list[str]:

@@ -89,3 +89,16 @@ def check_builtin_only(name: str, contents: TFLiteContents) -> None:
               else "replace that layer in the model with builtin ops")
     raise ConversionError(f"{name}: {op} (layer '{layer}'){more} is not a TFLite builtin op, and the boards' TFLite "
                           f"runtimes have no Flex delegate; {remedy}")
+
+
+def int8_constants(path: Path) -> list[np.ndarray]:
+    """The int8 constant tensors of ``path`` (the quantized weights), shaped as stored."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(Path(path).read_bytes(), 0)
+    found = []
+    for tensor in model.subgraphs[0].tensors:
+        data = model.buffers[tensor.buffer].data
+        if tensor.type == schema.TensorType.INT8 and data is not None and len(data) and tensor.shape is not None:
+            found.append(np.asarray(data, np.uint8).view(np.int8).reshape(tuple(tensor.shape)))
+    return found

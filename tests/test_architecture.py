@@ -132,9 +132,11 @@ def test_report_names_the_calibrator_of_each_int8_artifact(tiny_run):
     assert report["reference"] == {"kind": "torch-fp32", "label": "PyTorch fp32"}
     calibration = report["calibration"]
     assert set(calibration) == {"onnx-int8", "tflite-int8"}
-    assert calibration["onnx-int8"] == "minmax ranges from ONNX Runtime's calibrator on 128 samples"
-    assert calibration["tflite-int8"].startswith("the TensorFlow Lite converter's own calibration (onnx2tf) on the "
-                                                 "same 128 samples; calibration.method does not reach it")
+    weights = "weights chosen by gptq-per-channel rounding with bias correction on 128 samples, kept bit-exactly in"
+    assert " ranges from ONNX Runtime's calibrator on 96 samples, chosen by " in calibration["onnx-int8"]
+    assert calibration["onnx-int8"].endswith(f"; {weights} 8/8 layers")
+    assert calibration["tflite-int8"] == ("the TensorFlow Lite converter's own calibration (onnx2tf) on the same 128 "
+                                          f"samples (calibration.method does not reach it); {weights} 8/8 layers")
     assert f"tflite-int8: {calibration['tflite-int8']}" in (run.out / "raspberry-pi-4" / "report.md").read_text()
 
 

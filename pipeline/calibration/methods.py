@@ -25,11 +25,19 @@ class CalibrationMethod(str, Enum):
     MINMAX = "minmax"
     PERCENTILE = "percentile"
     ENTROPY = "entropy"
+    MSE = "mse"  # per tensor, the clipping range whose int8 rounding and clipping error is least
+    AUTO = "auto"  # each of the others computed, and the one whose int8 model is closest on held-out samples kept
+
+
+class WeightRounding(str, Enum):
+    NEAREST = "nearest"  # the converters' own: each weight to its nearest int8 value
+    GPTQ = "gptq"  # chosen from calibration data to minimise each layer's output error, then bias correction
 
 
 @dataclass(frozen=True)
 class CalibrationOptions:
-    method: CalibrationMethod = CalibrationMethod.MINMAX
+    method: CalibrationMethod = CalibrationMethod.AUTO
+    weight_rounding: WeightRounding = WeightRounding.GPTQ
     num_samples: int = 512
     percentile: float = 99.999
     num_bins: int = 2048
@@ -37,11 +45,13 @@ class CalibrationOptions:
     seed: int = 0
 
     def __post_init__(self):
-        try:
-            object.__setattr__(self, "method", CalibrationMethod(self.method))
-        except ValueError:
-            valid = ", ".join(m.value for m in CalibrationMethod)
-            raise ConfigError(f"calibration.method: bad value {self.method!r}, expected one of {valid}") from None
+        for name, enum in (("method", CalibrationMethod), ("weight_rounding", WeightRounding)):
+            try:
+                object.__setattr__(self, name, enum(getattr(self, name)))
+            except ValueError:
+                valid = ", ".join(m.value for m in enum)
+                raise ConfigError(f"calibration.{name}: bad value {getattr(self, name)!r}, expected one of {valid}") \
+                    from None
         if self.num_samples < 1:
             raise ConfigError(f"calibration.num_samples: bad value {self.num_samples!r}, expected an integer >= 1")
         if not 50.0 < self.percentile <= 100.0:
@@ -63,10 +73,16 @@ class CalibrationRanges:
     method: CalibrationMethod
     num_samples: int
     ranges: dict[str, TensorRange]
+    setting: str = ""  # what else names the candidate, e.g. a percentile
+
+    @property
+    def label(self) -> str:
+        return f"{self.method.value}{' ' + self.setting if self.setting else ''}"
 
     def to_json(self) -> dict:
         return {
             "method": self.method.value,
+            "setting": self.setting,
             "num_samples": self.num_samples,
             "ranges": {name: [r.low, r.high] for name, r in sorted(self.ranges.items())},
         }
@@ -74,7 +90,7 @@ class CalibrationRanges:
     @classmethod
     def from_json(cls, data: dict) -> "CalibrationRanges":
         ranges = {name: TensorRange(float(lo), float(hi)) for name, (lo, hi) in data["ranges"].items()}
-        return cls(CalibrationMethod(data["method"]), int(data["num_samples"]), ranges)
+        return cls(CalibrationMethod(data["method"]), int(data["num_samples"]), ranges, data.get("setting", ""))
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=1))
@@ -108,7 +124,8 @@ def _ort_calibrator(model_path: Path, options: CalibrationOptions, workdir: Path
             OrtMethod.Entropy,
             {"symmetric": False, "num_bins": options.num_bins, "num_quantized_bins": options.num_quantized_bins},
         ),
-    }[options.method]
+    }.get(options.method, (OrtMethod.Entropy, {"symmetric": False, "num_bins": options.num_bins,
+                                               "num_quantized_bins": options.num_quantized_bins}))
     return create_calibrator(
         model_path,
         op_types_to_calibrate=None,
@@ -119,20 +136,83 @@ def _ort_calibrator(model_path: Path, options: CalibrationOptions, workdir: Path
     )
 
 
-def calibrate(model_path: Path, input_name: str, inputs: np.ndarray, options: CalibrationOptions) -> CalibrationRanges:
-    """Run ``inputs`` (preprocessed, batch dimension first) through the model and compute ranges."""
+def _collect(model_path: Path, input_name: str, inputs: np.ndarray, options: CalibrationOptions):
+    """The calibrator for ``options.method`` after a pass over ``inputs`` (MSE and AUTO: the entropy calibrator's,
+    whose histograms are of signed values over the whole range seen)."""
     from .reader import ArrayDataReader  # onnxruntime: imported when calibrating, not when reading options
 
-    with tempfile.TemporaryDirectory(prefix="calib.") as workdir:
-        calibrator = _ort_calibrator(Path(model_path), options, Path(workdir))
-        with tqdm(total=len(inputs), desc=f"calibrate ({options.method.value})", unit="sample") as bar:
-            for start in range(0, len(inputs), CHUNK):
-                chunk = inputs[start : start + CHUNK]
-                calibrator.collect_data(ArrayDataReader(input_name, chunk, batch_size=1))  # static batch 1
-                bar.update(len(chunk))
-        tensors = calibrator.compute_data()
+    workdir = tempfile.TemporaryDirectory(prefix="calib.")
+    calibrator = _ort_calibrator(Path(model_path), options, Path(workdir.name))
+    with tqdm(total=len(inputs), desc=f"calibrate ({options.method.value})", unit="sample", delay=2.0) as bar:
+        for start in range(0, len(inputs), CHUNK):
+            chunk = inputs[start : start + CHUNK]
+            calibrator.collect_data(ArrayDataReader(input_name, chunk, batch_size=1))  # static batch 1
+            bar.update(len(chunk))
+    calibrator.workdir = workdir  # removed with the calibrator
+    return calibrator
+
+
+def _ranges(tensors) -> dict[str, TensorRange]:
     ranges = {}
     for name, data in tensors.items():
-        low, high = data.range_value
+        low, high = data.range_value if hasattr(data, "range_value") else data[:2]
         ranges[name] = TensorRange(float(np.asarray(low).min()), float(np.asarray(high).max()))
-    return CalibrationRanges(options.method, len(inputs), ranges)
+    return ranges
+
+
+def _histogram_range(histogram, method: CalibrationMethod, percentile: float) -> TensorRange:
+    """minmax, a two-sided percentile, or the least-squared-error range of one tensor's signed histogram."""
+    counts, edges, low, high = histogram[0].astype(np.float64), histogram[1], float(histogram[2]), float(histogram[3])
+    if method is CalibrationMethod.MINMAX or counts.sum() == 0 or high <= low:
+        return TensorRange(low, high)
+    centres = (edges[:-1] + edges[1:]) / 2
+    if method is CalibrationMethod.PERCENTILE:
+        cdf = np.cumsum(counts) / counts.sum()
+        cut = (100.0 - percentile) / 200.0
+        return TensorRange(min(0.0, max(low, float(edges[np.searchsorted(cdf, cut)]))),
+                           max(0.0, min(high, float(edges[min(np.searchsorted(cdf, 1.0 - cut) + 1, len(edges) - 1)]))))
+    # MSE: shrink both ends towards 0 by a common factor; inside, rounding costs step^2 / 12 per value, outside,
+    # the distance to the end. (0 stays inside the range, as int8 needs an exact zero.)
+    best = None
+    for factor in np.linspace(1.0, 0.05, 96):
+        lo, hi = min(0.0, low * factor), max(0.0, high * factor)
+        step = (hi - lo) / 255
+        clipped = np.clip(centres, lo, hi)
+        inside = (centres >= lo) & (centres <= hi)
+        error = counts[inside].sum() * step**2 / 12 + (counts * (centres - clipped) ** 2).sum()
+        if best is None or error < best[0]:
+            best = (error, lo, hi)
+    return TensorRange(best[1], best[2])
+
+
+def candidate_ranges(model_path: Path, input_name: str, inputs: np.ndarray, options: CalibrationOptions
+                     ) -> list[CalibrationRanges]:
+    """From one pass over ``inputs``: the ranges of minmax, percentile (99.99 and the configured one), entropy and
+    MSE, each computed from the same signed histograms."""
+    calibrator = _collect(model_path, input_name, inputs, options)
+    histograms = calibrator.collector.histogram_dict
+    found = [CalibrationRanges(CalibrationMethod.ENTROPY, len(inputs), _ranges(calibrator.compute_data().data),
+                               f"{options.num_bins}/{options.num_quantized_bins} bins")]
+    for method, setting in ((CalibrationMethod.MINMAX, ""), (CalibrationMethod.PERCENTILE, 99.99),
+                            (CalibrationMethod.PERCENTILE, options.percentile), (CalibrationMethod.MSE, "")):
+        if setting and any(r.setting == f"{setting:g}" for r in found):
+            continue
+        ranges = {name: _histogram_range(h, method, float(setting or 0)) for name, h in histograms.items()}
+        found.append(CalibrationRanges(method, len(inputs), ranges, f"{setting:g}" if setting else ""))
+    calibrator.workdir.cleanup()
+    return found
+
+
+def calibrate(model_path: Path, input_name: str, inputs: np.ndarray, options: CalibrationOptions) -> CalibrationRanges:
+    """Run ``inputs`` (preprocessed, batch dimension first) through the model and compute ranges (AUTO is chosen
+    by the calibration step, which judges ``candidate_ranges``)."""
+    if options.method is CalibrationMethod.AUTO:
+        raise ValueError("calibration.method auto is chosen by the calibration step among candidate_ranges()")
+    if options.method is CalibrationMethod.MSE:
+        return next(r for r in candidate_ranges(model_path, input_name, inputs, options)
+                    if r.method is CalibrationMethod.MSE)
+    calibrator = _collect(model_path, input_name, inputs, options)
+    ranges = _ranges(calibrator.compute_data().data)
+    calibrator.workdir.cleanup()
+    return CalibrationRanges(options.method, len(inputs), ranges,
+                             f"{options.percentile:g}" if options.method is CalibrationMethod.PERCENTILE else "")

@@ -7,10 +7,25 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from ..calibration import CalibrationRanges
+from ..calibration.sensitivity import activation_errors
 from ..errors import ConversionError
 from ..profile import Int8Granularity, Int8Scheme
 from .registry import Format, float_io, register_format
+
+
+SENSITIVITY_SAMPLES = 32  # calibration samples the per-tensor error analysis runs on
+
+
+def ranges_note(data: dict) -> str:
+    """Which ranges the int8 model has, and how they were chosen."""
+    note = f"{data['label']} ranges from ONNX Runtime's calibrator on {data['num_samples']} samples"
+    if "candidates" not in data:
+        return note
+    scores = ", ".join(f"{c['ranges']} {c['sqnr_db']:.1f} dB" for c in data["candidates"])
+    return f"{note}, chosen by the int8 model's output SQNR on {data['held_out']} held-out samples ({scores})"
 
 
 def quantize_int8(model_path: Path, ranges: CalibrationRanges, out_path: Path, scheme: Int8Scheme) -> None:
@@ -40,22 +55,38 @@ def quantize_int8(model_path: Path, ranges: CalibrationRanges, out_path: Path, s
     quantizer.model.save_model_to_file(str(out_path))
 
 
+def int8_weights(path: Path) -> list[np.ndarray]:
+    """The int8 initializers of a QDQ model: its quantized weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    return [numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer
+            if i.data_type == onnx.TensorProto.INT8]
+
+
 def build(plan, target) -> tuple[dict, str]:
-    export, onnx_key = plan.build("onnx-fp32", target)
-    ranges = plan.calibration_ranges(export)
+    export, export_key = plan.build("onnx-fp32", target)
+    model, model_key = plan.int8_model(target)
+    samples = plan.calibration_samples()
+    ranges = plan.calibration_ranges(model, target)
     scheme = target.int8
-    method, samples = ranges["data"]["method"], ranges["data"]["num_samples"]
-    name = (f"quantize-opset{export['data']['opset']}-{method}-{scheme.granularity.value}-"
+    method = ranges["data"]["method"]
+    variant = f"-{model['data']['variant']}" if "variant" in model["data"] else ""
+    name = (f"quantize-opset{model['data']['opset']}{variant}-{method}-{scheme.granularity.value}-"
             f"{'sym' if scheme.activation_symmetric else 'asym'}")
 
     def produce(tmp: Path) -> dict:
-        quantize_int8(plan.path(export, onnx_key), CalibrationRanges.load(plan.path(ranges, "ranges")),
+        quantize_int8(plan.path(model, model_key), CalibrationRanges.load(plan.path(ranges, "ranges")),
                       tmp / "model_int8.onnx", scheme)
-        return {"files": {"onnx": "model_int8.onnx"},
-                "calibration": {"onnx": f"{method} ranges from ONNX Runtime's calibrator on {samples} samples"}}
+        weights, kept = plan.weights_note(model, int8_weights(tmp / "model_int8.onnx"), "onnx")
+        note = f"{ranges_note(ranges['data'])}; {weights}"
+        inputs = np.load(plan.path(samples, "inputs"), mmap_mode="r")[:SENSITIVITY_SAMPLES]
+        errors = activation_errors(plan.path(export, export_key), tmp / "model_int8.onnx", "input", inputs)
+        return {"files": {"onnx": "model_int8.onnx"}, "calibration": {"onnx": note}, "weights_kept": list(kept),
+                "sensitivity": {"samples": len(inputs), "tensors": [e.to_json() for e in errors]}}
 
     params = {"granularity": scheme.granularity.value, "symmetric": scheme.activation_symmetric}
-    return plan.shared_step(name, "quantize", params, [export, ranges], produce), "onnx"
+    return plan.shared_step(name, "quantize", params, [export, model, samples, ranges], produce), "onnx"
 
 
 register_format(Format(kind="onnx-int8", format="onnx", precision="int8", label="ONNX int8 (QDQ)", stage="quantize",

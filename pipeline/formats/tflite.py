@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..artifacts import QuantParams
 from ..errors import ConversionError
 from ..profile import IODtype, Layout
-from ..tflite_file import check_builtin_only, read_tflite
+from ..tflite_file import check_builtin_only, int8_constants, read_tflite
 from .onnx2tf_job import TFLiteJob
 from .registry import Format, register_format
 
@@ -67,12 +67,12 @@ def convert_tflite(
     (work / "job.json").write_text(json.dumps(asdict(job)))
     env = dict(os.environ)
     # onnx2tf runs the `onnxsim` program by name: put this interpreter's bin folder first on PATH.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PATH"] = os.pathsep.join([os.path.dirname(os.path.abspath(sys.executable)), env.get("PATH", "")])
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     log_path = out_dir / "onnx2tf.log"
     with open(log_path, "w") as log, tqdm(desc="convert to TFLite (onnx2tf)", unit="op") as bar:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.formats.onnx2tf_job", str(work / "job.json")],
+            [os.path.abspath(sys.executable), "-m", "pipeline.formats.onnx2tf_job", str(work / "job.json")],
             cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         for line in process.stdout:
@@ -125,26 +125,32 @@ def tflite_io(path: Path) -> dict:
     }
 
 
-def conversion_step(plan, target) -> dict:
-    """The one conversion step of the three kinds (each row picks its file from it)."""
-    export, onnx_key = plan.build("onnx-fp32", target)
+def conversion_step(plan, target, int8: bool) -> dict:
+    """The one conversion step of the three kinds (each row picks its file from it): of the export for the float
+    kinds; for the int8 kind, of the model ``plan.int8_model`` gives (the same step when its weights are the
+    export's)."""
+    model, onnx_key = plan.int8_model(target) if int8 else plan.build("onnx-fp32", target)
     samples = plan.calibration_samples()
     scheme = target.int8
     pseudo_ops = plan.config.tflite_pseudo_ops
-    name = (f"convert-opset{export['data']['opset']}-{scheme.granularity.value}-{scheme.io_dtype.value}-"
+    variant = f"-{model['data']['variant']}" if "variant" in model["data"] else ""
+    name = (f"convert-opset{model['data']['opset']}{variant}-{scheme.granularity.value}-{scheme.io_dtype.value}-"
             f"{target.input_layout.value}" + "".join(f"-{op}" for op in pseudo_ops))
 
     def produce(tmp: Path) -> dict:
-        outputs = convert_tflite(plan.path(export, onnx_key), np.load(plan.path(samples, "inputs"), mmap_mode="r"),
+        outputs = convert_tflite(plan.path(model, onnx_key), np.load(plan.path(samples, "inputs"), mmap_mode="r"),
                                  np.load(plan.path(samples, "images"), mmap_mode="r"), tmp, scheme.granularity.value,
                                  scheme.io_dtype, target.input_layout, pseudo_ops)
+        weights, kept = plan.weights_note(model, int8_constants(outputs["int8"]), "tflite")
         return {"files": {k: p.name for k, p in outputs.items()}, "io": {k: tflite_io(p) for k, p in outputs.items()},
                 "calibration": {"int8": f"the TensorFlow Lite converter's own calibration (onnx2tf) on the same "
-                                        f"{samples['data']['num_samples']} samples; calibration.method does not reach it"}}
+                                        f"{samples['data']['num_samples']} samples (calibration.method does not reach "
+                                        f"it); {weights}"},
+                "weights_kept": list(kept)}
 
     params = {"granularity": scheme.granularity.value, "io": scheme.io_dtype.value, "layout": target.input_layout.value,
               "pseudo_ops": list(pseudo_ops)}
-    return plan.shared_step(name, "convert", params, [export, samples], produce)
+    return plan.shared_step(name, "convert", params, [model, samples], produce)
 
 
 def recorded_io(record: dict, key: str, target, input_shape: tuple[int, ...]) -> dict:
@@ -160,7 +166,7 @@ def recorded_io(record: dict, key: str, target, input_shape: tuple[int, ...]) ->
 # Where each TFLite kind comes from, by the framework of the run's model: converted from the ONNX export, or the
 # user's .tflite file itself (the model step's record holds it and its I/O).
 def _converted(plan, target, key: str) -> tuple[dict, str]:
-    return conversion_step(plan, target), key
+    return conversion_step(plan, target, int8=key == "int8"), key
 
 
 FROM_FRAMEWORK = {"torch": _converted, "onnx": _converted,

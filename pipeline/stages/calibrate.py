@@ -9,8 +9,11 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
-from ..calibration import calibrate
+from ..calibration import CalibrationMethod, CalibrationRanges, calibrate
+from ..calibration.methods import candidate_ranges
+from ..calibration.weights import ChosenWeights, apply_weights, choose_weights, weights_kept
 from ..data.datasets import BATCH
+from ..profile import Int8Granularity, Int8Scheme
 
 
 def samples_step(plan) -> dict:
@@ -36,19 +39,89 @@ def samples_step(plan) -> dict:
     return plan.shared_step("calibration-samples", "quantize", params, [plan.model_record], produce)
 
 
-def ranges_step(plan, export: dict) -> dict:
-    """The activation ranges of the exported graph over the samples, by the configured method."""
+def ranges_step(plan, export: dict, scheme: Int8Scheme) -> dict:
+    """The activation ranges of the exported graph over the samples, by the configured method. AUTO computes every
+    method's ranges on three quarters of the samples and keeps the one whose int8 model (in ``scheme``) is closest
+    to the float model on the last quarter, by output SQNR."""
     options = plan.config.calibration
     samples = samples_step(plan)
+    auto = options.method is CalibrationMethod.AUTO
 
     def produce(tmp: Path) -> dict:
         inputs = np.load(plan.path(samples, "inputs"), mmap_mode="r")  # read a chunk at a time
-        ranges = calibrate(plan.path(export, "onnx"), "input", inputs, options)
+        chosen = {}
+        if auto:
+            held_out = max(1, len(inputs) // 4)
+            candidates = candidate_ranges(plan.path(export, "onnx"), "input", inputs[:-held_out], options)
+            scores = [judge_ranges(plan.path(export, "onnx"), c, inputs[-held_out:], scheme, tmp) for c in candidates]
+            ranges = candidates[int(np.argmax(scores))]
+            chosen = {"chosen": ranges.label, "held_out": held_out,
+                      "candidates": [{"ranges": c.label, "sqnr_db": s} for c, s in zip(candidates, scores)]}
+        else:
+            ranges = calibrate(plan.path(export, "onnx"), "input", inputs, options)
         ranges.save(tmp / "ranges.json")
-        return {"files": {"ranges": "ranges.json"}, "method": options.method.value,
-                "num_samples": ranges.num_samples, "tensors": len(ranges.ranges)}
+        return {"files": {"ranges": "ranges.json"}, "method": options.method.value, "label": ranges.label,
+                "num_samples": ranges.num_samples, "tensors": len(ranges.ranges), **chosen}
 
-    params = {k: v for k, v in asdict(options).items() if k not in ("num_samples", "seed")}
+    params = {k: v for k, v in asdict(options).items() if k not in ("num_samples", "seed", "weight_rounding")}
     params["method"] = options.method.value
-    return plan.shared_step(f"calibrate-opset{export['data']['opset']}-{options.method.value}", "quantize", params,
+    variant = f"-{export['data']['variant']}" if "variant" in export["data"] else ""  # of a model with chosen weights
+    judged_in = f"-{scheme.granularity.value}-{'sym' if scheme.activation_symmetric else 'asym'}" if auto else ""
+    if auto:
+        params["scheme"] = judged_in
+    return plan.shared_step(f"calibrate-opset{export['data']['opset']}{variant}-{options.method.value}{judged_in}",
+                            "quantize", params, [export, samples], produce)
+
+
+def judge_ranges(model_path: Path, ranges: CalibrationRanges, inputs: np.ndarray, scheme: Int8Scheme,
+                 workdir: Path) -> float:
+    """Output SQNR (dB) of the model quantized with ``ranges`` against the float model, on ``inputs``."""
+    import onnxruntime as ort
+
+    from ..formats.onnx_int8 import quantize_int8
+
+    candidate = workdir / "candidate_int8.onnx"
+    quantize_int8(model_path, ranges, candidate, scheme)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    signal = noise = 0.0
+    sessions = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in (model_path, candidate)]
+    for x in inputs:
+        reference, quantized = (s.run(None, {"input": np.array(x[None], np.float32)})[0].astype(np.float64)
+                                for s in sessions)
+        signal, noise = signal + np.square(reference).sum(), noise + np.square(reference - quantized).sum()
+    candidate.unlink()
+    return float("inf") if noise == 0 else float(10 * np.log10(signal / noise))
+
+
+def weights_step(plan, export: dict, key: str, granularity: Int8Granularity) -> dict:
+    """The exported float model with its int8 weights chosen on the calibration samples (``weight_rounding``), each
+    on the grid the converters compute for ``granularity``, so that every int8 kind carries the same choice."""
+    options = plan.config.calibration
+    samples = samples_step(plan)
+    variant = f"{options.weight_rounding.value}-{granularity.value}"
+
+    def produce(tmp: Path) -> dict:
+        inputs = np.load(plan.path(samples, "inputs"), mmap_mode="r")
+        chosen, layers = choose_weights(plan.path(export, key), "input", inputs,
+                                        per_channel=granularity is Int8Granularity.PER_CHANNEL)
+        chosen.save(tmp / "chosen_weights.npz")
+        apply_weights(plan.path(export, key), chosen, tmp / "model_int8_grid.onnx")
+        return {"files": {"onnx": "model_int8_grid.onnx", "chosen": "chosen_weights.npz"},
+                "opset": export["data"]["opset"], "variant": variant, "layers": layers,
+                "num_samples": chosen.num_samples}
+
+    params = {"weight_rounding": options.weight_rounding.value, "granularity": granularity.value}
+    return plan.shared_step(f"weights-opset{export['data']['opset']}-{variant}", "quantize", params,
                             [export, samples], produce)
+
+
+def weights_note(plan, model: dict, found: list[np.ndarray], layout: str) -> tuple[str, tuple[int, int]]:
+    """What the calibration note of an int8 kind made from ``model`` says about its weights, and (layers whose
+    chosen int8 weights are among ``found`` exactly, layers chosen)."""
+    if "chosen" not in model["files"]:
+        return "weights rounded to nearest by the converter", (0, 0)
+    kept = weights_kept(ChosenWeights.load(plan.path(model, "chosen")), found, layout)
+    data = model["data"]
+    return (f"weights chosen by {data['variant']} rounding with bias correction on {data['num_samples']} samples, "
+            f"kept bit-exactly in {kept[0]}/{kept[1]} layers"), kept

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..data.preprocess import PreprocessSpec
 from ..engine import Step
 from ..formats import FORMATS
+from .int8_report import int8_sections
 
 # How the model's FLOPs were counted, by the framework of the run's model.
 FLOP_COUNTERS = {"torch": "torch.utils.flop_counter", "onnx": "Conv, Gemm and MatMul nodes of the ONNX graph",
@@ -272,11 +273,14 @@ def write_report(data: dict, directory: Path) -> list[str]:
     md += ["", f"**Recommended artifact:** {rec_text}", "", "| " + " | ".join(header) + " |",
            "|" + "---|" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in body]
-    est_header, est_body = _estimate_table(data["estimates"])
-    if est_body:
-        md += ["", f"## {ESTIMATE_TITLE}", "", ESTIMATE_NOTE + f" Board figures: {data['estimates'][0]['source']}", "",
-               "| " + " | ".join(est_header) + " |", "|" + "---|" * len(est_header)]
-        md += ["| " + " | ".join(row) + " |" for row in est_body]
+    sections = []  # (title, note, header, body) after the main table
+    if data["estimates"]:
+        sections.append((ESTIMATE_TITLE, f"{ESTIMATE_NOTE} Board figures: {data['estimates'][0]['source']}",
+                         *_estimate_table(data["estimates"])))
+    sections += int8_sections(data.get("int8_layers"), data.get("int8_sensitivity"))
+    for title, note, sec_header, sec_body in sections:
+        md += ["", f"## {title}", "", note, "", "| " + " | ".join(sec_header) + " |", "|" + "---|" * len(sec_header)]
+        md += ["| " + " | ".join(row) + " |" for row in sec_body]
     flop_note = f"FLOPs count a multiply-add as 2 operations ({data['flop_counter']})."
     md += ["", flop_note, ""]
     md += [f"![{name}]({name})" for name in pngs]
@@ -287,10 +291,10 @@ def write_report(data: dict, directory: Path) -> list[str]:
         for n, p in pngs.items()
     )
     cells = lambda items, tag: "".join(f"<{tag}>{html.escape(i)}</{tag}>" for i in items)  # noqa: E731
-    estimates_html = (
-        f"<h2>{html.escape(ESTIMATE_TITLE)}</h2><p>{html.escape(ESTIMATE_NOTE)} Board figures: "
-        f"{html.escape(data['estimates'][0]['source'])}</p><table><tr>{cells(est_header, 'th')}</tr>"
-        + "".join(f"<tr>{cells(r, 'td')}</tr>" for r in est_body) + "</table>" if est_body else ""
+    sections_html = "".join(
+        f"<h2>{html.escape(title)}</h2><p>{html.escape(note)}</p><table><tr>{cells(sec_header, 'th')}</tr>"
+        + "".join(f"<tr>{cells(r, 'td')}</tr>" for r in sec_body) + "</table>"
+        for title, note, sec_header, sec_body in sections
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(target['name'])} report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}
@@ -301,7 +305,7 @@ figure{{display:inline-block;margin:1em}}</style></head><body>
 <ul>{''.join(f'<li><b>{html.escape(k)}:</b> {html.escape(str(v))}</li>' for k, v in facts)}</ul>
 <p><b>Recommended artifact:</b> {html.escape(rec_text.replace('**', ''))}</p>
 <table><tr>{cells(header, 'th')}</tr>{''.join(f'<tr>{cells(r, "td")}</tr>' for r in body)}</table>
-{estimates_html}
+{sections_html}
 <p>{html.escape(flop_note)}</p>{images}</body></html>
 """
     (directory / "report.html").write_text(page)
@@ -341,6 +345,8 @@ def report_step(plan, target, built: list, evaluation: dict, benched: dict) -> d
     # The ONNX export (for its parity and the roofline estimates); a .tflite given as it is has none.
     export, onnx_key = plan.build("onnx-fp32", target) if plan.source.row.derives else (None, None)
     reference = built[0][0].kind
+    # The int8 kinds' float model: its record has the per-layer weight table when their weights were chosen.
+    int8_model = plan.int8_model(target)[0] if export and any(a.precision == "int8" for a, _ in built) else None
 
     def produce(tmp: Path) -> dict:
         from .bundle import tool_versions
@@ -368,10 +374,13 @@ def report_step(plan, target, built: list, evaluation: dict, benched: dict) -> d
             "estimates": estimates(target, rows, data["flops"], plan.path(export, onnx_key))
             if export and not options.host else [],
             "accuracy_gate": evaluation["gate"],
+            "int8_layers": int8_model["data"].get("layers", []) if int8_model else [],
+            "int8_sensitivity": next((r["data"]["sensitivity"] for a, r in built if "sensitivity" in r["data"]), None),
         }
         return {"files": {n: n for n in write_report(content, tmp)}}
 
     params = {"profile": target.to_dict(), "accuracy_gate": evaluation["gate"]}  # a changed profile: a new report
-    needs = [plan.model_record, *([export] if export else []), evaluation, benched]
+    needs = [plan.model_record, *([export] if export else []), *([int8_model] if int8_model else []), evaluation,
+             benched]
     return plan.run(Step(f"{target.name}/report", "report", params, needs,
                          target_dir, produce, flatten=True))
