@@ -81,10 +81,10 @@ def find_layers(model) -> dict[str, Layer]:
             uses[name] = uses.get(name, 0) + 1
     layers = {}
     for index, node in enumerate(model.graph.node):
-        name, data = node.name or f"{node.op_type}_{index}", node.input[0]
         if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2 or node.input[1] not in constants \
                 or uses[node.input[1]] > 1:  # a shared weight: another layer's rounding would not suit it
             continue
+        name, data = node.name or f"{node.op_type}_{index}", node.input[0]
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         bias = node.input[2] if len(node.input) > 2 and node.input[2] in constants else None
         if node.op_type == "Conv":
