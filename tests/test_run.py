@@ -107,7 +107,7 @@ def test_changed_calibration_reruns_only_what_depends_on_it(tmp_path, small_conf
     assert [line.split(":")[0] for line in lines] == [
         "[skip] model", "[skip] export-opset17", "[skip] calibration-samples", "[skip] weights-opset17-gptq-per-channel",
         "[run ] calibrate-opset17-gptq-per-channel-percentile",
-        "[run ] quantize-opset17-gptq-per-channel-percentile-per-channel-asym",
+        "[run ] quantize-opset17-gptq-per-channel-percentile-per-channel-asym-tol1",
         "[skip] convert-opset17-per-channel-float32-NHWC", "[skip] convert-opset17-gptq-per-channel-per-channel-float32-NHWC"]
     lines.clear()
     # Other samples: everything made from them again, the weights chosen on them too.
@@ -116,7 +116,7 @@ def test_changed_calibration_reruns_only_what_depends_on_it(tmp_path, small_conf
     assert lines == ["[skip] model: inputs unchanged", "[skip] export-opset17: inputs unchanged",
                      "[run ] calibration-samples", "[run ] weights-opset17-gptq-per-channel",
                      "[run ] calibrate-opset17-gptq-per-channel-percentile",
-                     "[run ] quantize-opset17-gptq-per-channel-percentile-per-channel-asym"]
+                     "[run ] quantize-opset17-gptq-per-channel-percentile-per-channel-asym-tol1"]
 
 
 def test_interrupted_run_resumes(tmp_path, small_config, monkeypatch):

@@ -71,3 +71,33 @@ def test_chosen_weights_of_a_pretrained_net_beat_nearest_rounding_by_10_db(lite0
     # the per-layer table names the layer that costs most when rounded to nearest: the first depthwise convolution
     worst = min(layers, key=lambda layer: layer["sqnr_nearest_db"])
     assert worst["shape"] == [32, 1, 3, 3] and worst["sqnr_chosen_db"] > worst["sqnr_nearest_db"] + 10
+
+
+def test_fallback_keeps_the_least_int8_friendly_ops_in_float_until_within_tolerance(lite0, tmp_path):
+    """All-int8 Lite0 (nearest-rounded weights, MinMax ranges) disagrees with fp32 on some crops; with no tolerance
+    the fallback keeps tensors in float in the sensitivity order until none disagree or MAX_KEPT are kept, and those
+    tensors and the ops that write and read them are float in the model it leaves."""
+    from pipeline.calibration import CalibrationOptions, calibrate
+    from pipeline.calibration.fallback import MAX_KEPT, keep_in_float
+    from pipeline.calibration.sensitivity import activation_errors, fallback_candidates
+    from pipeline.formats.onnx_int8 import quantize_int8
+    from pipeline.targets import load_target
+
+    crops = _crops(24)
+    scheme = load_target("raspberry-pi-4").int8
+    ranges = calibrate(lite0, "input", crops[:8], CalibrationOptions(method="minmax"))
+    out = tmp_path / "int8.onnx"
+    quantize = lambda exclude, path: quantize_int8(lite0, ranges, path, scheme, exclude)  # noqa: E731
+    quantize([], out)
+    candidates = fallback_candidates(lite0, activation_errors(lite0, out, "input", crops[:4]))
+    fallback = keep_in_float(quantize, lite0, out, crops[8:], candidates, tolerance=0.0)
+    assert fallback.agreement_int8 < 100 and fallback.kept == [t for t, _ in candidates[: len(fallback.kept)]]
+    assert fallback.agreement == 100 or len(fallback.kept) == MAX_KEPT
+    graph = onnx.load(str(out)).graph
+    quantized = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    assert not quantized & set(fallback.kept), "a tensor kept in float is still quantized"
+    weights = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    for node in (n for n in graph.node if n.name in fallback.nodes and n.op_type == "Conv"):
+        assert node.input[1] not in weights, f"{node.name}'s weights are still int8"
+    assert fallback.p50_ms > 0 and fallback.p50_ms_int8 > 0
+    assert f"{len(fallback.kept)} tensors kept in float ({', '.join(fallback.kept)}; " in fallback.note(0.0)

@@ -23,6 +23,7 @@ class TensorError:
     producer: str  # the op type that writes it in the float model ("input" for the graph input)
     alone_db: float
     accumulated_db: float
+    node: str = ""  # the node that writes it (ONNX models)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -59,6 +60,7 @@ def activation_errors(float_path: Path, qdq_path: Path, input_name: str, inputs:
 
     reference, quantized = onnx.load(str(float_path)), onnx.load(str(qdq_path))
     producers = {out: node.op_type for node in reference.graph.node for out in node.output}
+    nodes = {out: node.name for node in reference.graph.node for out in node.output}
     producers[input_name] = "input"
     constants = {i.name: numpy_helper.to_array(i) for i in quantized.graph.initializer}
     grids = {}  # tensor -> (scale, zero point, qmin, qmax)
@@ -86,5 +88,75 @@ def activation_errors(float_path: Path, qdq_path: Path, input_name: str, inputs:
                 scale, zero, low, high = grids[name]
                 own = (np.clip(np.round(value / scale) + zero, low, high) - zero) * scale
             sums[name] += (np.square(value).sum(), np.square(value - own).sum(), np.square(value - quant).sum())
+    errors = [TensorError(name, producers[name], _db(s[0], s[1]), _db(s[0], s[2]), nodes.get(name, ""))
+              for name, s in sums.items()]
+    return sorted(errors, key=lambda e: e.accumulated_db)
+
+
+def fallback_candidates(model_path: Path, errors: list[TensorError]) -> list[tuple[str, list[str]]]:
+    """(tensor, the nodes that write and read it) for each quantized tensor, the one whose own int8 rounding costs
+    most (lowest SQNR alone) first: a tensor stays float only when none of those nodes is quantized."""
+    import onnx
+
+    graph = onnx.load(str(model_path)).graph
+    touching: dict[str, list[str]] = {}
+    for node in graph.node:
+        for tensor in [*node.input, *node.output]:
+            touching.setdefault(tensor, []).append(node.name)
+    ranked = sorted((e for e in errors if e.node and e.producer not in ("input", "output")), key=lambda e: e.alone_db)
+    return [(e.tensor, list(dict.fromkeys(touching.get(e.tensor, [e.node])))) for e in ranked]
+
+
+def _interpreter(path: Path):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def _feed(interpreter, sample_nchw: np.ndarray, nhwc: bool) -> None:
+    detail = interpreter.get_input_details()[0]
+    x = sample_nchw[None].transpose(0, 2, 3, 1) if nhwc else sample_nchw[None]
+    scale, zero = detail["quantization"]
+    if scale:  # an integer input: quantized as the board's runner does
+        info = np.iinfo(detail["dtype"])
+        x = np.clip(np.round(x / scale) + zero, info.min, info.max)
+    interpreter.set_tensor(detail["index"], np.ascontiguousarray(x, dtype=detail["dtype"]))
+    interpreter.invoke()
+
+
+def tflite_activation_errors(float_path: Path, int8_path: Path, inputs: np.ndarray, nhwc: bool) -> list[TensorError]:
+    """As ``activation_errors``, for a full-integer TFLite model against the float TFLite model of the same network:
+    tensors are matched by name (the converter names them after the same TensorFlow ops), inputs are NCHW."""
+    reference, quantized = _interpreter(float_path), _interpreter(int8_path)
+    floats = {d["name"]: d for d in reference.get_tensor_details()}
+    constants = {d["name"] for d in quantized.get_tensor_details() if d["name"].startswith(("tfl.pseudo", "arith"))}
+    pairs = []  # (name, float index, int8 index, scale, zero point, dtype) of each integer activation
+    for detail in quantized.get_tensor_details():
+        name, params = detail["name"], detail["quantization_parameters"]
+        if name in floats and name not in constants and detail["dtype"] in (np.int8, np.uint8) \
+                and len(params["scales"]) == 1 and list(floats[name]["shape"]) == list(detail["shape"]):
+            pairs.append((name, floats[name]["index"], detail["index"], float(params["scales"][0]),
+                          int(params["zero_points"][0]), detail["dtype"]))
+    output_name = reference.get_output_details()[0]["name"]
+    sums = {p[0]: np.zeros(3) for p in pairs} | {output_name: np.zeros(3)}
+    for sample in tqdm(inputs, "int8 sensitivity (TFLite)", unit="sample", delay=2.0, leave=False):
+        _feed(reference, np.asarray(sample, np.float32), nhwc)
+        _feed(quantized, np.asarray(sample, np.float32), nhwc)
+        for name, float_index, int8_index, scale, zero, dtype in pairs:
+            value = reference.get_tensor(float_index).astype(np.float64)
+            info = np.iinfo(dtype)
+            own = (np.clip(np.round(value / scale) + zero, info.min, info.max) - zero) * scale
+            quant = (quantized.get_tensor(int8_index).astype(np.float64) - zero) * scale
+            sums[name] += (np.square(value).sum(), np.square(value - own).sum(), np.square(value - quant).sum())
+        value = reference.get_tensor(reference.get_output_details()[0]["index"]).astype(np.float64)
+        out = quantized.get_output_details()[0]
+        quant = quantized.get_tensor(out["index"]).astype(np.float64)
+        if out["quantization"][0]:
+            quant = (quant - out["quantization"][1]) * out["quantization"][0]
+        sums[output_name] += (np.square(value).sum(), 0.0, np.square(value - quant).sum())
+    producers = {p[0]: p[0].split(";")[0].rsplit("/", 1)[-1] for p in pairs} | {output_name: "output"}
     errors = [TensorError(name, producers[name], _db(s[0], s[1]), _db(s[0], s[2])) for name, s in sums.items()]
     return sorted(errors, key=lambda e: e.accumulated_db)

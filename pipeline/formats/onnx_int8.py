@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ..calibration import CalibrationRanges
-from ..calibration.sensitivity import activation_errors
+from ..calibration.fallback import keep_in_float
+from ..calibration.sensitivity import activation_errors, fallback_candidates
 from ..errors import ConversionError
 from ..profile import Int8Granularity, Int8Scheme
 from .registry import Format, float_io, register_format
@@ -28,7 +29,9 @@ def ranges_note(data: dict) -> str:
     return f"{note}, chosen by the int8 model's output SQNR on {data['held_out']} held-out samples ({scores})"
 
 
-def quantize_int8(model_path: Path, ranges: CalibrationRanges, out_path: Path, scheme: Int8Scheme) -> None:
+def quantize_int8(model_path: Path, ranges: CalibrationRanges, out_path: Path, scheme: Int8Scheme,
+                  exclude: list[str] | tuple[str, ...] = ()) -> None:
+    """``model_path`` in int8 QDQ with ``ranges``, every node but those named in ``exclude`` (kept in float)."""
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
@@ -43,7 +46,7 @@ def quantize_int8(model_path: Path, ranges: CalibrationRanges, out_path: Path, s
         QuantType.QInt8 if scheme.activation_symmetric else QuantType.QUInt8,  # activations
         ranges.to_onnxruntime(),
         [],  # nodes_to_quantize: all
-        [],  # nodes_to_exclude: none
+        list(exclude),  # nodes_to_exclude
         sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
         {"ActivationSymmetric": scheme.activation_symmetric, "WeightSymmetric": True},
     )
@@ -73,19 +76,29 @@ def build(plan, target) -> tuple[dict, str]:
     method = ranges["data"]["method"]
     variant = f"-{model['data']['variant']}" if "variant" in model["data"] else ""
     name = (f"quantize-opset{model['data']['opset']}{variant}-{method}-{scheme.granularity.value}-"
-            f"{'sym' if scheme.activation_symmetric else 'asym'}")
+            f"{'sym' if scheme.activation_symmetric else 'asym'}-tol{target.accuracy_tolerance:g}")
 
     def produce(tmp: Path) -> dict:
-        quantize_int8(plan.path(model, model_key), CalibrationRanges.load(plan.path(ranges, "ranges")),
-                      tmp / "model_int8.onnx", scheme)
-        weights, kept = plan.weights_note(model, int8_weights(tmp / "model_int8.onnx"), "onnx")
-        note = f"{ranges_note(ranges['data'])}; {weights}"
-        inputs = np.load(plan.path(samples, "inputs"), mmap_mode="r")[:SENSITIVITY_SAMPLES]
-        errors = activation_errors(plan.path(export, export_key), tmp / "model_int8.onnx", "input", inputs)
+        chosen_ranges, out = CalibrationRanges.load(plan.path(ranges, "ranges")), tmp / "model_int8.onnx"
+        quantize = lambda exclude, path: quantize_int8(plan.path(model, model_key), chosen_ranges, path,  # noqa: E731
+                                                       scheme, exclude)
+        quantize([], out)
+        inputs = np.load(plan.path(samples, "inputs"), mmap_mode="r")
+        reference = plan.path(export, export_key)
+        errors = activation_errors(reference, out, "input", inputs[:SENSITIVITY_SAMPLES])
+        # ONNX Runtime runs any op in float beside int8 ones (CPU and TensorRT alike): fall back where int8 costs most
+        fallback = keep_in_float(quantize, reference, out, inputs, fallback_candidates(reference, errors),
+                                 target.accuracy_tolerance)
+        if fallback.kept:
+            errors = activation_errors(reference, out, "input", inputs[:SENSITIVITY_SAMPLES])
+        weights, kept = plan.weights_note(model, int8_weights(out), "onnx")
+        note = "; ".join(n for n in (ranges_note(ranges["data"]), weights, fallback.note(target.accuracy_tolerance)) if n)
         return {"files": {"onnx": "model_int8.onnx"}, "calibration": {"onnx": note}, "weights_kept": list(kept),
-                "sensitivity": {"samples": len(inputs), "tensors": [e.to_json() for e in errors]}}
+                "fallback": fallback.to_json(),
+                "sensitivity": {"samples": min(len(inputs), SENSITIVITY_SAMPLES), "tensors": [e.to_json() for e in errors]}}
 
-    params = {"granularity": scheme.granularity.value, "symmetric": scheme.activation_symmetric}
+    params = {"granularity": scheme.granularity.value, "symmetric": scheme.activation_symmetric,
+              "tolerance": target.accuracy_tolerance}
     return plan.shared_step(name, "quantize", params, [export, model, samples, ranges], produce), "onnx"
 
 

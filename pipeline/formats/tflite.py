@@ -21,10 +21,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..artifacts import QuantParams
+from ..calibration.sensitivity import tflite_activation_errors
 from ..errors import ConversionError
 from ..profile import IODtype, Layout
 from ..tflite_file import check_builtin_only, int8_constants, read_tflite
 from .onnx2tf_job import TFLiteJob
+from .onnx_int8 import SENSITIVITY_SAMPLES
 from .registry import Format, register_format
 
 # onnx2tf validates any 4-D 3-channel input against this file and downloads it when it is not in
@@ -131,6 +133,11 @@ def conversion_step(plan, target, int8: bool) -> dict:
     export's)."""
     model, onnx_key = plan.int8_model(target) if int8 else plan.build("onnx-fp32", target)
     samples = plan.calibration_samples()
+    # Whether this conversion's int8 model is the target's tflite-int8 kind.
+    serves_int8 = "tflite-int8" in target.artifacts and plan.int8_model(target)[0] is model
+    # The float TFLite the int8 one is compared with, tensor by tensor: of the model as given.
+    separate = serves_int8 and "variant" in model["data"]
+    reference = conversion_step(plan, target, int8=False) if separate else None
     scheme = target.int8
     pseudo_ops = plan.config.tflite_pseudo_ops
     variant = f"-{model['data']['variant']}" if "variant" in model["data"] else ""
@@ -142,15 +149,21 @@ def conversion_step(plan, target, int8: bool) -> dict:
                                  np.load(plan.path(samples, "images"), mmap_mode="r"), tmp, scheme.granularity.value,
                                  scheme.io_dtype, target.input_layout, pseudo_ops)
         weights, kept = plan.weights_note(model, int8_constants(outputs["int8"]), "tflite")
+        sensitivity = {}
+        if serves_int8:
+            inputs = np.load(plan.path(samples, "inputs"), mmap_mode="r")[:SENSITIVITY_SAMPLES]
+            errors = tflite_activation_errors(plan.path(reference, "fp32") if separate else outputs["fp32"],
+                                              outputs["int8"], inputs, target.input_layout is Layout.NHWC)
+            sensitivity = {"sensitivity": {"samples": len(inputs), "tensors": [e.to_json() for e in errors]}}
         return {"files": {k: p.name for k, p in outputs.items()}, "io": {k: tflite_io(p) for k, p in outputs.items()},
                 "calibration": {"int8": f"the TensorFlow Lite converter's own calibration (onnx2tf) on the same "
                                         f"{samples['data']['num_samples']} samples (calibration.method does not reach "
                                         f"it); {weights}"},
-                "weights_kept": list(kept)}
+                "weights_kept": list(kept), **sensitivity}
 
     params = {"granularity": scheme.granularity.value, "io": scheme.io_dtype.value, "layout": target.input_layout.value,
               "pseudo_ops": list(pseudo_ops)}
-    return plan.shared_step(name, "convert", params, [model, samples], produce)
+    return plan.shared_step(name, "convert", params, [model, samples, *([reference] if separate else [])], produce)
 
 
 def recorded_io(record: dict, key: str, target, input_shape: tuple[int, ...]) -> dict:

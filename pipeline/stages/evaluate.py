@@ -59,18 +59,34 @@ def evaluate_artifacts(
 
 # What to try when an artifact of this precision loses too much accuracy.
 ADVICE = {
-    "int8": "try another --calibration-method (percentile, entropy) or more --calibration-samples, or deploy the "
-            "fp16/fp32 artifact where the board runs it",
+    "int8": "try more --calibration-samples, or deploy the fp16/fp32 artifact where the board runs it",
     "fp16": "the model loses range or precision in half precision: deploy the fp32 artifact",
     "fp32": "a float artifact should match the reference: check the export parity and the converter's log",
 }
 
 
-def accuracy_gate(evaluations: list[dict] | None, tolerance: float, reference: str) -> dict:
-    """Which artifacts fell more than ``tolerance`` top-1 points below the reference (the first), and what to try;
-    ``evaluated`` is false when there was no data to evaluate on."""
-    failing = [{"kind": e["kind"], "drop": e["drop"], "top1": e["top1"],
-                "advice": ADVICE[FORMATS[e["kind"]].precision]} for e in evaluations or [] if e["drop"] > tolerance]
+SENSITIVE_NAMED = 3  # an int8 artifact that misses the tolerance names this many of its least int8-friendly tensors
+
+
+def sensitive_tensors(record: dict) -> str:
+    """The tensors of an int8 artifact's step record whose own int8 rounding costs most (lowest SQNR alone)."""
+    tensors = [t for t in record["data"].get("sensitivity", {}).get("tensors", []) if t["producer"] != "output"]
+    worst = sorted(tensors, key=lambda t: t["alone_db"])[:SENSITIVE_NAMED]
+    return ", ".join(f"{t['tensor']} ({t['alone_db']:.1f} dB alone)" for t in worst)
+
+
+def accuracy_gate(evaluations: list[dict] | None, tolerance: float, reference: str,
+                  sensitive: dict[str, str] | None = None) -> dict:
+    """Which artifacts fell more than ``tolerance`` top-1 points below the reference (the first), and what to try
+    (for an int8 one, with its ``sensitive`` tensors named); ``evaluated`` is false when there was no data."""
+    def advice(kind: str) -> str:
+        named = (sensitive or {}).get(kind)
+        layers = f"; int8 rounding costs it most at {named}: keep those in higher precision where the board " \
+                 "allows it" if named else ""
+        return ADVICE[FORMATS[kind].precision] + layers
+
+    failing = [{"kind": e["kind"], "drop": e["drop"], "top1": e["top1"], "advice": advice(e["kind"])}
+               for e in evaluations or [] if e["drop"] > tolerance]
     return {"passed": not failing, "evaluated": evaluations is not None, "tolerance": tolerance,
             "reference": FORMATS[reference].label, "failing": failing}
 
@@ -109,5 +125,6 @@ def evaluate_step(plan, target, built: list[tuple[Artifact, dict]]) -> dict:
 
     record = plan.run(Step(f"{target.name}/evaluate", "evaluate", {"samples": plan.config.eval_samples},
                            [plan.model_record, *[r for _, r in built]], target_dir / "evaluate", produce))
-    gate = accuracy_gate(record["data"]["evaluations"], target.accuracy_tolerance, artifacts[0].kind)
+    sensitive = {a.kind: sensitive_tensors(r) for a, r in built if a.precision == "int8"}
+    gate = accuracy_gate(record["data"]["evaluations"], target.accuracy_tolerance, artifacts[0].kind, sensitive)
     return {**record, "gate": gate}

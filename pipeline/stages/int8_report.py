@@ -16,7 +16,7 @@ def _weights_table(layers: list[dict]) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-SENSITIVITY_TITLE = "Int8 activations, tensor by tensor (onnx-int8)"
+SENSITIVITY_TITLE = "Int8 activations, tensor by tensor ({kind})"
 SENSITIVITY_NOTE = ("SQNR of each tensor the int8 model quantizes against the float model's, on {samples} calibration "
                     "samples: alone = this tensor's own int8 rounding and clipping (its scale and zero point), "
                     "accumulated = the int8 model's value, with every error upstream. The model's outputs first, then "
@@ -31,14 +31,14 @@ def _sensitivity_table(tensors: list[dict]) -> tuple[list[str], list[list[str]]]
     return header, body
 
 
-def int8_sections(layers: list[dict] | None, sensitivity: dict | None) -> list[tuple]:
+def int8_sections(layers: list[dict] | None, sensitivity: dict[str, dict] | None) -> list[tuple]:
     """(title, note, header, body) of each int8 table the run has data for."""
     sections = []
     if layers:
         more = len(layers) - WEIGHTS_SHOWN
         sections.append((WEIGHTS_TITLE, WEIGHTS_NOTE + (f" {more} more layers in report.json." if more > 0 else ""),
                          *_weights_table(layers)))
-    if sensitivity:
-        sections.append((SENSITIVITY_TITLE, SENSITIVITY_NOTE.format(samples=sensitivity["samples"]),
-                         *_sensitivity_table(sensitivity["tensors"])))
+    for kind, errors in (sensitivity or {}).items():
+        sections.append((SENSITIVITY_TITLE.format(kind=kind), SENSITIVITY_NOTE.format(samples=errors["samples"]),
+                         *_sensitivity_table(errors["tensors"])))
     return sections

@@ -375,7 +375,8 @@ def report_step(plan, target, built: list, evaluation: dict, benched: dict) -> d
             if export and not options.host else [],
             "accuracy_gate": evaluation["gate"],
             "int8_layers": int8_model["data"].get("layers", []) if int8_model else [],
-            "int8_sensitivity": next((r["data"]["sensitivity"] for a, r in built if "sensitivity" in r["data"]), None),
+            "int8_sensitivity": {a.kind: r["data"]["sensitivity"] for a, r in built
+                                 if a.precision == "int8" and "sensitivity" in r["data"]},
         }
         return {"files": {n: n for n in write_report(content, tmp)}}
 

