@@ -24,6 +24,7 @@ class Fallback:
     agreement: float  # the same with ``kept`` in float
     kept: list[str] = field(default_factory=list)  # tensors, in the order they were kept in float
     nodes: list[str] = field(default_factory=list)  # the ops that write and read them, left in float
+    reached: bool = True  # within tolerance; if not, the model is left all in int8 and ``kept`` is what was tried
     p50_ms_int8: float | None = None  # single-threaded latency on this host, all in int8 and with ``kept`` in float
     p50_ms: float | None = None
 
@@ -33,11 +34,12 @@ class Fallback:
     def note(self, tolerance: float) -> str:
         if not self.kept:
             return ""
-        reached = "within" if 100 - self.agreement <= tolerance else "still not within"
-        return (f"{len(self.kept)} tensors kept in float ({', '.join(self.kept)}; {len(self.nodes)} ops): top-1 "
-                f"agreement with the float model "
-                f"on {self.samples} calibration samples {self.agreement_int8:.2f}% -> {self.agreement:.2f}%, {reached} "
-                f"the {tolerance:g}-point tolerance; p50 {self.p50_ms_int8:.3f} -> {self.p50_ms:.3f} ms on this host")
+        tried = (f"{len(self.kept)} tensors in float ({', '.join(self.kept)}; {len(self.nodes)} ops): top-1 agreement "
+                 f"with the float model on {self.samples} calibration samples {self.agreement_int8:.2f}% -> "
+                 f"{self.agreement:.2f}%, p50 {self.p50_ms_int8:.3f} -> {self.p50_ms:.3f} ms on this host")
+        if self.reached:
+            return f"mixed precision within the {tolerance:g}-point tolerance: {tried}"
+        return f"left all in int8: mixed precision did not reach the {tolerance:g}-point tolerance with {tried}"
 
 
 def _session(path: Path):
@@ -71,7 +73,8 @@ def p50_ms(path: Path, sample: np.ndarray, runs: int = 50) -> float:
 def keep_in_float(quantize: Callable[[list[str], Path], None], float_path: Path, int8_path: Path,
                   inputs: np.ndarray, candidates: list[tuple[str, list[str]]], tolerance: float) -> Fallback:
     """``int8_path`` (all in int8) is replaced by a model with the first ``candidates`` (tensor, its ops; most
-    harmful first) kept in float, as few as reach ``tolerance`` top-1 points of disagreement, at most ``MAX_KEPT``."""
+    harmful first) kept in float, as few as reach ``tolerance`` top-1 points of disagreement, at most ``MAX_KEPT``;
+    when even those do not reach it, ``int8_path`` stays all in int8 and the result says what was tried."""
     reference = _top1(float_path, inputs)
     first = float(100 * (_top1(int8_path, inputs) == reference).mean())
     agreement, kept, nodes = first, [], []
@@ -90,4 +93,8 @@ def keep_in_float(quantize: Callable[[list[str], Path], None], float_path: Path,
             bar.update()
             if 100 - agreement <= tolerance:
                 break
-    return Fallback(len(inputs), first, agreement, kept, nodes, p50_int8, p50_ms(int8_path, inputs[0]))
+    p50 = p50_ms(int8_path, inputs[0])
+    reached = 100 - agreement <= tolerance
+    if not reached:  # not worth its latency: back to all int8
+        quantize([], int8_path)
+    return Fallback(len(inputs), first, agreement, kept, nodes, reached, p50_int8, p50)

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 QMAX = 127  # symmetric int8 weights: [-127, 127] in ONNX Runtime and TFLite alike
 DAMPING = 0.01  # of the mean diagonal of H, for the layers whose inputs are (nearly) collinear
+DEAD_CHANNEL = 1e-4  # a channel whose largest weight is below this fraction of the layer's is set to 0
 
 
 @dataclass(frozen=True)
@@ -224,11 +225,16 @@ def choose_weights(model_path: Path, input_name: str, inputs: np.ndarray, per_ch
         grouped = layer.rows_by_group(weight)
         absmax = np.abs(grouped).max(-1, keepdims=True) if per_channel else np.full(
             grouped.shape[:-1] + (1,), np.abs(grouped).max(), np.float32)
+        # A channel far below the layer's largest is zeroed (its bias carries it): ONNX Runtime raises such a tiny
+        # scale until the int32 bias fits, which would change its int8 values, and its output is below int8's
+        # resolution at the layer's scale anyway.
+        absmax = np.where(absmax < DEAD_CHANNEL * absmax.max(), np.float32(0.0), absmax)
         scale = np.where(absmax > 0, absmax / np.float32(QMAX), np.float32(1.0)).astype(np.float32)
         rows, grid = torch.from_numpy(grouped.astype(np.float64)), torch.from_numpy(scale.astype(np.float64))
+        live = torch.from_numpy(absmax > 0)
         mean, covariance = moments[name]
-        q = round_rows(rows, covariance, grid)
-        _keep_scale(q, rows, per_channel)
+        q = round_rows(rows * live, covariance, grid)
+        _keep_scale(q, rows * live, per_channel)
         error = rows - q * grid
         shift = (error @ mean[:, :, None])[..., 0].reshape(-1).numpy()  # (groups * channels,)
         has_bias = layer.op != "MatMul" and (layer.bias is None or constants[layer.bias].size == shift.size)

@@ -89,7 +89,7 @@ def build(plan, target) -> tuple[dict, str]:
         # ONNX Runtime runs any op in float beside int8 ones (CPU and TensorRT alike): fall back where int8 costs most
         fallback = keep_in_float(quantize, reference, out, inputs, fallback_candidates(reference, errors),
                                  target.accuracy_tolerance)
-        if fallback.kept:
+        if fallback.kept and fallback.reached:
             errors = activation_errors(reference, out, "input", inputs[:SENSITIVITY_SAMPLES])
         weights, kept = plan.weights_note(model, int8_weights(out), "onnx")
         note = "; ".join(n for n in (ranges_note(ranges["data"]), weights, fallback.note(target.accuracy_tolerance)) if n)
