@@ -114,6 +114,11 @@ class Planner:
             return export, key
         return weights_step(self, export, key, target.int8.granularity), "onnx"
 
+    @staticmethod
+    def variant(model: dict) -> str:
+        """The step-name part of a model record with chosen int8 weights ("-gptq-per-channel"); "" for the export."""
+        return f"-{model['data']['variant']}" if "variant" in model["data"] else ""
+
     def weights_note(self, model: dict, found: list, layout: str) -> tuple[str, tuple[int, int]]:
         """How an int8 kind made from ``model`` (``int8_model``) got its weights, checked against its ``found`` int8
         tensors; and (layers kept exactly, layers chosen)."""

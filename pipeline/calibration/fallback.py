@@ -6,6 +6,7 @@ The quantizer is passed in (``quantize(excluded_nodes, out_path)``), so that thi
 """
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from .runs import ort_session
 
 MAX_KEPT = 8  # tensors kept in float at most; beyond that the fallback stops and says the tolerance is not reached
 
@@ -42,23 +45,14 @@ class Fallback:
         return f"left all in int8: mixed precision did not reach the {tolerance:g}-point tolerance with {tried}"
 
 
-def _session(path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def _top1(path: Path, inputs: np.ndarray) -> np.ndarray:
-    session = _session(path)
+    session = ort_session(path, single_thread=True)
     name = session.get_inputs()[0].name
     return np.array([int(session.run(None, {name: np.array(x[None], np.float32)})[0].argmax()) for x in inputs])
 
 
 def p50_ms(path: Path, sample: np.ndarray, runs: int = 50) -> float:
-    session = _session(path)
+    session = ort_session(path, single_thread=True)
     feed = {session.get_inputs()[0].name: np.array(sample[None], np.float32)}
     for _ in range(5):
         session.run(None, feed)
@@ -81,7 +75,8 @@ def keep_in_float(quantize: Callable[[list[str], Path], None], float_path: Path,
     if 100 - first <= tolerance:
         return Fallback(len(inputs), first, first)
     p50_int8 = p50_ms(int8_path, inputs[0])
-    trial = int8_path.with_name("fallback_trial.onnx")
+    trial, all_int8 = int8_path.with_name("fallback_trial.onnx"), int8_path.with_name("all_int8.onnx")
+    shutil.copyfile(int8_path, all_int8)
     with tqdm(total=min(MAX_KEPT, len(candidates)), desc="int8 fallback", unit="tensor", delay=2.0,
               leave=False) as bar:
         for tensor, ops in candidates[:MAX_KEPT]:
@@ -95,6 +90,8 @@ def keep_in_float(quantize: Callable[[list[str], Path], None], float_path: Path,
                 break
     p50 = p50_ms(int8_path, inputs[0])
     reached = 100 - agreement <= tolerance
-    if not reached:  # not worth its latency: back to all int8
-        quantize([], int8_path)
+    if reached:
+        all_int8.unlink()
+    else:  # not worth its latency: back to all int8
+        all_int8.replace(int8_path)
     return Fallback(len(inputs), first, agreement, kept, nodes, reached, p50_int8, p50)

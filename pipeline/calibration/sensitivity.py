@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from .runs import ort_session, sqnr_db, with_outputs
+
 DEQUANTIZED = "_DequantizeLinear_Output"  # onnxruntime's QDQ quantizer names a tensor's dequantized copy so
 
 
@@ -27,29 +29,6 @@ class TensorError:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-def _db(signal: float, noise: float) -> float:
-    return float("inf") if noise <= 0 else float(10 * np.log10(signal / noise))
-
-
-def _session(model):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor computed
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def _with_outputs(model, names: list[str]):
-    import onnx
-
-    present = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in present:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    return model
 
 
 def activation_errors(float_path: Path, qdq_path: Path, input_name: str, inputs: np.ndarray) -> list[TensorError]:
@@ -73,8 +52,8 @@ def activation_errors(float_path: Path, qdq_path: Path, input_name: str, inputs:
     producers.update({name: "output" for name in outputs})
     names = sorted(grids)
     wanted = [n for n in names if n != input_name] + [n for n in outputs if n not in grids]
-    reference_session = _session(_with_outputs(reference, wanted))
-    quantized_session = _session(_with_outputs(quantized, [n + DEQUANTIZED for n in names]))
+    reference_session = ort_session(with_outputs(reference, wanted), every_tensor=True)
+    quantized_session = ort_session(with_outputs(quantized, [n + DEQUANTIZED for n in names]), every_tensor=True)
     sums = {name: np.zeros(3) for name in names + outputs}  # signal, own rounding noise, accumulated noise
     for sample in tqdm(inputs, "int8 sensitivity", unit="sample", delay=2.0, leave=False):
         feed = {input_name: np.array(sample[None], np.float32)}
@@ -88,7 +67,7 @@ def activation_errors(float_path: Path, qdq_path: Path, input_name: str, inputs:
                 scale, zero, low, high = grids[name]
                 own = (np.clip(np.round(value / scale) + zero, low, high) - zero) * scale
             sums[name] += (np.square(value).sum(), np.square(value - own).sum(), np.square(value - quant).sum())
-    errors = [TensorError(name, producers[name], _db(s[0], s[1]), _db(s[0], s[2]), nodes.get(name, ""))
+    errors = [TensorError(name, producers[name], sqnr_db(s[0], s[1]), sqnr_db(s[0], s[2]), nodes.get(name, ""))
               for name, s in sums.items()]
     return sorted(errors, key=lambda e: e.accumulated_db)
 
@@ -158,5 +137,5 @@ def tflite_activation_errors(float_path: Path, int8_path: Path, inputs: np.ndarr
             quant = (quant - out["quantization"][1]) * out["quantization"][0]
         sums[output_name] += (np.square(value).sum(), 0.0, np.square(value - quant).sum())
     producers = {p[0]: p[0].split(";")[0].rsplit("/", 1)[-1] for p in pairs} | {output_name: "output"}
-    errors = [TensorError(name, producers[name], _db(s[0], s[1]), _db(s[0], s[2])) for name, s in sums.items()]
+    errors = [TensorError(name, producers[name], sqnr_db(s[0], s[1]), sqnr_db(s[0], s[2])) for name, s in sums.items()]
     return sorted(errors, key=lambda e: e.accumulated_db)

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from .runs import ort_session, sqnr_db, with_outputs
+
 QMAX = 127  # symmetric int8 weights: [-127, 127] in ONNX Runtime and TFLite alike
 DAMPING = 0.01  # of the mean diagonal of H, for the layers whose inputs are (nearly) collinear
 DEAD_CHANNEL = 1e-4  # a channel whose largest weight is below this fraction of the layer's is set to 0
@@ -146,18 +148,10 @@ def layer_moments(model_path: Path, input_name: str, inputs: np.ndarray, layers:
     """Mean and covariance of every layer's input patches over ``inputs`` (one sample at a time, so static-batch
     models work), from the float model itself."""
     import onnx
-    import onnxruntime as ort
     import torch
 
-    model = onnx.load(str(model_path))
-    graph_outputs = {o.name for o in model.graph.output}
     wanted = sorted({layer.input for layer in layers.values()} - {input_name})
-    for name in wanted:
-        if name not in graph_outputs:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort_session(with_outputs(onnx.load(str(model_path)), wanted))
     moments = {name: _Moments() for name in layers}
     for sample in tqdm(inputs, "weight rounding: input statistics", unit="sample", delay=2.0, leave=False):
         sample = np.array(sample[None], np.float32)  # also from a read-only mapped file
@@ -200,10 +194,6 @@ def _keep_scale(q, rows, per_channel: bool) -> None:
     elif q.abs().max() < QMAX:
         peak = int(rows.abs().argmax())
         q.view(-1)[peak] = torch.sign(rows.reshape(-1)[peak]) * QMAX
-
-
-def _sqnr_db(signal: float, noise: float) -> float:
-    return float("inf") if noise <= 0 else float(10 * np.log10(signal / noise))
 
 
 def choose_weights(model_path: Path, input_name: str, inputs: np.ndarray, per_channel: bool = True
@@ -249,8 +239,8 @@ def choose_weights(model_path: Path, input_name: str, inputs: np.ndarray, per_ch
         nearest = rows - torch.clamp(torch.round(rows / grid), -QMAX, QMAX) * grid
         signal = power(rows, second)
         table.append({"layer": name, "op": layer.op, "shape": list(weight.shape),
-                      "sqnr_nearest_db": _sqnr_db(signal, power(nearest, second)),
-                      "sqnr_chosen_db": _sqnr_db(signal, power(error, covariance if has_bias else second))})
+                      "sqnr_nearest_db": sqnr_db(signal, power(nearest, second)),
+                      "sqnr_chosen_db": sqnr_db(signal, power(error, covariance if has_bias else second))})
     return ChosenWeights(values, scales, biases, len(inputs)), table
 
 

@@ -74,7 +74,7 @@ def build(plan, target) -> tuple[dict, str]:
     ranges = plan.calibration_ranges(model, target)
     scheme = target.int8
     method = ranges["data"]["method"]
-    variant = f"-{model['data']['variant']}" if "variant" in model["data"] else ""
+    variant = plan.variant(model)
     name = (f"quantize-opset{model['data']['opset']}{variant}-{method}-{scheme.granularity.value}-"
             f"{'sym' if scheme.activation_symmetric else 'asym'}-tol{target.accuracy_tolerance:g}")
 

@@ -140,7 +140,7 @@ def conversion_step(plan, target, int8: bool) -> dict:
     reference = conversion_step(plan, target, int8=False) if separate else None
     scheme = target.int8
     pseudo_ops = plan.config.tflite_pseudo_ops
-    variant = f"-{model['data']['variant']}" if "variant" in model["data"] else ""
+    variant = plan.variant(model)
     name = (f"convert-opset{model['data']['opset']}{variant}-{scheme.granularity.value}-{scheme.io_dtype.value}-"
             f"{target.input_layout.value}" + "".join(f"-{op}" for op in pseudo_ops))
 

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from ..calibration import CalibrationMethod, CalibrationRanges, calibrate
 from ..calibration.methods import candidate_ranges
+from ..calibration.runs import output_sqnr_db
 from ..calibration.weights import ChosenWeights, apply_weights, choose_weights, weights_kept
 from ..data.datasets import BATCH
 from ..profile import Int8Granularity, Int8Scheme
@@ -65,7 +66,7 @@ def ranges_step(plan, export: dict, scheme: Int8Scheme) -> dict:
 
     params = {k: v for k, v in asdict(options).items() if k not in ("num_samples", "seed", "weight_rounding")}
     params["method"] = options.method.value
-    variant = f"-{export['data']['variant']}" if "variant" in export["data"] else ""  # of a model with chosen weights
+    variant = plan.variant(export)
     judged_in = f"-{scheme.granularity.value}-{'sym' if scheme.activation_symmetric else 'asym'}" if auto else ""
     if auto:
         params["scheme"] = judged_in
@@ -76,22 +77,13 @@ def ranges_step(plan, export: dict, scheme: Int8Scheme) -> dict:
 def judge_ranges(model_path: Path, ranges: CalibrationRanges, inputs: np.ndarray, scheme: Int8Scheme,
                  workdir: Path) -> float:
     """Output SQNR (dB) of the model quantized with ``ranges`` against the float model, on ``inputs``."""
-    import onnxruntime as ort
-
     from ..formats.onnx_int8 import quantize_int8
 
     candidate = workdir / "candidate_int8.onnx"
     quantize_int8(model_path, ranges, candidate, scheme)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    signal = noise = 0.0
-    sessions = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in (model_path, candidate)]
-    for x in inputs:
-        reference, quantized = (s.run(None, {"input": np.array(x[None], np.float32)})[0].astype(np.float64)
-                                for s in sessions)
-        signal, noise = signal + np.square(reference).sum(), noise + np.square(reference - quantized).sum()
+    sqnr = output_sqnr_db(model_path, candidate, inputs)
     candidate.unlink()
-    return float("inf") if noise == 0 else float(10 * np.log10(signal / noise))
+    return sqnr
 
 
 def weights_step(plan, export: dict, key: str, granularity: Int8Granularity) -> dict:
