@@ -29,6 +29,7 @@ class Run:
     def execute(self, stages: Iterable[str] | None = None) -> dict[str, Path]:
         """Run ``stages`` (all by default) for every target; returns each target's directory."""
         from .stages import bench, bundle, evaluate, report
+        from .stages.compat import compat_step
         from .stages.model import compress_skip, compress_step, model_step
 
         engine = Engine(self.out, stages or STAGES, self.config.force, self.config.from_stage, self.log)
@@ -52,16 +53,17 @@ class Run:
                 continue
             bundle.write_target_manifest(plan, target, [artifact for artifact, _ in built])
             results[target.name] = self.out / target.name
+            compat = compat_step(plan, target, built)
             evaluation = evaluate.evaluate_step(plan, target, built)
             if not evaluation["gate"]["passed"] and "evaluate" in engine.requested:
                 missed.append(evaluate.gate_message(evaluation["gate"], target.name))
-            bundled = bundle.bundle_step(plan, target, built, evaluation) if engine.wants("bundle") and (
+            bundled = bundle.bundle_step(plan, target, built, evaluation, compat) if engine.wants("bundle") and (
                 "bundle" in engine.requested or self.config.bench.host) else None
             if not engine.wants("bench"):
                 continue
             benched = bench.bench_step(plan, target, built, bundled)
             if engine.wants("report"):
-                report.report_step(plan, target, built, evaluation, benched)
+                report.report_step(plan, target, built, evaluation, benched, compat)
         if missed:
             raise AccuracyError("; ".join(missed) + (f" (reports: {', '.join(str(d / 'report.md') for d in results.values())})"
                                                      if engine.wants("report") else ""))

@@ -73,6 +73,17 @@ class Performance:
 
 
 @dataclass(frozen=True)
+class ToolchainSpec:
+    """The board's own toolchain for its accelerator (``pipeline.compat.TOOLCHAINS``): the Edge TPU compiler,
+    TensorRT; "cpu" for boards whose artifacts run on the CPU runtimes alone."""
+
+    name: str = "cpu"
+    version: str = "any"
+    platform: str | None = None  # the board's software release that brings it (JetPack 4.6.1), for reports
+    int8: bool = True  # the accelerator computes in int8 (the Jetson Nano's Maxwell GPU does not)
+
+
+@dataclass(frozen=True)
 class TargetProfile:
     name: str
     description: str
@@ -89,6 +100,7 @@ class TargetProfile:
     # runtime -> the shell command that installs it on the board; a dict is unhashable, so kept out of the hash
     install: dict[str, str] = field(hash=False)
     performance: Performance | None  # None: no roofline estimates for this board
+    toolchain: ToolchainSpec = ToolchainSpec()  # what the compatibility check predicts the board's placement with
 
     def to_dict(self) -> dict[str, Any]:
         return plain_data(self)

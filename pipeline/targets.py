@@ -15,10 +15,11 @@ from typing import Any
 
 import yaml
 
+from .compat import get_toolchain, toolchain_of
 from .errors import ConfigError
 from .formats import FORMATS
 from .profile import (Board, Budgets, Int8Granularity, Int8Scheme, IODtype, Layout, PeakGops, Performance,
-                      TargetProfile)
+                      TargetProfile, ToolchainSpec)
 from .units import parse_count
 
 
@@ -208,12 +209,30 @@ def _parse_profile(path: Path, data: Any) -> TargetProfile:
         accuracy_tolerance=top.number("accuracy_tolerance"),
         install=top.install_commands("install", runtimes),
         performance=_parse_performance(top),
+        toolchain=_parse_toolchain(top),
     )
     if profile.onnx_opset > 21:
         top.fail("onnx_opset", profile.onnx_opset, "an opset between 13 and 21 (onnx 1.19 / onnxruntime 1.23)")
+    parses = toolchain_of(profile).max_opset(profile.toolchain.version)
+    if parses is not None and profile.onnx_opset > parses:
+        top.fail("onnx_opset", profile.onnx_opset, f"at most {parses}, the highest opset the board's "
+                                                   f"{profile.toolchain.name} {profile.toolchain.version} parses")
     if path.parent == TARGETS_DIR and profile.name != path.stem:
         top.fail("name", profile.name, f"'{path.stem}' (the file name)")
     return profile
+
+
+def _parse_toolchain(top: _Fields) -> ToolchainSpec:
+    """The optional ``toolchain:`` section (name, version, platform, int8); absent means the CPU runtimes."""
+    if top.get("toolchain", optional=True) is None:
+        return ToolchainSpec()
+    section = top.sub("toolchain")
+    section.check_keys([f.name for f in fields(ToolchainSpec)])
+    spec = ToolchainSpec(name=section.string("name"), version=str(section.get("version")),
+                         platform=section.string("platform") if "platform" in section.data else None,
+                         int8=section.boolean("int8") if "int8" in section.data else True)
+    get_toolchain(spec.name, spec.version, top.source)
+    return spec
 
 
 def _parse_performance(top: _Fields) -> Performance | None:

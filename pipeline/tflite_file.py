@@ -20,8 +20,43 @@ MACS_PER_OUTPUT = {
 
 
 @dataclass(frozen=True)
+class TFLiteTensor:
+    name: str
+    dtype: str  # FLOAT32, INT8, UINT8, INT32, ...
+    shape: tuple[int, ...]
+    signature: tuple[int, ...]  # the shape with -1 where a dimension is dynamic
+    constant: bool  # has data in the file (a weight or bias)
+    nbytes: int  # of that data; 0 for an activation
+    scales: int  # how many quantization scales (1: per tensor, >1: per channel, 0: not quantized)
+    values: tuple[int, ...] | None = None  # of a small integer constant (axes, paddings, strides), flattened
+
+
+@dataclass(frozen=True)
+class TFLiteOp:
+    index: int  # in execution order
+    name: str  # builtin name, or CUSTOM:<name> (Flex ops are custom ops named Flex...)
+    version: int  # the operator code's version, which converters of a given age accept or refuse
+    inputs: tuple[TFLiteTensor, ...]
+    outputs: tuple[TFLiteTensor, ...]
+    options: dict  # the builtin options' fields: strideH, dilationHFactor, fusedActivationFunction (by name), ...
+
+    @property
+    def layer(self) -> str:
+        """The name of the tensor it writes: converters name it after the layer it came from."""
+        return self.outputs[0].name if self.outputs else "?"
+
+
+@dataclass(frozen=True)
+class TFLiteGraph:
+    ops: tuple[TFLiteOp, ...]  # of the main subgraph
+    inputs: tuple[TFLiteTensor, ...]
+    outputs: tuple[TFLiteTensor, ...]
+    subgraphs: int
+
+
+@dataclass(frozen=True)
 class TFLiteContents:
-    operators: tuple[str, ...]  # builtin names, or CUSTOM:<name> (Flex ops are custom ops named Flex...)
+    operators: tuple[str, ...]  # builtin names, or CUSTOM:<name>
     params: int  # elements of the constant tensors that feed operators as weights
     flops: int  # of the operators in MACS_PER_OUTPUT
     weight_types: tuple[str, ...]  # FLOAT32, FLOAT16, INT8, ... of those constants
@@ -35,40 +70,70 @@ class TFLiteContents:
         return "fp16" if "FLOAT16" in self.weight_types else "fp32"
 
 
+SMALL_CONSTANT_TYPES = {"INT32": np.int32, "INT64": np.int64}
+
+
 def _names(enum) -> dict[int, str]:
     return {value: name for name, value in vars(enum).items() if not name.startswith("_")}
 
 
-def read_tflite(path: Path) -> TFLiteContents:
-    """The contents of ``path``; a one-line error when it is not a TFLite flatbuffer."""
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_graph(path: Path) -> TFLiteGraph:
+    """The operators of ``path`` with their tensors and options; a one-line error when it is not a TFLite
+    flatbuffer."""
     from ai_edge_litert import schema_py_generated as schema
 
     data = Path(path).read_bytes()
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise ModelError(f"{path}: not a TensorFlow Lite model (no TFL3 identifier)")
     model = schema.ModelT.InitFromPackedBuf(data, 0)
-    ops, types = _names(schema.BuiltinOperator), _names(schema.TensorType)
+    ops, types, activations = (_names(schema.BuiltinOperator), _names(schema.TensorType),
+                               _names(schema.ActivationFunctionType))
     graph = model.subgraphs[0]
-    constant = lambda t: bool(model.buffers[t.buffer].data is not None and len(model.buffers[t.buffer].data)  # noqa: E731
-                              or model.buffers[t.buffer].size)
-    operators, weights, flops, odd = [], {}, 0, []
-    for op in graph.operators:
+
+    def tensor(i: int) -> TFLiteTensor:
+        t = graph.tensors[i]
+        buffer = model.buffers[t.buffer]
+        nbytes = len(buffer.data) if buffer.data is not None else int(buffer.size or 0)
+        shape = tuple(int(d) for d in t.shape) if t.shape is not None else ()
+        signature = tuple(int(d) for d in t.shapeSignature) if t.shapeSignature is not None else shape
+        scales = len(t.quantization.scale) if t.quantization is not None and t.quantization.scale is not None else 0
+        dtype = types.get(t.type, "?")
+        values = None
+        if dtype in SMALL_CONSTANT_TYPES and buffer.data is not None and 0 < nbytes <= 64:
+            values = tuple(int(v) for v in np.asarray(buffer.data, np.uint8).view(SMALL_CONSTANT_TYPES[dtype]))
+        return TFLiteTensor(_text(t.name), dtype, shape, signature, nbytes > 0, nbytes, scales, values)
+
+    found = []
+    for index, op in enumerate(graph.operators):
         code = model.operatorCodes[op.opcodeIndex]
         name = ops.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
         if name == "CUSTOM":
-            custom = code.customCode.decode() if isinstance(code.customCode, bytes) else str(code.customCode)
-            name = f"CUSTOM:{custom}"
-            written = graph.tensors[op.outputs[0]].name if len(op.outputs) else b"?"
-            odd.append((custom, written.decode() if isinstance(written, bytes) else str(written)))
-        operators.append(name)
-        inputs = [graph.tensors[i] for i in op.inputs if i >= 0]
-        weights.update({i: graph.tensors[i] for i in op.inputs if i >= 0 and constant(graph.tensors[i])})
-        if name in MACS_PER_OUTPUT and len(inputs) > 1 and inputs[1].shape is not None:
-            output = graph.tensors[op.outputs[0]]
-            flops += 2 * int(np.prod(output.shape)) * MACS_PER_OUTPUT[name](list(inputs[1].shape))
-    params = sum(int(np.prod(t.shape)) for t in weights.values() if t.shape is not None and len(t.shape))
-    return TFLiteContents(tuple(operators), params, flops, tuple(sorted({types[t.type] for t in weights.values()})),
-                          tuple(odd))
+            name = f"CUSTOM:{_text(code.customCode)}"
+        options = dict(vars(op.builtinOptions)) if op.builtinOptions is not None else {}
+        if "fusedActivationFunction" in options:
+            options["fusedActivationFunction"] = activations.get(options["fusedActivationFunction"], "?")
+        found.append(TFLiteOp(index, name, int(code.version), tuple(tensor(i) for i in op.inputs if i >= 0),
+                              tuple(tensor(i) for i in op.outputs if i >= 0), options))
+    return TFLiteGraph(tuple(found), tuple(tensor(i) for i in graph.inputs), tuple(tensor(i) for i in graph.outputs),
+                       len(model.subgraphs))
+
+
+def read_tflite(path: Path) -> TFLiteContents:
+    """The contents of ``path``; a one-line error when it is not a TFLite flatbuffer."""
+    graph = read_graph(path)
+    weights, flops = {}, 0
+    for op in graph.ops:
+        weights.update({t.name: t for t in op.inputs if t.constant})
+        if op.name in MACS_PER_OUTPUT and len(op.inputs) > 1 and op.outputs:
+            flops += 2 * int(np.prod(op.outputs[0].shape)) * MACS_PER_OUTPUT[op.name](list(op.inputs[1].shape))
+    params = sum(int(np.prod(t.shape)) for t in weights.values() if len(t.shape))
+    odd = tuple((op.name.partition(":")[2], op.layer) for op in graph.ops if op.name.startswith("CUSTOM:"))
+    return TFLiteContents(tuple(op.name for op in graph.ops), params, flops,
+                          tuple(sorted({t.dtype for t in weights.values()})), odd)
 
 
 # What onnx2tf can write with builtin ops instead (its -rtpo / replace_to_pseudo_operators list), by Flex op.

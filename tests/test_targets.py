@@ -37,7 +37,7 @@ def test_every_runtime_has_an_install_command(name):
 
 
 def test_board_specific_int8_schemes():
-    assert load_target("coral-edgetpu").int8.io_dtype.value == "int8"
+    assert load_target("coral-edgetpu").int8.io_dtype.value == "uint8"
     assert load_target("jetson-nano").int8.activation_symmetric
     assert {"onnx-fp16", "onnx-int8"} <= set(load_target("jetson-orin-nano").artifacts)
     assert load_target("raspberry-pi-4").int8.granularity.value == "per-channel"

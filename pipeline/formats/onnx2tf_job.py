@@ -23,6 +23,7 @@ class TFLiteJob:
     io_dtype: str  # dtype of the full-integer model's input and output
     keep_nchw: bool
     pseudo_ops: tuple[str, ...] = ()  # ops onnx2tf writes as builtin approximations (its -rtpo), e.g. Erf
+    grouped_conv: bool = True  # False: no grouped CONV_2D (version 6, which the Edge TPU compiler refuses)
 
 
 def run_job(job: TFLiteJob) -> None:
@@ -41,6 +42,7 @@ def run_job(job: TFLiteJob) -> None:
         keep_ncw_or_nchw_or_ncdhw_input_names=["input"] if job.keep_nchw else None,
         copy_onnx_input_output_names_to_tflite=True,
         replace_to_pseudo_operators=[op.lower() for op in job.pseudo_ops],  # onnx2tf matches lower-case names
+        disable_group_convolution=not job.grouped_conv,
     )
 
 

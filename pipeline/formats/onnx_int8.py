@@ -12,6 +12,7 @@ import numpy as np
 from ..calibration import CalibrationRanges
 from ..calibration.fallback import keep_in_float
 from ..calibration.sensitivity import activation_errors, fallback_candidates
+from ..compat import toolchain_of
 from ..errors import ConversionError
 from ..profile import Int8Granularity, Int8Scheme
 from .registry import Format, float_io, register_format
@@ -30,8 +31,9 @@ def ranges_note(data: dict) -> str:
 
 
 def quantize_int8(model_path: Path, ranges: CalibrationRanges, out_path: Path, scheme: Int8Scheme,
-                  exclude: list[str] | tuple[str, ...] = ()) -> None:
-    """``model_path`` in int8 QDQ with ``ranges``, every node but those named in ``exclude`` (kept in float)."""
+                  exclude: list[str] | tuple[str, ...] = (), quantized_bias: bool = True) -> None:
+    """``model_path`` in int8 QDQ with ``ranges``, every node but those named in ``exclude`` (kept in float);
+    biases in int32, or in float where the board's toolchain takes no int32 bias (TensorRT)."""
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
@@ -48,7 +50,7 @@ def quantize_int8(model_path: Path, ranges: CalibrationRanges, out_path: Path, s
         [],  # nodes_to_quantize: all
         list(exclude),  # nodes_to_exclude
         sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
-        {"ActivationSymmetric": scheme.activation_symmetric, "WeightSymmetric": True},
+        {"ActivationSymmetric": scheme.activation_symmetric, "WeightSymmetric": True, "QuantizeBias": quantized_bias},
     )
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs a pre-processing hint per call
     try:
@@ -75,13 +77,15 @@ def build(plan, target) -> tuple[dict, str]:
     scheme = target.int8
     method = ranges["data"]["method"]
     variant = plan.variant(model)
+    quantized_bias = toolchain_of(target).quantized_bias
     name = (f"quantize-opset{model['data']['opset']}{variant}-{method}-{scheme.granularity.value}-"
-            f"{'sym' if scheme.activation_symmetric else 'asym'}-tol{target.accuracy_tolerance:g}")
+            f"{'sym' if scheme.activation_symmetric else 'asym'}{'' if quantized_bias else '-float-bias'}"
+            f"-tol{target.accuracy_tolerance:g}")
 
     def produce(tmp: Path) -> dict:
         chosen_ranges, out = CalibrationRanges.load(plan.path(ranges, "ranges")), tmp / "model_int8.onnx"
         quantize = lambda exclude, path: quantize_int8(plan.path(model, model_key), chosen_ranges, path,  # noqa: E731
-                                                       scheme, exclude)
+                                                       scheme, exclude, quantized_bias)
         quantize([], out)
         inputs = np.load(plan.path(samples, "inputs"), mmap_mode="r")
         reference = plan.path(export, export_key)
@@ -98,7 +102,7 @@ def build(plan, target) -> tuple[dict, str]:
                 "sensitivity": {"samples": min(len(inputs), SENSITIVITY_SAMPLES), "tensors": [e.to_json() for e in errors]}}
 
     params = {"granularity": scheme.granularity.value, "symmetric": scheme.activation_symmetric,
-              "tolerance": target.accuracy_tolerance}
+              "tolerance": target.accuracy_tolerance, **({} if quantized_bias else {"quantized_bias": False})}
     return plan.shared_step(name, "quantize", params, [export, model, samples, ranges], produce), "onnx"
 
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..artifacts import QuantParams
 from ..calibration.sensitivity import tflite_activation_errors
+from ..compat import toolchain_of
 from ..errors import ConversionError
 from ..profile import IODtype, Layout
 from ..tflite_file import check_builtin_only, int8_constants, read_tflite
@@ -49,7 +50,7 @@ def write_onnx2tf_sample(images_nhwc: np.ndarray, directory: Path) -> None:
 
 def convert_tflite(
     onnx_path: Path, calibration_inputs_nchw: np.ndarray, raw_images_nhwc: np.ndarray, out_dir: Path,
-    quant_type: str, io_dtype: IODtype, layout: Layout, pseudo_ops: tuple[str, ...] = (),
+    quant_type: str, io_dtype: IODtype, layout: Layout, pseudo_ops: tuple[str, ...] = (), grouped_conv: bool = True,
 ) -> dict[str, Path]:
     """Convert to TFLite; returns {"fp32", "fp16", "int8"} -> file in ``out_dir``. Each must hold builtin ops only
     (a one-line error names the first that does not, and its layer)."""
@@ -64,7 +65,7 @@ def convert_tflite(
     job = TFLiteJob(
         onnx_path=str(model_copy), output_dir=str(work / "tf"), calibration_npy=str(work / "calibration.npy"),
         channels=int(calibration_inputs_nchw.shape[1]), quant_type=quant_type, io_dtype=io_dtype.value,
-        keep_nchw=layout is Layout.NCHW, pseudo_ops=tuple(pseudo_ops),
+        keep_nchw=layout is Layout.NCHW, pseudo_ops=tuple(pseudo_ops), grouped_conv=grouped_conv,
     )
     (work / "job.json").write_text(json.dumps(asdict(job)))
     env = dict(os.environ)
@@ -140,14 +141,18 @@ def conversion_step(plan, target, int8: bool) -> dict:
     reference = conversion_step(plan, target, int8=False) if separate else None
     scheme = target.int8
     pseudo_ops = plan.config.tflite_pseudo_ops
+    # Only the int8 model goes to an accelerator's compiler; the float ones keep grouped convolutions, which the
+    # CPU runs faster than their split into one convolution per group.
+    grouped_conv = toolchain_of(target).grouped_conv or not int8
     variant = plan.variant(model)
     name = (f"convert-opset{model['data']['opset']}{variant}-{scheme.granularity.value}-{scheme.io_dtype.value}-"
-            f"{target.input_layout.value}" + "".join(f"-{op}" for op in pseudo_ops))
+            f"{target.input_layout.value}" + "".join(f"-{op}" for op in pseudo_ops)
+            + ("" if grouped_conv else "-no-grouped-conv"))
 
     def produce(tmp: Path) -> dict:
         outputs = convert_tflite(plan.path(model, onnx_key), np.load(plan.path(samples, "inputs"), mmap_mode="r"),
                                  np.load(plan.path(samples, "images"), mmap_mode="r"), tmp, scheme.granularity.value,
-                                 scheme.io_dtype, target.input_layout, pseudo_ops)
+                                 scheme.io_dtype, target.input_layout, pseudo_ops, grouped_conv)
         weights, kept = plan.weights_note(model, int8_constants(outputs["int8"]), "tflite")
         sensitivity = {}
         if serves_int8:
@@ -162,7 +167,7 @@ def conversion_step(plan, target, int8: bool) -> dict:
                 "weights_kept": list(kept), **sensitivity}
 
     params = {"granularity": scheme.granularity.value, "io": scheme.io_dtype.value, "layout": target.input_layout.value,
-              "pseudo_ops": list(pseudo_ops)}
+              "pseudo_ops": list(pseudo_ops), **({} if grouped_conv else {"grouped_conv": False})}
     return plan.shared_step(name, "convert", params, [model, samples, *([reference] if separate else [])], produce)
 
 

@@ -18,6 +18,7 @@ from board_runtime.schemas import BUNDLE_SCHEMA
 from ..artifacts import Artifact, sha256_file, sha256_json, write_json
 from ..engine import Step
 from ..formats import FORMATS
+from .compat import board_scripts, bundled_name
 
 TOOLS = ("embedded-pipeline", "torch", "onnx", "onnxruntime", "onnx2tf", "tensorflow", "ai-edge-litert", "numpy")
 RUNTIME_DIR = Path(board_runtime.__file__).parent
@@ -59,17 +60,26 @@ def copy_runtime(directory: Path) -> None:
     shutil.copyfile(RUNTIME_DIR / "__main__.py", directory / "run_model.py")
 
 
-def write_bundle(directory: Path, artifacts: list[Artifact], base: Path, info: dict) -> dict:
-    """Copy the artifacts a board can run into ``directory`` with the runtime, and write its manifest."""
+def write_bundle(directory: Path, artifacts: list[Artifact], base: Path, info: dict,
+                 extra: dict[str, Path | str] | None = None) -> dict:
+    """Copy the artifacts a board can run into ``directory`` with the runtime, and write its manifest; ``extra``:
+    more files by name (a file to copy, or a text to write: the compatibility report, the board scripts)."""
     (directory / "artifacts").mkdir()
     bundled = []
     for artifact in artifacts:
         if not FORMATS[artifact.kind].deployable:
             continue
-        name = f"artifacts/{artifact.kind}{Path(artifact.path).suffix}"
+        name = bundled_name(artifact)
         shutil.copyfile(base / artifact.path, directory / name)
         bundled.append(replace(artifact, path=name))
     copy_runtime(directory)
+    for name, content in (extra or {}).items():
+        if isinstance(content, Path):
+            shutil.copyfile(content, directory / name)
+        else:
+            (directory / name).write_text(content)
+            if name.endswith(".sh"):
+                (directory / name).chmod(0o755)
     files = {p.relative_to(directory).as_posix(): sha256_file(p) for p in sorted(directory.rglob("*")) if p.is_file()}
     manifest = {"schema": BUNDLE_SCHEMA, **info, "artifacts": [a.to_dict() for a in bundled],
                 "tool_versions": tool_versions(), "files": files}
@@ -77,17 +87,22 @@ def write_bundle(directory: Path, artifacts: list[Artifact], base: Path, info: d
     return manifest
 
 
-def bundle_step(plan, target, built: list[tuple[Artifact, dict]], evaluation: dict) -> dict:
+def bundle_step(plan, target, built: list[tuple[Artifact, dict]], evaluation: dict, compat: dict) -> dict:
     """The bundle, its manifest saying whether every artifact passed the accuracy gate (a failing bundle is still
-    written, so that it can be looked at and benchmarked, and marked as failing)."""
+    written, so that it can be looked at and benchmarked, and marked as failing), with the compatibility report and
+    the board scripts."""
     target_dir = plan.out / target.name
     gate = evaluation["gate"]
 
     def produce(tmp: Path) -> dict:
-        info = {"target": target.name, **manifest_info(plan, target), "accuracy_gate": gate}
-        write_bundle(tmp, [a for a, _ in built], target_dir, info)
+        info = {"target": target.name, **manifest_info(plan, target), "accuracy_gate": gate,
+                "compatibility": compat["data"]["verdicts"]}
+        extra = {"compatibility.md": plan.path(compat, "md"), "compatibility.json": plan.path(compat, "json"),
+                 **board_scripts(target, [a for a, _ in built])}
+        write_bundle(tmp, [a for a, _ in built], target_dir, info, extra)
         return {"files": {"manifest": "manifest.json"}}
 
     runtime = sha256_json({p.name: sha256_file(p) for p in sorted(RUNTIME_DIR.glob("*.py"))})  # a new runtime: rebundle
     return plan.run(Step(f"{target.name}/bundle", "bundle", {"runtime": runtime, "accuracy_gate": gate},
-                         [plan.model_record, *[r for _, r in built], evaluation], target_dir / "bundle", produce))
+                         [plan.model_record, *[r for _, r in built], evaluation, compat], target_dir / "bundle",
+                         produce))

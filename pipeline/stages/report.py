@@ -10,6 +10,7 @@ from pathlib import Path
 from ..data.preprocess import PreprocessSpec
 from ..engine import Step
 from ..formats import FORMATS
+from .compat import compat_results, compat_sections
 from .int8_report import int8_sections
 
 # How the model's FLOPs were counted, by the framework of the run's model.
@@ -258,6 +259,8 @@ def write_report(data: dict, directory: Path) -> list[str]:
                        f"{target['accuracy_tolerance']:g} points below {reference}" if rows[0]["samples"] is not None
          else "none: no data given (--data); latency and memory only"),
         ("Accuracy gate", gate_text if data["accuracy_gate"]["passed"] else f"FAILED: {gate_text}"),
+        ("Compatibility", "; ".join(f"{r['kind']}: {r['verdict']}" for r in data["compatibility"])
+         + " (what the board's toolchains will do with each file, predicted from it: compatibility.md)"),
         ("Calibration", "; ".join(f"{kind}: {text}" for kind, text in data["calibration"].items())
          or "none (no int8 artifact)"),
         *([("ONNX export parity", f"max |logit diff| vs the model as given {data['export_parity']:.2e}")]
@@ -278,6 +281,7 @@ def write_report(data: dict, directory: Path) -> list[str]:
         sections.append((ESTIMATE_TITLE, f"{ESTIMATE_NOTE} Board figures: {data['estimates'][0]['source']}",
                          *_estimate_table(data["estimates"])))
     sections += int8_sections(data.get("int8_layers"), data.get("int8_sensitivity"))
+    sections += compat_sections(data["compatibility"])
     for title, note, sec_header, sec_body in sections:
         md += ["", f"## {title}", "", note, "", "| " + " | ".join(sec_header) + " |", "|" + "---|" * len(sec_header)]
         md += ["| " + " | ".join(row) + " |" for row in sec_body]
@@ -339,7 +343,7 @@ def estimates(target, rows: list[dict], flops: int, onnx_path: Path) -> list[dic
             for e in estimate_all(kinds, flops, onnx_path, target.performance)]
 
 
-def report_step(plan, target, built: list, evaluation: dict, benched: dict) -> dict:
+def report_step(plan, target, built: list, evaluation: dict, benched: dict, compat: dict) -> dict:
     """report.md, .html and .json in ``out/<target>/``: accuracy and latency per artifact, and where each came from."""
     options, data, target_dir = plan.config.bench, plan.model_record["data"], plan.out / target.name
     # The ONNX export (for its parity and the roofline estimates); a .tflite given as it is has none.
@@ -374,6 +378,7 @@ def report_step(plan, target, built: list, evaluation: dict, benched: dict) -> d
             "estimates": estimates(target, rows, data["flops"], plan.path(export, onnx_key))
             if export and not options.host else [],
             "accuracy_gate": evaluation["gate"],
+            "compatibility": compat_results(plan, compat),
             "int8_layers": int8_model["data"].get("layers", []) if int8_model else [],
             "int8_sensitivity": {a.kind: r["data"]["sensitivity"] for a, r in built
                                  if a.precision == "int8" and "sensitivity" in r["data"]},
@@ -382,6 +387,6 @@ def report_step(plan, target, built: list, evaluation: dict, benched: dict) -> d
 
     params = {"profile": target.to_dict(), "accuracy_gate": evaluation["gate"]}  # a changed profile: a new report
     needs = [plan.model_record, *([export] if export else []), *([int8_model] if int8_model else []), evaluation,
-             benched]
+             benched, compat]
     return plan.run(Step(f"{target.name}/report", "report", params, needs,
                          target_dir, produce, flatten=True))
