@@ -49,7 +49,7 @@ def test_bundle_manifest_verifies_and_runner_predicts(tiny_run, tmp_path):
     assert set(kinds) == {"tflite-fp32", "tflite-int8"}
     int8 = kinds["tflite-int8"]
     assert int8["input_layout"] == "NHWC" and int8["input_shape"] == [1, 28, 28, 1]
-    assert int8["input_dtype"] == "int8" and int8["input_quant"]["scale"] > 0 and int8["output_quant"]["scale"] > 0
+    assert int8["input_dtype"] == "uint8" and int8["input_quant"]["scale"] > 0 and int8["output_quant"]["scale"] > 0
     assert manifest["preprocess"]["mean"] and manifest["classes"][9] == "Ankle boot"
     assert {"torch", "onnx2tf", "ai-edge-litert"} <= set(manifest["tool_versions"])
     runner = [sys.executable, str(bundle / "run_model.py")]
@@ -78,8 +78,9 @@ def test_shared_stages_ran_once_for_two_targets(tiny_run):
     assert ran.count("calibrate-opset17-gptq-per-channel-auto-per-channel-asym") == 1
     # different int8 schemes give different weights and conversions; the int8 kind converts the chosen weights
     assert ran.count("weights-opset17-gptq-per-channel") == ran.count("weights-opset17-gptq-per-tensor") == 1
-    assert "convert-opset17-per-channel-float32-NHWC" in ran and "convert-opset17-per-tensor-int8-NHWC" in ran
-    assert "convert-opset17-gptq-per-tensor-per-tensor-int8-NHWC" in ran
+    assert "convert-opset17-per-channel-float32-NHWC" in ran and "convert-opset17-per-tensor-uint8-NHWC" in ran
+    # Coral's int8 model goes to the Edge TPU compiler, which refuses grouped convolutions (CONV_2D v6)
+    assert "convert-opset17-gptq-per-tensor-per-tensor-uint8-NHWC-no-grouped-conv" in ran
     assert (run.out / "pipeline.yaml").is_file()
 
 
@@ -129,13 +130,13 @@ def test_interrupted_run_resumes(tmp_path, small_config, monkeypatch):
     config = small_config(tmp_path, targets="coral-edgetpu", eval_samples=100, bench={"runs": 10, "warmup": 1})
     with pytest.raises(KeyboardInterrupt):
         Run(config).execute()
-    assert not list((tmp_path / "shared").glob(".*partial")) and not (tmp_path / "shared" / "convert-opset17-per-tensor-int8-NHWC").exists()
+    assert not list((tmp_path / "shared").glob(".*partial")) and not (tmp_path / "shared" / "convert-opset17-per-tensor-uint8-NHWC").exists()
     monkeypatch.undo()
     lines: list[str] = []
     Run(config, log=lines.append).execute()
     assert lines[:3] == ["[skip] model: inputs unchanged", "[skip] export-opset17: inputs unchanged",
                          "[skip] calibration-samples: inputs unchanged"]
-    assert "[run ] convert-opset17-per-tensor-int8-NHWC" in lines
+    assert "[run ] convert-opset17-per-tensor-uint8-NHWC" in lines
     assert (tmp_path / "coral-edgetpu" / "report.md").is_file()
 
 
