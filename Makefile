@@ -4,7 +4,7 @@ VENV ?= .venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TARGET ?= raspberry-pi-4
 
-.PHONY: demo test setup data openssh clean
+.PHONY: demo test setup data openssh emulation clean
 
 demo: setup
 	$(VENV)/bin/pipeline run --target $(TARGET)
@@ -12,7 +12,7 @@ demo: setup
 test: setup
 	$(VENV)/bin/python -m pytest -q
 
-setup: data openssh $(VENV)/.installed
+setup: data openssh emulation $(VENV)/.installed
 
 # Fashion-MNIST (MIT) from Debian's package, installed only where it is absent.
 data:
@@ -22,6 +22,11 @@ data:
 # absent. The sshd service need not run: the tests (tests/sshd.py) start their own on 127.0.0.1.
 openssh:
 	@[ -x /usr/sbin/sshd ] && command -v ssh >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q openssh-server openssh-client; }
+
+# qemu-user-static and debootstrap, on x86-64 hosts only: the tests' emulated aarch64 board (tests/arm64_board.py, a
+# Debian arm64 userland under qemu-user with its own sshd), which they skip, saying why, where it cannot run.
+emulation:
+	@[ "$$(uname -m)" != x86_64 ] || { [ -x /usr/bin/qemu-aarch64-static ] && command -v debootstrap >/dev/null; } || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q qemu-user-static debootstrap; }
 
 # torch==2.13.0 first: the CPU wheel, so that nothing pulls a CUDA build.
 $(VENV)/.installed: pyproject.toml

@@ -5,6 +5,7 @@
     python run_model.py bench-all --threads 4 --repeats 3 --json results.json   # every artifact
     python run_model.py bench    --artifact tflite-int8 --threads 4 --json result.json
     python run_model.py probe                              # this machine and its runtimes, as JSON
+    python run_model.py logits --inputs inputs.npy --json logits.json   # every artifact's outputs on given inputs
     python run_model.py verify                             # check every file against its sha256
 
 ``predict`` takes image files (PNG, JPEG; read with Pillow, resized and cropped as the bundle says) or raw
@@ -22,7 +23,10 @@ import os
 from pathlib import Path
 
 
+import numpy as np
+
 from .measure import PACKAGE_PARENT, bench, bench_all, probe
+from .schemas import LOGITS_SCHEMA
 from .imaging import read_for_model
 from .model import Model, find_artifact, load_manifest, verify
 
@@ -42,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="list the artifacts")
     sub.add_parser("verify", help="check every file of the bundle against the manifest's sha256")
     sub.add_parser("probe", help="print this machine's facts and runtimes as JSON")
+    lg = sub.add_parser("logits", help="every artifact's outputs on model inputs (N, C, H, W float32 .npy, as the "
+                                       "host evaluates), as JSON: the board's own evaluation")
+    lg.add_argument("--inputs", type=Path, required=True)
+    lg.add_argument("--artifacts", default="", help="comma-separated kinds (default: all in the manifest)")
+    lg.add_argument("--threads", type=int, default=1)
+    lg.add_argument("--json", type=Path, required=True)
     p = sub.add_parser("predict", help="classify image files (PNG, JPEG) or raw images saved as .npy")
     p.add_argument("--artifact", required=True)
     p.add_argument("--threads", type=int, default=1)
@@ -86,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
             logits = model.predict(read_for_model(image_path, manifest["preprocess"], channels))[0]
             top = int(logits.argmax())
             print(f"{image_path}: {classes[top] if top < len(classes) else top} (class {top}, logit {logits[top]:.3f})")
+    elif args.command == "logits":
+        inputs = np.load(args.inputs)
+        chosen = [k for k in args.artifacts.split(",") if k] or [a["kind"] for a in manifest["artifacts"]]
+        outputs = {}
+        for kind in chosen:
+            model = Model(find_artifact(manifest, kind), base, args.threads, manifest.get("execution_providers", ()))
+            outputs[kind] = [model.predict(sample[None])[0].astype(float).tolist() for sample in inputs]
+        _write_json(args.json, {"schema": LOGITS_SCHEMA, "machine": probe()["system"], "samples": len(inputs),
+                                "logits": outputs})
     elif args.command == "bench":
         result = bench(manifest, base, args.artifact, args.threads, args.runs, args.warmup, args.max_seconds)
         text = _write_json(args.json, result) if args.json else json.dumps(result, indent=2)

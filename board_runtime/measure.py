@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -91,13 +92,25 @@ def conditions() -> dict:
     return found
 
 
+def emulation(machine: str, cpuinfo: str) -> str | None:
+    """How this machine is emulated, or None: an Arm userland under qemu-user reports an Arm machine while the
+    kernel's /proc/cpuinfo still describes the x86 host (vendor_id), which no Arm kernel writes."""
+    arm = machine.lower() in ("aarch64", "arm64") or machine.lower().startswith("armv")
+    x86_host = re.search(r"^vendor_id\s*:\s*(GenuineIntel|AuthenticAMD)", cpuinfo, re.MULTILINE)
+    return f"qemu-user on an x86-64 host ({x86_host.group(1)})" if arm and x86_host else None
+
+
 def system_info() -> dict:
     info = {"machine": platform.machine(), "system": platform.system(), "release": platform.release(),
             "python": platform.python_version(), "cores": os.cpu_count()}
-    for line in (_read("/proc/cpuinfo") or "").splitlines():
+    cpuinfo = _read("/proc/cpuinfo") or ""
+    for line in cpuinfo.splitlines():
         if line.lower().startswith(("model name", "hardware")):
             info["cpu"] = line.split(":", 1)[1].strip()
             break
+    emulated = emulation(info["machine"], cpuinfo)
+    if emulated:
+        info["emulated"] = emulated
     model = _read("/proc/device-tree/model")  # boards: "Raspberry Pi 4 Model B Rev 1.4"
     if model:
         info["board"] = model.rstrip("\x00")

@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import IO, Callable
 
-from board_runtime.schemas import PROBE_SCHEMA, SUITE_SCHEMA
+from board_runtime.schemas import LOGITS_SCHEMA, PROBE_SCHEMA, SUITE_SCHEMA
 from board_runtime.sessions import SESSION_RUNTIMES
 
 from .artifacts import write_json
@@ -284,3 +284,35 @@ def remote_bench(ssh: SSHTarget, bundle_dir: Path, profile: TargetProfile, runne
     write_json(out_json, suite)
     log(f"result from {ssh.label}: {len(suite['results'])} artifacts")
     return suite
+
+
+def remote_logits(ssh: SSHTarget, bundle_dir: Path, profile: TargetProfile, inputs, kinds: list[str],
+                  timeout_s: float = 1800, log: Callable[[str], None] = print) -> dict:
+    """Every artifact of ``kinds`` run on the board on ``inputs`` (model inputs, N x C x H x W float32): the board's
+    own outputs, ``{kind: N x K logits}``, from ``run_model.py logits`` in the deployed bundle."""
+    import numpy as np
+
+    remote, _ = ensure_bundle(ssh, Path(bundle_dir), log, profile)
+    tag = uuid.uuid4().hex[:8]
+    q_inputs, q_out = shlex.quote(f"results/inputs-{tag}.npy"), shlex.quote(f"results/logits-{tag}.json")
+    q_remote = shlex.quote(remote)
+    with tempfile.TemporaryFile() as stream:
+        np.save(stream, np.ascontiguousarray(inputs, dtype=np.float32))
+        sent = ssh_run(ssh, f"cd {q_remote} && mkdir -p results && cat > {q_inputs}", what="inputs copy",
+                       stdin_file=stream, timeout=COPY_TIMEOUT_S)
+    if sent.returncode != 0:
+        raise BenchmarkError(f"copying the evaluation inputs to {ssh.label} failed: {sent.last_line}")
+    log(f"running {len(kinds)} artifacts on {len(inputs)} samples on {ssh.label} (the board's own outputs)")
+    command = (f"cd {q_remote} && {remote_python(ssh)} {RUNNER} --manifest manifest.json logits --inputs {q_inputs} "
+               f"--artifacts {shlex.quote(','.join(kinds))} --threads {profile.threads} --json {q_out}")
+    result = ssh_run(ssh, command, timeout=timeout_s, what=f"{RUNNER} logits", retry=False)
+    _check_runner(ssh, result, f"{RUNNER} logits", profile)
+    fetched = ssh_run(ssh, f"cd {q_remote} && cat {q_out} && rm -f {q_out} {q_inputs}", what="reading the outputs")
+    try:
+        data = json.loads(fetched.stdout)
+    except json.JSONDecodeError as exc:
+        raise BenchmarkError(f"the outputs from {ssh.label} are not valid JSON: {exc}") from exc
+    if data.get("schema") != LOGITS_SCHEMA:
+        raise BenchmarkError(f"the outputs from {ssh.label} have schema {data.get('schema')!r}, expected "
+                             f"{LOGITS_SCHEMA!r}")
+    return {kind: np.asarray(rows, np.float32) for kind, rows in data["logits"].items()}

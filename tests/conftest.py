@@ -9,9 +9,10 @@ from PIL import Image
 
 from pipeline import build_config
 from pipeline.orchestrator import Run
-from tests import sshd
+from tests import arm64_board, sshd
 
 sshd_server = sshd.sshd_server  # a real OpenSSH server on 127.0.0.1 (tests/sshd.py)
+arm64_board = arm64_board.arm64_board  # an emulated aarch64 board with its own sshd (tests/arm64_board.py)
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(

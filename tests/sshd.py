@@ -113,24 +113,31 @@ def require_openssh() -> None:
 
 
 @contextmanager
-def running_sshd(root: Path) -> Iterator[SSHServer]:
-    """An OpenSSH server on 127.0.0.1 for the current user, its keys and configuration under ``root``."""
+def running_sshd(root: Path, chroot: Path | None = None) -> Iterator[SSHServer]:
+    """An OpenSSH server on 127.0.0.1 for the current user, its keys and configuration under ``root``; with
+    ``chroot``, the sshd of that root file system run inside it, for its root user (an emulated board's)."""
     for name in ("host_ed25519", "client_ed25519", "other_ed25519"):
         _keygen(root / name)
-    (root / "authorized_keys").write_text((root / "client_ed25519.pub").read_text())
-    if os.geteuid() == 0 and not PRIVSEP_DIR.is_dir():
-        PRIVSEP_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
-    user = getpass.getuser()
+    # What sshd reads lives where it can see it: under the chroot when there is one.
+    served = chroot / "etc" / "embedded-pipeline-sshd" if chroot else root
+    seen = Path("/etc/embedded-pipeline-sshd") if chroot else root
+    served.mkdir(parents=True, exist_ok=True)
+    if chroot:
+        shutil.copy2(root / "host_ed25519", served / "host_ed25519")
+    (served / "authorized_keys").write_text((root / "client_ed25519.pub").read_text())
+    privsep = (chroot / "run" / "sshd") if chroot else PRIVSEP_DIR
+    if os.geteuid() == 0 and not privsep.is_dir():
+        privsep.mkdir(mode=0o755, parents=True, exist_ok=True)
+    user = "root" if chroot else getpass.getuser()
     log_file = root / "sshd.log"
     for _ in range(5):  # the free port can be taken between probing it and sshd binding it
         port = free_port()
-        config = root / "sshd_config"
-        config.write_text("\n".join([
+        (served / "sshd_config").write_text("\n".join([
             f"Port {port}",
             "ListenAddress 127.0.0.1",
-            f"HostKey {root / 'host_ed25519'}",
-            f"PidFile {root / 'sshd.pid'}",
-            f"AuthorizedKeysFile {root / 'authorized_keys'}",
+            f"HostKey {seen / 'host_ed25519'}",
+            f"PidFile {seen / 'sshd.pid'}",
+            f"AuthorizedKeysFile {seen / 'authorized_keys'}",
             f"AllowUsers {user}",
             "PubkeyAuthentication yes",
             "PasswordAuthentication no",
@@ -143,10 +150,11 @@ def running_sshd(root: Path) -> Iterator[SSHServer]:
             "LogLevel VERBOSE",
             "",
         ]))
+        command = [SSHD, "-D", "-e", "-f", str(seen / "sshd_config")]
         with open(log_file, "ab") as log:
-            proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT)
-        if _wait_for_banner(proc, port, log_file):
+            proc = subprocess.Popen(["chroot", str(chroot), *command] if chroot else command,
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        if _wait_for_banner(proc, port, log_file, timeout=60.0 if chroot else 15.0):
             break
     else:
         raise RuntimeError("sshd did not start; log:\n" + log_file.read_text(errors="replace"))

@@ -14,10 +14,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 import board_runtime
+import numpy as np
 
+from ..artifacts import write_json
 from ..config import BenchOptions
 from ..engine import Step
 from ..errors import BenchmarkError
+from ..formats import FORMATS
 
 RUNTIME_PARENT = Path(board_runtime.__file__).resolve().parents[1]
 
@@ -49,11 +52,57 @@ def bench_local(manifest_path: Path, threads: int, options: BenchOptions, out_js
     return suite
 
 
+BOARD_SAMPLES = 200  # held-out samples each artifact runs on the board (a slow or emulated board: a few minutes)
+
+
+def board_samples(plan) -> tuple[np.ndarray, np.ndarray]:
+    """The first held-out samples as the model takes them, and their labels."""
+    test = plan.data.test.take(min(BOARD_SAMPLES, plan.config.eval_samples or BOARD_SAMPLES))
+    images, labels = test.read(), test.labels
+    return plan.preprocess().apply(images), np.asarray(labels)
+
+
+def host_logits(target_dir: Path, built: list, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """Every artifact's outputs on ``inputs`` here, with the same runtime code the board runs."""
+    from board_runtime.model import Model
+
+    found = {}
+    for artifact, _ in built:
+        model = Model(artifact.to_dict(), target_dir, threads=1)
+        found[artifact.kind] = np.stack([model.predict(sample[None])[0] for sample in inputs]).astype(np.float32)
+    return found
+
+
+def board_evaluation(board: dict, host: dict, labels: np.ndarray) -> dict:
+    """Per artifact: top-1 from the board's own outputs and from this host's, how often their top-1 agree, and the
+    largest logit difference."""
+    rows = []
+    for kind, logits in board.items():
+        here = host[kind]
+        rows.append({"kind": kind, "board_top1": 100.0 * float((logits.argmax(1) == labels).mean()),
+                     "host_top1": 100.0 * float((here.argmax(1) == labels).mean()),
+                     "agreement": 100.0 * float((logits.argmax(1) == here.argmax(1)).mean()),
+                     "max_logit_diff": float(np.abs(logits - here).max())})
+    return {"samples": int(len(labels)), "artifacts": rows}
+
+
+def board_evaluation_sections(evaluation: dict | None) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    """The report's section on the board's own outputs (none when nothing ran on a board)."""
+    if not evaluation:
+        return []
+    note = (f"Each artifact run by the bundle on the board on {evaluation['samples']} held-out samples, its outputs "
+            "brought back and scored here, beside the same artifact run on this host by the same runtime code.")
+    rows = [[r["kind"], f"{r['board_top1']:.2f}", f"{r['host_top1']:.2f}", f"{r['agreement']:.2f}",
+             f"{r['max_logit_diff']:.2e}"] for r in evaluation["artifacts"]]
+    return [("On the board: top-1 from its own outputs", note,
+             ["artifact", "board top-1 %", "host top-1 %", "same top-1 as host %", "max abs logit diff"], rows)]
+
+
 def bench_step(plan, target, built: list, bundled: dict | None) -> dict:
     """Every artifact timed on the board over SSH (with the bundle as deployed), or on this host."""
     options, target_dir = plan.config.bench, plan.out / target.name
     if options.host:
-        from ..remote import SSHTarget, remote_bench
+        from ..remote import SSHTarget, remote_bench, remote_logits
 
         ssh = SSHTarget.parse(options.host, port=options.ssh_port, identity_file=options.ssh_identity,
                               python=options.remote_python, known_hosts=options.ssh_known_hosts)
@@ -61,8 +110,17 @@ def bench_step(plan, target, built: list, bundled: dict | None) -> dict:
         location = {"kind": "ssh", "destination": ssh.destination, "port": ssh.port}
 
         def measure(out_json: Path) -> dict:
-            return remote_bench(ssh, plan.path(bundled, "manifest").parent, target, runner_args(options, threads),
-                                out_json, options.timeout_s, plan.engine.log)
+            bundle = plan.path(bundled, "manifest").parent
+            suite = remote_bench(ssh, bundle, target, runner_args(options, threads), out_json, options.timeout_s,
+                                 plan.engine.log)
+            if plan.data is not None:  # the board's own outputs on held-out samples, against this host's
+                inputs, labels = board_samples(plan)
+                deployed = [(a, r) for a, r in built if FORMATS[a.kind].deployable]
+                board = remote_logits(ssh, bundle, target, inputs, [a.kind for a, _ in deployed], options.timeout_s,
+                                      plan.engine.log)
+                suite["board_evaluation"] = board_evaluation(board, host_logits(target_dir, deployed, inputs), labels)
+                write_json(out_json, suite)
+            return suite
     else:
         # More threads than this host has cores would measure contention, not the model.
         threads, location, needs = min(target.threads, os.cpu_count() or 1), {"kind": "local"}, [r for _, r in built]
@@ -73,7 +131,8 @@ def bench_step(plan, target, built: list, bundled: dict | None) -> dict:
     def produce(tmp: Path) -> dict:
         suite = measure(tmp / "bench.json")
         return {"files": {"suite": "bench.json"}, "results": suite["results"], "system": suite["system"],
-                "system_after": suite["system_after"], "location": suite["location"]}
+                "system_after": suite["system_after"], "location": suite["location"],
+                **({"board_evaluation": suite["board_evaluation"]} if "board_evaluation" in suite else {})}
 
     timing = {k: v for k, v in asdict(options).items() if k != "timeout_s"}
     return plan.run(Step(f"{target.name}/bench", "bench", {"bench": timing, "threads": threads, "where": location},

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..data.preprocess import PreprocessSpec
 from ..engine import Step
 from ..formats import FORMATS
+from .bench import board_evaluation_sections
 from .compat import compat_results, compat_sections
 from .int8_report import int8_sections
 
@@ -203,6 +204,9 @@ def gate_summary(gate: dict) -> str:
 def measured_on_text(measured: dict, threads: int, profile_threads: int, estimated: bool) -> str:
     system = measured["system"]
     machine = f"{system.get('board') or system.get('cpu') or system['machine']}, {system['machine']}, {system['cores']} cores"
+    if measured["kind"] == "ssh" and system.get("emulated"):
+        return (f"an EMULATED board, over SSH ({measured['destination']}) — {system['machine']} userland under "
+                f"{system['emulated']}, {threads} threads: the latencies are the emulator's, not the board's")
     if measured["kind"] == "ssh":
         return f"the board, over SSH ({measured['destination']}) — {machine}, {threads} threads"
     return (f"this host — {machine}, {threads} threads (profile: {profile_threads}); not on the board itself"
@@ -281,7 +285,7 @@ def write_report(data: dict, directory: Path) -> list[str]:
         sections.append((ESTIMATE_TITLE, f"{ESTIMATE_NOTE} Board figures: {data['estimates'][0]['source']}",
                          *_estimate_table(data["estimates"])))
     sections += int8_sections(data.get("int8_layers"), data.get("int8_sensitivity"))
-    sections += compat_sections(data["compatibility"])
+    sections += compat_sections(data["compatibility"]) + board_evaluation_sections(data.get("board_evaluation"))
     for title, note, sec_header, sec_body in sections:
         md += ["", f"## {title}", "", note, "", "| " + " | ".join(sec_header) + " |", "|" + "---|" * len(sec_header)]
         md += ["| " + " | ".join(row) + " |" for row in sec_body]
@@ -379,6 +383,7 @@ def report_step(plan, target, built: list, evaluation: dict, benched: dict, comp
             if export and not options.host else [],
             "accuracy_gate": evaluation["gate"],
             "compatibility": compat_results(plan, compat),
+            "board_evaluation": benched["data"].get("board_evaluation"),
             "int8_layers": int8_model["data"].get("layers", []) if int8_model else [],
             "int8_sensitivity": {a.kind: r["data"]["sensitivity"] for a, r in built
                                  if a.precision == "int8" and "sensitivity" in r["data"]},
