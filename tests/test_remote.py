@@ -339,7 +339,11 @@ def test_pipeline_bench_on_the_board_and_merged_report(tiny_run, small_config, s
     assert main(["bench", *options]) == 0, capsys.readouterr().err
     remote = json.loads((out / "host" / "bench" / "bench.json").read_text())
     assert remote["schema"] == local["schema"] and remote["location"]["kind"] == "ssh"
-    assert set(remote) == set(local)
+    assert set(remote) == set(local) | {"board_evaluation"}  # with data, the board's own outputs are scored
+    evaluated = remote["board_evaluation"]
+    assert evaluated["samples"] > 0 and {r["kind"] for r in evaluated["artifacts"]} == {
+        r["artifact"] for r in remote["results"]}
+    assert all(r["agreement"] == 100.0 and r["max_logit_diff"] < 1e-4 for r in evaluated["artifacts"])  # same host
     assert [r["artifact"] for r in remote["results"]] == [r["artifact"] for r in local["results"] if r["artifact"] !=
                                                            "torch-fp32"]  # the bundle has no PyTorch reference
     assert all(set(r) == set(local["results"][0]) for r in remote["results"])

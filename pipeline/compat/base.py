@@ -35,6 +35,7 @@ class Compatibility:
     ops: tuple[OpPlacement, ...]
     problems: tuple[str, ...] = ()  # whole-model findings (data types, shapes, opset, memory), each with its remedy
     facts: dict = field(default_factory=dict)  # figures the verdict rests on (parameter bytes, opset, ...)
+    elsewhere: str = "CPU"  # what runs the ops off the device, as the verdict says it
 
     @property
     def refused(self) -> bool:
@@ -54,8 +55,8 @@ class Compatibility:
         if on == total:
             return f"all {total} ops on the {self.device}"
         first = next(op for op in self.ops if op.runs_on != ACCELERATED)
-        return (f"{on} of {total} ops on the {self.device}, {total - on} on the CPU; the first that is not: op "
-                f"{first.index} {first.op} ({first.why})")
+        return (f"{on} of {total} ops on the {self.device}, {total - on} on the {self.elsewhere}; the first that is "
+                f"not: op {first.index} {first.op} ({first.why})")
 
     def to_json(self) -> dict:
         return {**asdict(self), "verdict": self.verdict}

@@ -53,7 +53,8 @@ def check_tflite(path: Path, kind: str) -> Compatibility:
                     "outside the XNNPACK delegate's partitions: LiteRT's built-in kernel runs it",
                     "usually slower than XNNPACK; fine for ops that do little work")
         for op in graph.ops)
-    return Compatibility(kind, "LiteRT with XNNPACK (the CPU runtime's default)", XNNPACK, ops)
+    return Compatibility(kind, "LiteRT with XNNPACK (the CPU runtime's default)", XNNPACK, ops,
+                         elsewhere="CPU with LiteRT's built-in kernels")
 
 
 def check_onnx(path: Path, kind: str) -> Compatibility:
