@@ -78,6 +78,9 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     add("--ssh-identity", help="private key file for SSH")
     add("--ssh-known-hosts", help="known_hosts file for the board (a new host key is accepted and recorded there)")
     add("--remote-python", help="the board's Python interpreter (default: python3)")
+    add("--install", action="store_true", default=None,
+        help="with --host: first install the runtimes the bundle needs on the board with the profile's install "
+             "commands (pass the Python they install into with --remote-python)")
     add("--bench-repeats", type=int, help="fresh-process repeats per artifact (the report gives their median)")
     add("--force", action="store_true", default=None, help="re-run every stage even if its inputs are unchanged")
     add("--from", dest="from_stage", choices=STAGES, help="re-run from this stage on")
@@ -98,7 +101,8 @@ def _config(args: argparse.Namespace, stage_command: bool):
                                           ("weight_rounding", args.weight_rounding)) if v is not None},
         "bench": {k: v for k, v in (("runs", args.bench_runs), ("repeats", args.bench_repeats), ("host", args.host),
                                     ("ssh_port", args.ssh_port), ("ssh_identity", args.ssh_identity),
-                                    ("ssh_known_hosts", args.ssh_known_hosts), ("remote_python", args.remote_python))
+                                    ("ssh_known_hosts", args.ssh_known_hosts), ("remote_python", args.remote_python),
+                                    ("install", args.install))
                   if v is not None},
         "compress": _compress_overrides(args),
         "preprocess": {k: getattr(args, k) for k in ("mean", "std", "channel_order", "resize", "crop", "interpolation")

@@ -42,6 +42,7 @@ class BenchOptions:
     ssh_identity: str | None = None  # private key file
     ssh_known_hosts: str | None = None  # a known_hosts file; new host keys are accepted and recorded
     remote_python: str = "python3"  # the board's interpreter (with numpy and the runtimes)
+    install: bool = False  # first install the runtimes the bundle needs on the board, with the profile's commands
     timeout_s: float = 1800.0  # for the whole remote benchmark
 
     def __post_init__(self):

@@ -39,6 +39,7 @@ RUNNER = "run_model.py"
 ARCH_ALIASES = {"arm64": "aarch64", "armv8": "aarch64", "amd64": "x86_64", "x64": "x86_64", "x86-64": "x86_64"}
 
 COPY_TIMEOUT_S = 900.0  # the bundle upload
+INSTALL_TIMEOUT_S = 1800.0  # one runtime's install command (pip under emulation, apt on a slow board)
 KILL_GRACE_S = 30.0  # the local ssh outlives the remote time limit by this much before it is killed
 
 # Run on the board around bench-all: the runner gets its own session so that it and every process it
@@ -237,17 +238,40 @@ def _describe(probe: dict) -> str:
             f"runtimes: {', '.join(found) or 'none'}")
 
 
+def install_runtimes(ssh: SSHTarget, profile: TargetProfile, kinds: list[str],
+                     log: Callable[[str], None] = print) -> None:
+    """Run on the board the profile's install command of each runtime that ``kinds`` need (per kind, the first of
+    the profile's runtimes that runs it); the commands are the profile's own, so they may be run again."""
+    needed = []
+    for kind in kinds:
+        runtime = next((r for r in profile.runtimes if r in FORMATS[kind].runtimes), None)
+        if runtime is not None and runtime not in needed:
+            needed.append(runtime)
+    for runtime in needed:
+        command = profile.install.get(runtime)
+        if not command:
+            raise BenchmarkError(f"profile {profile.name} gives no install command for {runtime}")
+        log(f"installing {runtime} on {ssh.label}: {command}")
+        done = ssh_run(ssh, command, timeout=INSTALL_TIMEOUT_S, what=f"installing {runtime}", retry=False)
+        if done.returncode != 0:
+            raise BenchmarkError(f"installing {runtime} on {ssh.label} with profile {profile.name}'s command failed "
+                                 f"(exit {done.returncode}): {done.last_line}")
+
+
 def remote_bench(ssh: SSHTarget, bundle_dir: Path, profile: TargetProfile, runner_args: list[str], out_json: Path,
-                 timeout_s: float = 1800, log: Callable[[str], None] = print) -> dict:
+                 timeout_s: float = 1800, log: Callable[[str], None] = print, install: bool = False) -> dict:
     """Benchmark every artifact of ``bundle_dir`` on the board behind ``ssh``; returns the bench-suite JSON.
 
-    Copies the bundle (unless already there), probes the board, checks it against ``profile``, runs
+    Installs the runtimes first with ``install`` (``install_runtimes``), copies the bundle (unless already there),
+    probes the board, checks it against ``profile``, runs
     ``run_model.py bench-all`` with ``runner_args`` under ``timeout_s``, writes the result to ``out_json``
     (atomically) with a ``location`` entry added, and returns it.
     """
     bundle_dir, out_json = Path(bundle_dir), Path(out_json)
     manifest_path = bundle_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    if install:
+        install_runtimes(ssh, profile, selected_kinds(manifest, [str(a) for a in runner_args]), log)
     remote, _ = ensure_bundle(ssh, bundle_dir, log, profile)
     probe = probe_board(ssh, remote, profile)
     log(f"board {ssh.label}: {_describe(probe)}")

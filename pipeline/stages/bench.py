@@ -112,7 +112,7 @@ def bench_step(plan, target, built: list, bundled: dict | None) -> dict:
         def measure(out_json: Path) -> dict:
             bundle = plan.path(bundled, "manifest").parent
             suite = remote_bench(ssh, bundle, target, runner_args(options, threads), out_json, options.timeout_s,
-                                 plan.engine.log)
+                                 plan.engine.log, install=options.install)
             if plan.data is not None:  # the board's own outputs on held-out samples, against this host's
                 inputs, labels = board_samples(plan)
                 deployed = [(a, r) for a, r in built if FORMATS[a.kind].deployable]
@@ -134,6 +134,6 @@ def bench_step(plan, target, built: list, bundled: dict | None) -> dict:
                 "system_after": suite["system_after"], "location": suite["location"],
                 **({"board_evaluation": suite["board_evaluation"]} if "board_evaluation" in suite else {})}
 
-    timing = {k: v for k, v in asdict(options).items() if k != "timeout_s"}
+    timing = {k: v for k, v in asdict(options).items() if k not in ("timeout_s", "install")}
     return plan.run(Step(f"{target.name}/bench", "bench", {"bench": timing, "threads": threads, "where": location},
                          needs, target_dir / "bench", produce))
