@@ -35,6 +35,12 @@ def test_an_onnx_file_runs_through_as_its_own_reference(imagenet_photos, tmp_pat
     assert prepared.opset_import[0].version == 13 and not any(n.op_type == "ConstantOfShape" for n in prepared.graph.node)
     assert [i.name for i in prepared.graph.input] == ["input"]
     assert [d.dim_value for d in prepared.graph.output[0].type.tensor_type.shape.dim] == [1, 1000]
+    # The profile's TensorRT 8.2 parses every op of this real model, and the pipeline's int8 Q/DQ conforms to
+    # TensorRT's rules; a Nano's GPU still builds no int8 engine.
+    compat = {r["kind"]: r for r in report["compatibility"]}
+    assert compat["onnx-fp32"]["toolchain"] == "TensorRT 8.2 ONNX parser (JetPack 4.6.1)"
+    assert compat["onnx-fp32"]["verdict"].startswith("all ") and compat["onnx-fp16"]["verdict"].startswith("all ")
+    assert compat["onnx-int8"]["facts"]["qdq_conforming"] and "Int8 support" in compat["onnx-int8"]["verdict"]
 
 
 def dynamic_squeezenet(folder: Path) -> Path:
