@@ -84,6 +84,24 @@ def test_a_grouped_conv_is_refused_by_compiler_16(tmp_path):
     assert TOOLCHAINS["edgetpu-compiler"].check(split["int8"], "tflite-int8", coral).verdict.startswith("all ")
 
 
+def test_float_io_conversions_stay_at_the_edges_without_splitting(tmp_path):
+    """The TFLite converter's default int8 model takes and gives float: its first QUANTIZE and last DEQUANTIZE run
+    on the CPU, and everything between still maps (the compiler does not split there)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    images = np.random.default_rng(2).random((24, 12, 12, 3)).astype(np.float32)
+    export_onnx(model, (1, 3, 12, 12), tmp_path / "plain.onnx", 17)
+    files = convert_tflite(tmp_path / "plain.onnx", PreprocessSpec.from_images(images).apply(images), images,
+                           tmp_path / "tfl", "per-tensor", IODtype.FLOAT32, Layout.NHWC, grouped_conv=False)
+    result = TOOLCHAINS["edgetpu-compiler"].check(files["int8"], "tflite-int8", load_target("coral-edgetpu"))
+    on_cpu = [op for op in result.ops if op.runs_on != "accelerator"]
+    assert [op.op.split()[0] for op in on_cpu] == ["QUANTIZE", "DEQUANTIZE"], on_cpu
+    assert on_cpu[0].index == 0 and on_cpu[1].index == len(result.ops) - 1
+    assert "float input" in on_cpu[0].why and "float output" in on_cpu[1].why
+    assert any("float32, the profile's I/O type is uint8" in p for p in result.problems)
+
+
 @pytest.fixture(scope="module")
 def tiny_ranges(tmp_path_factory):
     torch.manual_seed(0)

@@ -163,12 +163,24 @@ def _refusing(ops: tuple[TFLiteOp, ...]) -> dict[str, TFLiteOp]:
     return found
 
 
+def _edge_conversion(op: TFLiteOp, graph) -> bool:
+    """A QUANTIZE of the model's float input, or a DEQUANTIZE to its float output: the compiler leaves these on the
+    CPU at the edges of the Edge TPU segment, without splitting it."""
+    inputs, outputs = {t.name for t in graph.inputs}, {t.name for t in graph.outputs}
+    return (op.name == "QUANTIZE" and op.inputs[0].name in inputs) or \
+        (op.name == "DEQUANTIZE" and bool(op.outputs) and op.outputs[0].name in outputs)
+
+
 def check(path: Path, kind: str, target) -> Compatibility:
     graph = read_graph(path)
     ops, split, refusing = [], None, _refusing(graph.ops)
     for op in graph.ops:
         runs_on, why, change = placement(op, refusing)
-        if runs_on == ACCELERATED and split is not None:
+        if runs_on == CPU and _edge_conversion(op, graph):
+            why = f"converts the model's float {'input' if op.name == 'QUANTIZE' else 'output'}: runs on the CPU, " \
+                  "outside the Edge TPU segment"
+            change = "uint8 I/O (the profile's io_dtype) moves it into the model's caller"
+        elif runs_on == ACCELERATED and split is not None:
             runs_on, why, change = CPU, (f"after op {split.index} ({split.name}), the first the Edge TPU cannot run: "
                                          "the compiler maps one segment only"), f"make op {split.index} an Edge TPU op"
         elif runs_on == CPU and split is None:
@@ -188,6 +200,9 @@ def check(path: Path, kind: str, target) -> Compatibility:
         if tensor.dtype != wanted:
             problems.append(f"{tensor.name} is {tensor.dtype.lower()}, the profile's I/O type is {wanted.lower()}"
                             + (" (PyCoral takes uint8 input only)" if wanted == "UINT8" else ""))
+    if not any(t.dtype in INTEGER for op in graph.ops for t in op.inputs if t.constant):
+        problems.append("the model is not quantized (no 8-bit weights): the Edge TPU runs full-integer models only; "
+                        "quantize it to int8 first")
     if parameter_bytes > ON_CHIP_BYTES:
         problems.append(f"the Edge TPU part's parameters take {parameter_bytes / 2**20:.1f} MiB, over the ~8 MiB "
                         "on-chip cache: the rest streams from off-chip memory, which is slower")
