@@ -25,15 +25,23 @@ def checker(target, artifact):
     return row if artifact.format in row.formats and row.kinds(artifact.kind) else TOOLCHAINS["cpu"]
 
 
+OP_HEADER = ["#", "op", "layer", "runs on", "why not", "what to change"]
+
+
+def op_rows(result: dict) -> list[list[str]]:
+    """Every op of one artifact's compatibility: index, op, layer, where it runs (the toolchain's device, CPU or
+    refused), why not on the device and what to change."""
+    place = lambda op: result["device"] if op["runs_on"] == "accelerator" else op["runs_on"]  # noqa: E731
+    return [[str(o["index"]), o["op"], o["layer"][:60], place(o), o["why"], o["change"]] for o in result["ops"]]
+
+
 def compat_markdown(target, results: list[dict]) -> str:
     lines = [f"# {target.name}: compatibility with the board's toolchains", ""]
     for result in results:
         lines += [f"## {result['kind']} — {result['toolchain']}", "", f"**{result['verdict']}**", ""]
         lines += [f"- {p}" for p in result["problems"]] + ([""] if result["problems"] else [])
-        lines += ["| # | op | layer | runs on | why not | what to change |", "|---|---|---|---|---|---|"]
-        lines += [f"| {o['index']} | {o['op']} | {o['layer'][:60]} | {runs_on(result, o)} | {o['why']} | {o['change']} |"
-                  for o in result["ops"]]
-        lines.append("")
+        lines += ["| " + " | ".join(OP_HEADER) + " |", "|" + "---|" * len(OP_HEADER)]
+        lines += ["| " + " | ".join(row) + " |" for row in op_rows(result)] + [""]
     return "\n".join(lines)
 
 
@@ -42,19 +50,11 @@ def compat_sections(results: list[dict]) -> list[tuple[str, str, list[str], list
     that has ops off its device, every op and where it runs."""
     sections = []
     for r in results:
-        if r["device"] == "CPU" or (r["device"].startswith("CPU") and not any(o["runs_on"] != "accelerator"
-                                                                               for o in r["ops"])):
+        if r["device"].startswith("CPU") and all(o["runs_on"] == "accelerator" for o in r["ops"]):
             continue  # ONNX Runtime on the CPU, or LiteRT with every op in XNNPACK: the verdict line says it all
-        note = " ".join([r["verdict"] + ".", *r["problems"]])
-        rows = [[str(o["index"]), o["op"], o["layer"][:60], runs_on(r, o), o["why"], o["change"]] for o in r["ops"]]
-        sections.append((f"Compatibility: {r['kind']} with the {r['toolchain']}", note,
-                         ["#", "op", "layer", "runs on", "why not", "what to change"], rows))
+        sections.append((f"Compatibility: {r['kind']} with the {r['toolchain']}",
+                         " ".join([r["verdict"] + ".", *r["problems"]]), OP_HEADER, op_rows(r)))
     return sections
-
-
-def runs_on(result: dict, op: dict) -> str:
-    """An op's place as a report says it: the toolchain's device, CPU, or refused."""
-    return result["device"] if op["runs_on"] == "accelerator" else op["runs_on"]
 
 
 def setup_script(target) -> str:
