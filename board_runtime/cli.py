@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         outputs = {}
         for kind in chosen:
             model = Model(find_artifact(manifest, kind), base, args.threads, manifest.get("execution_providers", ()))
-            outputs[kind] = [model.predict(sample[None])[0].astype(float).tolist() for sample in inputs]
+            outputs[kind] = model.predict_each(inputs).tolist()
         _write_json(args.json, {"schema": LOGITS_SCHEMA, "machine": probe()["system"], "samples": len(inputs),
                                 "logits": outputs})
     elif args.command == "bench":

@@ -41,6 +41,10 @@ class Model:
     def predict(self, x_nchw: np.ndarray) -> np.ndarray:
         return self.finish(self.session.run(self.prepare(x_nchw)))
 
+    def predict_each(self, inputs_nchw: np.ndarray) -> np.ndarray:
+        """Logits of every sample, one at a time (the artifacts have a static batch of 1)."""
+        return np.stack([self.predict(sample[None])[0] for sample in inputs_nchw]).astype(np.float32)
+
 
 def load_manifest(path: Path) -> dict:
     return json.loads(Path(path).read_text())

@@ -56,7 +56,8 @@ BOARD_SAMPLES = 200  # held-out samples each artifact runs on the board (a slow 
 
 
 def board_samples(plan) -> tuple[np.ndarray, np.ndarray]:
-    """The first held-out samples as the model takes them, and their labels."""
+    """A reproducible subset of the held-out samples (of the evaluation's size at most) as the model takes them, and
+    their labels."""
     test = plan.data.test.take(min(BOARD_SAMPLES, plan.config.eval_samples or BOARD_SAMPLES))
     images, labels = test.read(), test.labels
     return plan.preprocess().apply(images), np.asarray(labels)
@@ -66,11 +67,8 @@ def host_logits(target_dir: Path, built: list, inputs: np.ndarray) -> dict[str, 
     """Every artifact's outputs on ``inputs`` here, with the same runtime code the board runs."""
     from board_runtime.model import Model
 
-    found = {}
-    for artifact, _ in built:
-        model = Model(artifact.to_dict(), target_dir, threads=1)
-        found[artifact.kind] = np.stack([model.predict(sample[None])[0] for sample in inputs]).astype(np.float32)
-    return found
+    return {artifact.kind: Model(artifact.to_dict(), target_dir, threads=1).predict_each(inputs)
+            for artifact, _ in built}
 
 
 def board_evaluation(board: dict, host: dict, labels: np.ndarray) -> dict:

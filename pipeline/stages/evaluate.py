@@ -38,11 +38,11 @@ def evaluate_artifacts(
     with tqdm(total=total, desc=f"evaluate {len(models)} artifacts", unit="img", mininterval=1.0) as bar:
         for inputs, labels in batches:
             for kind, model in models.items():
-                logits[kind] += [model.predict(sample[None])[0].astype(np.float32) for sample in inputs]
+                logits[kind].append(model.predict_each(inputs))
             seen.append(labels)
             bar.update(len(labels))
     labels = np.concatenate(seen)
-    logits = {kind: np.stack(rows) for kind, rows in logits.items()}
+    logits = {kind: np.concatenate(rows) for kind, rows in logits.items()}
     reference = logits[artifacts[0].kind]
     ref_top = reference.argmax(1)
     ref_top1 = 100.0 * float((ref_top == labels).mean())
