@@ -73,7 +73,7 @@ def check_onnx(path: Path, kind: str) -> Compatibility:
 
 CHECKS = {"tflite": check_tflite, "onnx": check_onnx}
 
-CPU_RUNTIMES = register_toolchain(Toolchain(
+register_toolchain(Toolchain(
     name="cpu", label="the CPU runtimes (LiteRT, ONNX Runtime)", versions=("any",), formats=tuple(CHECKS),
     check=lambda path, kind, target: CHECKS[Path(path).suffix.lstrip(".")](Path(path), kind),
 ))

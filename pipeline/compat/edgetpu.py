@@ -235,7 +235,7 @@ edgetpu_compiler --out_dir artifacts --show_operations --search_delegate --deleg
 """
 
 
-EDGETPU_COMPILER = register_toolchain(Toolchain(
+register_toolchain(Toolchain(
     name="edgetpu-compiler", label="Edge TPU compiler", versions=("16",), formats=("tflite",), check=check,
     kinds=lambda kind: kind == "tflite-int8", grouped_conv=False,
     scripts=lambda artifacts, spec: {"compile_edgetpu.sh": compile_script(artifacts["tflite-int8"])}

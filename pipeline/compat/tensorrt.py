@@ -52,18 +52,14 @@ REMEDIES = {
 }
 
 
-def _constant(model) -> dict:
-    from onnx import numpy_helper
-
-    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-
-
 WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 0}  # the per-channel axis TensorRT's kernels assume (KCRS; deconv too)
 
 
 def qdq_problems(model) -> dict[int, tuple[str, str]]:
     """Per Q/DQ node index, why TensorRT does not take it and what to change; empty for a conforming model."""
-    constants = _constant(model)
+    from onnx import numpy_helper
+
+    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     consumers: dict[str, list] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -181,7 +177,7 @@ build() {{
 """
 
 
-TENSORRT = register_toolchain(Toolchain(
+register_toolchain(Toolchain(
     name="tensorrt", label="TensorRT", versions=tuple(PARSERS), formats=("onnx",), check=check,
     max_opset=lambda version: PARSERS[version].max_opset, quantized_bias=False,
     scripts=lambda artifacts, spec: {"build_engines.sh": engines_script(artifacts, spec.int8)},
