@@ -27,7 +27,7 @@ class EpochCheckpoint:
         the loop's own entries), or None when there is nothing to resume."""
         if self.path is None or not self.path.is_file():
             return None
-        state = torch.load(self.path, weights_only=True)
+        state = torch.load(self.path, map_location="cpu", weights_only=True)  # copied onto the loop's device
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])

@@ -56,6 +56,11 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     add("--interpolation", choices=["bilinear", "bicubic", "nearest"], help="resampling for --resize")
     add("--epochs", type=int, help="teacher training epochs when no weights are given")
     add("--train-subset", type=int, help="train the teacher on a random subset of this many samples")
+    add("--device", help="where teacher training, block-wise distillation and fine-tuning run: auto (the default: the "
+                         "first CUDA device where there is one), cpu, cuda or cuda:N")
+    add("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+        help="training precision: auto (the default) is mixed precision where the device has it (bf16 on GPUs and on "
+             "CPUs with bf16 instructions, fp16 on older GPUs)")
     add("--calibration-method", choices=["auto", "minmax", "percentile", "entropy", "mse"],
         help="activation ranges of the ONNX int8 model; auto (the default) keeps the method whose int8 model is "
              "closest to the float one on held-out calibration samples")
@@ -105,6 +110,7 @@ def _config(args: argparse.Namespace, stage_command: bool):
                                     ("install", args.install))
                   if v is not None},
         "compress": _compress_overrides(args),
+        "compute": {k: getattr(args, k) for k in ("device", "precision") if getattr(args, k) is not None},
         "preprocess": {k: getattr(args, k) for k in ("mean", "std", "channel_order", "resize", "crop", "interpolation")
                        if getattr(args, k) is not None} | ({"preset": args.preprocess} if args.preprocess else {}),
     }

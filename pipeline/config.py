@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,24 @@ class TrainOptions:
     hflip: bool = True  # Fashion-MNIST's garments are left-right symmetric
     seed: int = 0
     train_subset: int | None = None  # train on a random subset (tests, quick tries)
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class ComputeOptions:
+    """Where teacher training, block-wise distillation and fine-tuning run (``pipeline.compute`` resolves it)."""
+
+    device: str = "auto"  # auto: the first CUDA device where there is one, else the CPU
+    precision: str = "auto"  # auto: mixed precision where the device has it
+
+    def __post_init__(self):
+        if not isinstance(self.device, str) or not DEVICE_PATTERN.fullmatch(self.device):
+            raise ConfigError(f"compute.device: bad value {self.device!r}, expected auto, cpu, cuda or cuda:N")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"compute.precision: bad value {self.precision!r}, expected one of {', '.join(PRECISIONS)}")
 
 
 @dataclass(frozen=True)
@@ -74,6 +93,7 @@ class RunConfig:
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     bench: BenchOptions = field(default_factory=BenchOptions)
     compress: CompressOptions = field(default_factory=CompressOptions)
+    compute: ComputeOptions = field(default_factory=ComputeOptions)
     force: bool = False
     from_stage: str | None = None
 
@@ -119,7 +139,7 @@ def _nchw(value: Any) -> tuple[int, ...]:
 
 
 _NESTED = {"train": TrainOptions, "calibration": CalibrationOptions, "bench": BenchOptions,
-           "compress": CompressOptions, "preprocess": PreprocessOptions}
+           "compress": CompressOptions, "preprocess": PreprocessOptions, "compute": ComputeOptions}
 
 
 def _typed(cls: type, data: Any, where: str, source: str) -> Any:

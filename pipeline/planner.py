@@ -54,6 +54,13 @@ class Planner:
 
         return ModelSource(self.config.model, self.config.weights)
 
+    @cached_property
+    def compute(self):
+        """The device and precision of the training loops (imports torch: only steps that train ask)."""
+        from .compute import resolve
+
+        return resolve(self.config.compute)
+
     def path(self, record: dict, key: str) -> Path:
         return self.engine.path(record, key)
 

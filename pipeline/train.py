@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from .artifacts import sha256_json, write_json
 from .checkpoint import EpochCheckpoint
-from .config import TrainOptions
+from .compute import Compute, resolve
+from .config import ComputeOptions, TrainOptions
 from .data import Dataset, PreprocessSpec
 
 
@@ -25,10 +26,11 @@ def cache_dir() -> Path:
 def top1(model: nn.Module, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
     """Top-1 accuracy in percent over (model inputs, labels) batches."""
     model.eval()
+    device = next(model.parameters()).device
     correct = total = 0
     with torch.no_grad():
         for inputs, labels in batches:
-            correct += int((model(torch.from_numpy(inputs)).argmax(1).numpy() == labels).sum())
+            correct += int((model(torch.from_numpy(inputs).to(device)).argmax(1).cpu().numpy() == labels).sum())
             total += len(labels)
     return 100.0 * correct / max(1, total)
 
@@ -40,10 +42,12 @@ def evaluate_torch(model: nn.Module, inputs: np.ndarray, labels: np.ndarray, bat
 
 def train_classifier(
     model: nn.Module, train: Dataset, test: Dataset, preprocess: PreprocessSpec, options: TrainOptions,
-    cache_key_extra: dict,
+    cache_key_extra: dict, compute: Compute | None = None,
 ) -> tuple[nn.Module, dict]:
-    """Train ``model`` with cross-entropy (or load the cached result of the same training) and return it with stats."""
-    key = sha256_json({"options": asdict(options), **cache_key_extra})[:16]
+    """Train ``model`` with cross-entropy (or load the cached result of the same training) and return it with stats,
+    on the CPU afterwards whichever device trained it."""
+    compute = compute or resolve(ComputeOptions())
+    key = sha256_json({"options": asdict(options), "precision": compute.precision, **cache_key_extra})[:16]
     cached = cache_dir() / "teachers" / f"{key}.pt"
     if cached.is_file():
         model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
@@ -54,43 +58,44 @@ def train_classifier(
     subset = train.take(options.train_subset, options.seed)  # read a batch at a time, never whole
     y = torch.from_numpy(subset.labels)
     steps_per_epoch = max(1, len(y) // options.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr / 2, weight_decay=options.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, options.lr, total_steps=options.epochs * steps_per_epoch)
-    model = model.to(memory_format=torch.channels_last)
-    generator = torch.Generator().manual_seed(options.seed)
-    started = time.perf_counter()
-    accuracy = 0.0
-    # An interrupted training goes on from its last finished epoch (the file is keyed like the cache).
-    checkpoint = EpochCheckpoint(cached.with_suffix(".resume.pt"), "teacher training")
-    saved = checkpoint.restore(model, optimizer, schedule, generator)
-    if saved:
-        accuracy = saved["accuracy"]
-    for epoch in range(saved["epoch"] if saved else 0, options.epochs):
-        model.train()
-        order = torch.randperm(len(y), generator=generator)
-        bar = tqdm(range(steps_per_epoch), desc=f"train teacher epoch {epoch + 1}/{options.epochs}", unit="batch")
-        for step in bar:
-            index = order[step * options.batch_size : (step + 1) * options.batch_size]
-            batch = torch.from_numpy(preprocess.apply(subset.subset(index.numpy()).read()))
-            if options.hflip:
-                flip = torch.rand(len(index), generator=generator) < 0.5
-                batch = torch.where(flip[:, None, None, None], batch.flip(3), batch)
-            loss = nn.functional.cross_entropy(
-                model(batch.contiguous(memory_format=torch.channels_last)), y[index],
-                label_smoothing=options.label_smoothing,
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        bar.close()
-        accuracy = top1(model, ((preprocess.apply(x), y) for x, y in test.batches(500)))
-        tqdm.write(f"epoch {epoch + 1}: test top-1 {accuracy:.2f}%")
-        checkpoint.save(epoch + 1, model, optimizer, schedule, generator, accuracy=accuracy)
-    model = model.to(memory_format=torch.contiguous_format).eval()
-    stats = {"cached": None, "test_top1": accuracy, "seconds": round(time.perf_counter() - started, 1)}
+    with compute.training(model) as scaler:  # before the optimizer: its state lives beside the weights
+        optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr / 2, weight_decay=options.weight_decay)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, options.lr, total_steps=options.epochs * steps_per_epoch)
+        generator = torch.Generator().manual_seed(options.seed)
+        started = time.perf_counter()
+        accuracy = 0.0
+        # An interrupted training goes on from its last finished epoch (the file is keyed like the cache).
+        checkpoint = EpochCheckpoint(cached.with_suffix(".resume.pt"), "teacher training")
+        saved = checkpoint.restore(model, optimizer, schedule, generator)
+        if saved:
+            accuracy = saved["accuracy"]
+        for epoch in range(saved["epoch"] if saved else 0, options.epochs):
+            model.train()
+            order = torch.randperm(len(y), generator=generator)
+            bar = tqdm(range(steps_per_epoch), desc=f"train teacher epoch {epoch + 1}/{options.epochs}", unit="batch")
+            for step in bar:
+                index = order[step * options.batch_size : (step + 1) * options.batch_size]
+                batch = torch.from_numpy(preprocess.apply(subset.subset(index.numpy()).read()))
+                if options.hflip:
+                    flip = torch.rand(len(index), generator=generator) < 0.5
+                    batch = torch.where(flip[:, None, None, None], batch.flip(3), batch)
+                with compute.autocast():
+                    logits = model(compute.inputs(batch))
+                loss = nn.functional.cross_entropy(logits.float(), compute.inputs(y[index]),
+                                                   label_smoothing=options.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.backward(loss)
+                scaler.step(optimizer)
+                schedule.step()
+                if step % 20 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.close()
+            accuracy = top1(model, ((preprocess.apply(x), y) for x, y in test.batches(500)))
+            tqdm.write(f"epoch {epoch + 1}: test top-1 {accuracy:.2f}%")
+            checkpoint.save(epoch + 1, model, optimizer, schedule, generator, accuracy=accuracy)
+    model = model.cpu().eval()
+    stats = {"cached": None, "test_top1": accuracy, "seconds": round(time.perf_counter() - started, 1),
+             **compute.describe()}
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(".tmp")
     torch.save(model.state_dict(), tmp)

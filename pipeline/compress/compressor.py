@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,11 +12,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoint import EpochCheckpoint
+from ..compute import Compute, resolve
+from ..config import ComputeOptions
 from ..errors import ConfigError
 from ..torchmodel import count_flops, count_params
 from ..train import evaluate_torch
 from . import distributed
 from .blocks import TeacherBlock, cut_teacher, find_head
+from .halving import Halving, unusable
 from .options import CompressOptions
 from .search import block_shapes, distill_blockwise, make_candidates, nmse, teacher_features
 from .selection import Option, pareto_front, select
@@ -30,12 +34,20 @@ def _distillation_loss(student_logits, teacher_logits, labels, temperature, alph
     return alpha * soft + (1 - alpha) * nn.functional.cross_entropy(student_logits, labels)
 
 
+def teacher_logits(teacher: nn.Module, x: torch.Tensor, compute: Compute, batch: int = 512) -> torch.Tensor:
+    """The teacher's logits for every sample, once: fine-tuning sees the same images every epoch (no augmentation),
+    so one teacher pass replaces one per epoch."""
+    with torch.no_grad(), compute.autocast():
+        return torch.cat([teacher(compute.inputs(x[s : s + batch])).float().cpu() for s in range(0, len(x), batch)])
+
+
 def finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor,
              y_val: np.ndarray, options: CompressOptions, checkpoint: EpochCheckpoint | None = None,
-             blocks: list[TeacherBlock] = (), head: nn.Module | None = None) -> dict:
+             blocks: list[TeacherBlock] = (), head: nn.Module | None = None, compute: Compute | None = None) -> dict:
     """End-to-end distillation from the teacher's logits (and, with ``options.feature_weight``, from its
     block outputs: ``blocks`` and ``head`` are the teacher cut as the student is, one block per student block),
     early-stopped on validation top-1."""
+    compute = compute or resolve(ComputeOptions())
     teacher.eval()
     if head is not None:
         head.eval()  # a pooled head is a new Sequential around the teacher's modules
@@ -43,48 +55,55 @@ def finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.T
     hooks = [block.register_forward_hook(lambda module, args, output: student_outputs.append(output))
              for block in student.features] if options.feature_weight else []
     steps_per_epoch = max(1, len(y) // options.batch_size)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=options.lr, weight_decay=5e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, options.lr, total_steps=options.finetune_epochs * steps_per_epoch)
-    generator = torch.Generator().manual_seed(options.seed)
-    best, best_state, stale, history = -1.0, None, 0, []
-    saved = checkpoint.restore(student, optimizer, schedule, generator) if checkpoint else None
-    if saved:
-        best, best_state, stale, history = saved["best"], saved["best_state"], saved["stale"], saved["history"]
-    done = saved["epoch"] if saved else 0
-    model = distributed.wrap(student)
-    for epoch in range(done, options.finetune_epochs):
-        if stale >= options.patience:  # early-stopped, in this call or before an interruption
-            break
-        model.train()
-        order = torch.randperm(len(y), generator=generator)
-        for step in tqdm(range(steps_per_epoch), desc=f"fine-tune student {epoch + 1}/{options.finetune_epochs}",
-                         unit="batch", disable=not distributed.is_main()):
-            index = distributed.shard(order[step * options.batch_size : (step + 1) * options.batch_size])
-            with torch.no_grad():
-                if hooks:  # one teacher pass gives the block outputs and, through the head, the logits
-                    _, teacher_outputs = teacher_features(blocks, x[index])
-                    target = head(teacher_outputs[-1])
-                else:
-                    target = teacher(x[index])
-            student_outputs.clear()
-            loss = _distillation_loss(model(x[index]), target, y[index], options.temperature, options.alpha)
-            if hooks:
-                loss = loss + options.feature_weight * sum(map(nmse, student_outputs, teacher_outputs))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-        distributed.sync_buffers(student)
-        accuracy = evaluate_torch(student, x_val, y_val)
-        history.append(accuracy)
-        if accuracy > best:
-            best, stale = accuracy, 0
-            best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
-        else:
-            stale += 1
-        if checkpoint:
-            checkpoint.save(epoch + 1, student, optimizer, schedule, generator, best=best, best_state=best_state,
-                            stale=stale, history=history)
+    with compute.training(teacher, student) as scaler:  # before the optimizer: its state lives beside the weights
+        targets = None if hooks else teacher_logits(teacher, x, compute)
+        optimizer = torch.optim.AdamW(student.parameters(), lr=options.lr, weight_decay=5e-4)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, options.lr,
+                                                       total_steps=options.finetune_epochs * steps_per_epoch)
+        generator = torch.Generator().manual_seed(options.seed)
+        best, best_state, stale, history = -1.0, None, 0, []
+        saved = checkpoint.restore(student, optimizer, schedule, generator) if checkpoint else None
+        if saved:
+            best, best_state, stale, history = saved["best"], saved["best_state"], saved["stale"], saved["history"]
+        done = saved["epoch"] if saved else 0
+        model = distributed.wrap(student)
+        for epoch in range(done, options.finetune_epochs):
+            if stale >= options.patience:  # early-stopped, in this call or before an interruption
+                break
+            model.train()
+            order = torch.randperm(len(y), generator=generator)
+            for step in tqdm(range(steps_per_epoch), desc=f"fine-tune student {epoch + 1}/{options.finetune_epochs}",
+                             unit="batch", disable=not distributed.is_main()):
+                index = distributed.shard(order[step * options.batch_size : (step + 1) * options.batch_size])
+                inputs = compute.inputs(x[index])
+                with compute.autocast():
+                    if hooks:  # one teacher pass gives the block outputs and, through the head, the logits
+                        with torch.no_grad():
+                            _, teacher_outputs = teacher_features(blocks, inputs)
+                            target = head(teacher_outputs[-1])
+                    else:
+                        target = compute.inputs(targets[index])
+                    student_outputs.clear()
+                    logits = model(inputs)
+                loss = _distillation_loss(logits.float(), target.float(), compute.inputs(y[index]),
+                                          options.temperature, options.alpha)
+                if hooks:
+                    loss = loss + options.feature_weight * sum(map(nmse, student_outputs, teacher_outputs))
+                optimizer.zero_grad(set_to_none=True)
+                scaler.backward(loss)
+                scaler.step(optimizer)
+                schedule.step()
+            distributed.sync_buffers(student)
+            accuracy = evaluate_torch(student, x_val, y_val)
+            history.append(accuracy)
+            if accuracy > best:
+                best, stale = accuracy, 0
+                best_state = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
+            else:
+                stale += 1
+            if checkpoint:
+                checkpoint.save(epoch + 1, student, optimizer, schedule, generator, best=best, best_state=best_state,
+                                stale=stale, history=history)
     for hook in hooks:
         hook.remove()
     if best_state is not None:
@@ -94,7 +113,8 @@ def finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.T
 
 def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
              val_y: np.ndarray, options: CompressOptions, out_dir: Path, resume_dir: Path | None = None,
-             test: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[nn.Module, dict]:
+             test: tuple[np.ndarray, np.ndarray] | None = None,
+             compute: Compute | None = None) -> tuple[nn.Module, dict]:
     """Search, assemble and fine-tune a student of ``teacher``; write student.pt and student.json.
 
     Returns the student and the compression report. With ``resume_dir``, both training phases save their
@@ -106,6 +126,7 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
     neither model trained on), the report gives both models' top-1 on it too: the validation images come from the
     training split, which the teacher has seen, so only the test figures compare the two fairly.
     """
+    compute = compute or resolve(ComputeOptions())
     timings = {}
     started = time.perf_counter()
     torch.manual_seed(options.seed)  # candidates' initial weights: the same student for the same inputs
@@ -123,14 +144,20 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
     candidates = [make_candidates(b, i, o, options.search_space) for b, (i, o) in zip(blocks, shapes)]
     options_grid = [[Option(0.0, c.flops, c.params) for c in group] for group in candidates]
     select(options_grid, max_flops, max_params, fixed)  # fail before training when the budget is unreachable
+    reasons = unusable(options_grid, max_flops, max_params, fixed)
+    search = {"candidates": sum(map(len, candidates)),
+              "pruned": dict(Counter(r for row in reasons for r in row if r))}
+    made = [len(group) for group in candidates]
+    candidates = [[c for c, reason in zip(group, row) if reason is None] for group, row in zip(candidates, reasons)]
     timings["setup_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
     x, held_out = torch.from_numpy(train_x), torch.from_numpy(val_x[: max(256, len(val_x) // 4)])
-    blockwise_resumed = distill_blockwise(blocks, candidates, x[: options.blockwise_subset], held_out,
-                                          options.blockwise_epochs, options.batch_size, options.lr, options.seed,
-                                          EpochCheckpoint(resume_dir and resume_dir / "blockwise.pt",
-                                                          "block-wise distillation"))
+    halving = Halving(options.halving_rate, options.halving_rungs, max_flops, max_params, fixed)
+    search.update(distill_blockwise(blocks, candidates, x[: options.blockwise_subset], held_out,
+                                    options.blockwise_epochs, options.batch_size, options.lr, options.seed,
+                                    EpochCheckpoint(resume_dir and resume_dir / "blockwise.pt",
+                                                    "block-wise distillation"), compute, halving))
     timings["blockwise_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -152,9 +179,9 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
         p.requires_grad_(True)
     started = time.perf_counter()
     tuning = finetune(student, teacher, x, torch.from_numpy(train_y), val_x, val_y, options,
-                      EpochCheckpoint(resume_dir and resume_dir / "finetune.pt", "fine-tuning"), blocks, head)
+                      EpochCheckpoint(resume_dir and resume_dir / "finetune.pt", "fine-tuning"), blocks, head, compute)
     timings["finetune_s"] = time.perf_counter() - started
-    student.eval()
+    student, teacher = student.cpu().eval(), teacher.cpu()
     if distributed.is_main():
         save_student(student, spec, out_dir)
     test_top1 = (lambda model: {"test_top1": evaluate_torch(model, *test)}) if test else (lambda model: {})
@@ -168,12 +195,14 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
                     "predicted_flops": chosen.flops, "predicted_params": chosen.params, **tuning},
         "blocks": [{"block": blocks[b].name, "chosen": candidates[b][c].spec, "score": candidates[b][c].score,
                     "flops": candidates[b][c].flops, "params": candidates[b][c].params,
-                    "candidates": len(candidates[b])} for b, c in enumerate(chosen.choice)],
+                    "candidates": made[b], "searched": len(candidates[b])} for b, c in enumerate(chosen.choice)],
         "pareto_front": [{"flops": s.flops, "params": s.params, "score": s.score,
                           "blocks": [candidates[b][c].spec["type"] for b, c in enumerate(s.choice)]} for s in front],
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
-        "blockwise_resumed_after_epoch": blockwise_resumed,
+        "search": search,
+        "blockwise_resumed_after_epoch": search["resumed_after_epoch"],
         "world_size": distributed.world_size(),
+        "compute": compute.describe(),
         "options": {**asdict(options), "budget": asdict(options.budget)},
     }
     return student, report

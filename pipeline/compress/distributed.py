@@ -1,4 +1,4 @@
-"""Data-parallel training under ``torchrun``: gloo on CPU, nccl on GPU; a no-op in a single process."""
+"""Data-parallel training under ``torchrun``: gloo on CPU, NCCL on GPU; a no-op in a single process."""
 from __future__ import annotations
 
 import os
@@ -8,10 +8,13 @@ import torch.distributed as dist
 from torch import nn
 
 
-def initialise() -> None:
-    """Join the process group that torchrun describes in the environment (once)."""
+def initialise(cuda: bool) -> None:
+    """Join the process group that torchrun describes in the environment (once): NCCL where the processes train on
+    GPUs, gloo on CPUs."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if cuda:  # one GPU per process (pipeline.compute picks cuda:LOCAL_RANK)
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
 
 
 def world_size() -> int:
@@ -35,7 +38,8 @@ def wrap(module: nn.Module) -> nn.Module:
     """DistributedDataParallel around ``module`` when running in a process group; gradients are averaged."""
     if not dist.is_initialized():
         return module
-    return nn.parallel.DistributedDataParallel(module)
+    device = next(module.parameters()).device
+    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def average_gradients(module: nn.Module) -> None:

@@ -141,6 +141,11 @@ class CompressOptions:
     # Block-wise distillation trains every candidate at once (~25x the student's cost per sample), so it
     # sees a subset; fine-tuning trains the one student on all the training samples.
     blockwise_subset: int | None = 12000  # None: all
+    # Successive halving in block-wise distillation (``halving.py``): after 1/rate^k of the steps (k = rungs..1) the
+    # candidates still training are ranked by regret under the budget and 1/rate of them per block go on.
+    # rate 1 trains every candidate to the end.
+    halving_rate: int = 3
+    halving_rungs: int = 2
     finetune_subset: int | None = None
     val_samples: int = 5000  # held out of the training split for scoring and early stopping
     seed: int = 0
@@ -154,6 +159,10 @@ class CompressOptions:
                     raise ConfigError(f"compress.{name}: unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
                                       "valid fields: " + ", ".join(f.name for f in fields(cls)))
                 object.__setattr__(self, name, cls(**value))
+        for name, low in (("halving_rate", 1), ("halving_rungs", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"compress.{name}: bad value {value!r}, expected an integer >= {low}")
         for name in ("boundaries", "frozen"):
             value = getattr(self, name)
             if isinstance(value, list):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from pipeline.compute import resolve
+from pipeline.config import ComputeOptions
 from pipeline.data import PreprocessSpec, load_dataset
 from pipeline.sources import ModelSource, build_model
 
@@ -33,8 +35,11 @@ def main() -> None:
     parser.add_argument("--params-ratio", type=float, default=0.5)
     parser.add_argument("--blockwise-epochs", type=int, default=1)
     parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (each process takes cuda:LOCAL_RANK)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     args = parser.parse_args()
-    distributed.initialise()
+    compute = resolve(ComputeOptions(args.device, args.precision))
+    distributed.initialise(cuda=compute.device.type == "cuda")
     torch.set_num_threads(1)
     data = load_dataset(None)
     train = data.train.take(args.train_subset + args.val_samples, seed=0)
@@ -47,7 +52,7 @@ def main() -> None:
     student, report = compress(teacher, {"model": args.model, "in_channels": 1, "num_classes": len(data.classes),
                                          "preprocess": spec.to_dict()},
                                x[args.val_samples :], y[args.val_samples :], x[: args.val_samples],
-                               y[: args.val_samples], options, args.out)
+                               y[: args.val_samples], options, args.out, compute=compute)
     buffer = io.BytesIO()
     torch.save(student.state_dict(), buffer)
     (args.out / f"rank{distributed.rank()}.sha256").write_text(hashlib.sha256(buffer.getvalue()).hexdigest())

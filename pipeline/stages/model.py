@@ -44,7 +44,7 @@ def _torch_model(plan, tmp: Path, fingerprint: str) -> dict:
     stats = None
     if source.needs_training:
         model, stats = train_classifier(model, data.train, data.test, preprocess, config.train,
-                                        {"model": config.model, "data": fingerprint})
+                                        {"model": config.model, "data": fingerprint}, plan.compute)
     files = {"torchscript": "model.torchscript.pt"}
     if source.row.keeps_weights:
         torch.save(model.state_dict(), tmp / "weights.pt")
@@ -133,7 +133,8 @@ def model_step(plan) -> dict:
     fingerprint = plan.data.fingerprint() if plan.data else None
     params = {"source": _source_identity(plan), "image_size": config.image_size, "input_shape": config.input_shape,
               "preprocess": plain_data(config.preprocess),
-              "train": asdict(config.train) if source.needs_training else None, "data": fingerprint}
+              "train": {**asdict(config.train), "precision": plan.compute.precision} if source.needs_training else None,
+              "data": fingerprint}
 
     def produce(tmp: Path) -> dict:
         made = MODEL_MAKERS[source.row.framework](plan, tmp, fingerprint)
@@ -181,7 +182,7 @@ def compress_step(plan) -> dict:
         fit, val, test = train.subset(train_index), train.subset(val_index), plan.data.test
         student, report = compress(  # block-wise distillation holds its inputs in memory (issue 13)
             plan.load_torch(), teacher_source, spec.apply(fit.read()), fit.labels, spec.apply(val.read()), val.labels,
-            replace(options, budget=budget), tmp, resume_dir, (spec.apply(test.read()), test.labels),
+            replace(options, budget=budget), tmp, resume_dir, (spec.apply(test.read()), test.labels), plan.compute,
         )
         write_json(tmp / "compression.json", report)
         (tmp / "compression.md").write_text(compression_markdown(report))
@@ -196,6 +197,6 @@ def compress_step(plan) -> dict:
     max_flops, max_params = budget.limits(model_record["data"]["flops"], model_record["data"]["params"])
     student = "-".join(["student", *([f"{format_count(max_flops)}flops"] if max_flops else []),
                         *([f"{format_count(max_params)}params"] if max_params else [])])
-    params = {**plan.config.to_dict()["compress"], "budget": asdict(budget)}
+    params = {**plan.config.to_dict()["compress"], "budget": asdict(budget), "precision": plan.compute.precision}
     return plan.run(Step(f"{student}/compress", "compress", params, [model_record],
                          plan.out / "shared" / student / "compress", produce, resumable=True))
