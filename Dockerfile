@@ -2,10 +2,11 @@
 FROM python:3.11-slim-bookworm
 
 # Debian's Fashion-MNIST package: the embedded default dataset; the OpenSSH client for
-# `pipeline bench --host` (unpinned: Debian's security updates replace its version).
+# `pipeline bench --host` and jemalloc, which the pipeline command runs on (pipeline/allocator.py) (both unpinned:
+# Debian's security updates replace their versions).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends dataset-fashion-mnist=0.0~git20200523.55506a9-1 openssh-client \
+    && apt-get install -y --no-install-recommends dataset-fashion-mnist=0.0~git20200523.55506a9-1 openssh-client libjemalloc2 \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/pipeline

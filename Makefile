@@ -4,7 +4,7 @@ VENV ?= .venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TARGET ?= raspberry-pi-4
 
-.PHONY: demo test setup data openssh emulation clean
+.PHONY: demo test setup data openssh emulation jemalloc clean
 
 demo: setup
 	$(VENV)/bin/pipeline run --target $(TARGET)
@@ -12,7 +12,7 @@ demo: setup
 test: setup
 	$(VENV)/bin/python -m pytest -q
 
-setup: data openssh emulation $(VENV)/.installed
+setup: data openssh emulation jemalloc $(VENV)/.installed
 
 # Fashion-MNIST (MIT) from Debian's package, installed only where it is absent.
 data:
@@ -27,6 +27,11 @@ openssh:
 # Debian arm64 userland under qemu-user with its own sshd), which they skip, saying why, where it cannot run.
 emulation:
 	@[ "$$(uname -m)" != x86_64 ] || { [ -x /usr/bin/qemu-aarch64-static ] && command -v debootstrap >/dev/null; } || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q qemu-user-static debootstrap; }
+
+# jemalloc, on Linux: the pipeline command runs on it (pipeline/allocator.py: glibc's malloc fragmented block-wise
+# distillation to twice its live memory). Without it the pipeline runs on the system's malloc.
+jemalloc:
+	@[ "$$(uname -s)" != Linux ] || ldconfig -p | grep -q libjemalloc.so.2 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q libjemalloc2; }
 
 # torch==2.13.0 first: the CPU wheel, so that nothing pulls a CUDA build.
 $(VENV)/.installed: pyproject.toml

@@ -1,6 +1,6 @@
 """``python -m pipeline``: the same as the ``pipeline`` command."""
 import sys
 
-from .cli import main
+from .cli import entry
 
-sys.exit(main())
+sys.exit(entry())

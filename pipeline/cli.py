@@ -6,11 +6,13 @@ Only the commands that build or measure import the engine (and through it torch 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import yaml
 
+from .allocator import jemalloc_environment
 from .config import STAGES, build_config
 from .errors import ConfigError, PipelineError
 from .targets import list_targets, load_target
@@ -197,5 +199,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> int:
+    """The ``pipeline`` command: ``main`` in a process running on jemalloc where the system has it (``allocator``)."""
+    environment = jemalloc_environment(dict(os.environ))
+    if environment is not None:  # once: the new process finds jemalloc preloaded
+        os.execve(sys.executable, [sys.executable, "-m", "pipeline", *sys.argv[1:]], environment)
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

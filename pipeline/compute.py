@@ -18,6 +18,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from . import allocator
 from .config import ComputeOptions
 from .errors import ConfigError
 
@@ -73,7 +74,7 @@ class Compute:
         return self.precision != "fp32"
 
     def describe(self) -> dict:
-        return {"device": str(self.device), "precision": self.precision}
+        return {"device": str(self.device), "precision": self.precision, "allocator": allocator.name()}
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, DTYPES.get(self.precision), enabled=self.mixed)

@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .allocator import release
 from .artifacts import atomic_dir, remove_partials, sha256_file, sha256_json, write_json
 from .config import STAGES
 from .errors import StageOrderError
@@ -75,6 +76,7 @@ class Engine:
         self.log(f"[run ] {step.id}")
         started = time.perf_counter()
         outputs = self._produce(step, resume_dir)
+        release()  # what the step freed goes back to the system, not into the next step's peak
         files = {k: (step.directory / v).relative_to(self.out).as_posix() for k, v in outputs.pop("files", {}).items()}
         record = {
             "step": step.id, "stage": step.stage, "inputs_hash": step.inputs_hash, "params": step.params,

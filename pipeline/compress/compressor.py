@@ -144,7 +144,7 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
     candidates = [make_candidates(b, i, o, options.search_space) for b, (i, o) in zip(blocks, shapes)]
     options_grid = [[Option(0.0, c.flops, c.params) for c in group] for group in candidates]
     select(options_grid, max_flops, max_params, fixed)  # fail before training when the budget is unreachable
-    reasons = unusable(options_grid, max_flops, max_params, fixed)
+    reasons = unusable(options_grid, (max_flops, max_params), fixed)
     search = {"candidates": sum(map(len, candidates)),
               "pruned": dict(Counter(r for row in reasons for r in row if r))}
     made = [len(group) for group in candidates]
@@ -153,7 +153,7 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
 
     started = time.perf_counter()
     x, held_out = torch.from_numpy(train_x), torch.from_numpy(val_x[: max(256, len(val_x) // 4)])
-    halving = Halving(options.halving_rate, options.halving_rungs, max_flops, max_params, fixed)
+    halving = Halving(options.halving_rate, options.halving_rungs, (max_flops, max_params), fixed)
     search.update(distill_blockwise(blocks, candidates, x[: options.blockwise_subset], held_out,
                                     options.blockwise_epochs, options.batch_size, options.lr, options.seed,
                                     EpochCheckpoint(resume_dir and resume_dir / "blockwise.pt",

@@ -18,25 +18,25 @@ import math
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from .selection import Option, select
+from .selection import COSTS, Option, offsets, select
 
 
-def unusable(options: list[list[Option]], max_flops: int | None, max_params: int | None,
-             fixed: tuple[int, int], teacher_first: bool = True) -> list[list[str | None]]:
-    """Per candidate, why no choice under the budget can use it (None: it may be used). With ``teacher_first``,
-    each block's first option is its teacher block, whose error is 0."""
-    cheapest = [(min(o.flops for o in block), min(o.params for o in block)) for block in options]
-    floor = (fixed[0] + sum(f for f, _ in cheapest), fixed[1] + sum(p for _, p in cheapest))
+def unusable(options: list[list[Option]], budgets: tuple, fixed: tuple,
+             teacher_first: bool = True) -> list[list[str | None]]:
+    """Per candidate, why no choice under ``budgets`` (max FLOPs, parameters, latency; None: unlimited) can use it
+    (None: it may be used). With ``teacher_first``, each block's first option is its teacher block, error 0."""
+    cheapest = [[min(getattr(o, cost) for o in block) for cost, *_ in COSTS] for block in options]
+    floors = [offset + sum(row[k] for row in cheapest) for k, offset in enumerate(offsets(fixed))]
     reasons = []
     for b, block in enumerate(options):
         teacher = block[0]
         row = []
         for i, option in enumerate(block):
-            if max_flops is not None and floor[0] - cheapest[b][0] + option.flops > max_flops:
-                row.append("over the FLOPs budget with the cheapest other blocks")
-            elif max_params is not None and floor[1] - cheapest[b][1] + option.params > max_params:
-                row.append("over the parameter budget with the cheapest other blocks")
-            elif teacher_first and i and option.flops >= teacher.flops and option.params >= teacher.params:
+            over = [name for k, ((cost, _, name), budget) in enumerate(zip(COSTS, budgets))
+                    if budget is not None and floors[k] - cheapest[b][k] + getattr(option, cost) > budget]
+            if over:
+                row.append(f"over the {over[0]} budget with the cheapest other blocks")
+            elif teacher_first and i and all(getattr(option, cost) >= getattr(teacher, cost) for cost, *_ in COSTS):
                 row.append("no smaller than the teacher's own block")
             else:
                 row.append(None)
@@ -44,16 +44,15 @@ def unusable(options: list[list[Option]], max_flops: int | None, max_params: int
     return reasons
 
 
-def regrets(options: list[list[Option]], max_flops: int | None, max_params: int | None,
-            fixed: tuple[int, int]) -> list[list[float]]:
+def regrets(options: list[list[Option]], budgets: tuple, fixed: tuple) -> list[list[float]]:
     """Per candidate: the best summed error of a choice that uses it, minus the best choice's (inf: none fits)."""
-    best = select(options, max_flops, max_params, fixed).score
+    best = select(options, *budgets[:2], fixed, *budgets[2:]).score
     found = []
     for b, block in enumerate(options):
         row = []
         for option in block:
             try:
-                forced = select([*options[:b], [option], *options[b + 1:]], max_flops, max_params, fixed).score
+                forced = select([*options[:b], [option], *options[b + 1:]], *budgets[:2], fixed, *budgets[2:]).score
             except ConfigError:
                 forced = math.inf
             row.append(max(0.0, forced - best))
@@ -67,9 +66,8 @@ class Halving:
 
     rate: int
     rungs: int
-    max_flops: int | None
-    max_params: int | None
-    fixed: tuple[int, int]
+    budgets: tuple  # max FLOPs, parameters, latency (None: unlimited)
+    fixed: tuple  # the head's FLOPs, parameters, latency
 
     def decision_steps(self, total_steps: int) -> list[int]:
         """After which optimizer steps the candidates still training are ranked."""
@@ -80,7 +78,7 @@ class Halving:
 
     def survivors(self, options: list[list[Option]], training: list[list[bool]]) -> list[list[bool]]:
         """Which of the ``training`` candidates go on: per block the 1/rate (rounded up) with the least regret."""
-        regret = regrets(options, self.max_flops, self.max_params, self.fixed)
+        regret = regrets(options, self.budgets, self.fixed)
         kept = []
         for row, flags in zip(regret, training):
             ranked = sorted((r, i) for i, (r, flag) in enumerate(zip(row, flags)) if flag)

@@ -1,4 +1,8 @@
-"""Choosing one candidate per block: an exact multiple-choice knapsack (MILP) and its Pareto front."""
+"""Choosing one candidate per block: an exact multiple-choice knapsack (MILP) and its Pareto front.
+
+The knapsack has up to three costs, each with its own budget: FLOPs, parameters and, where a latency table was
+measured, milliseconds of latency. ``fixed`` is what the part that is not searched (the head) costs, in that order.
+"""
 from __future__ import annotations
 
 import itertools
@@ -9,11 +13,16 @@ import numpy as np
 from ..errors import ConfigError
 
 
+# The costs a choice is budgeted on: the attribute of Option and Selection, its unit and its budget's name.
+COSTS = (("flops", "FLOPs", "FLOPs"), ("params", "parameters", "parameter"), ("latency_ms", "ms of latency", "latency"))
+
+
 @dataclass(frozen=True)
 class Option:
     score: float  # distillation error of the candidate on held-out batches (lower is better)
     flops: int
     params: int
+    latency_ms: float = 0.0  # from the latency table, where one was measured
 
 
 @dataclass(frozen=True)
@@ -22,19 +31,29 @@ class Selection:
     score: float
     flops: int
     params: int
+    latency_ms: float = 0.0
 
 
-def _total(options: list[list[Option]], choice: tuple[int, ...], fixed: tuple[int, int]) -> Selection:
+def offsets(fixed: tuple) -> tuple:
+    """``fixed`` with every cost it leaves out at 0."""
+    return (*fixed, *(0,) * (len(COSTS) - len(fixed)))
+
+
+def _total(options: list[list[Option]], choice: tuple[int, ...], fixed: tuple) -> Selection:
     picked = [options[b][c] for b, c in enumerate(choice)]
-    return Selection(choice, sum(p.score for p in picked), fixed[0] + sum(p.flops for p in picked),
-                     fixed[1] + sum(p.params for p in picked))
+    totals = [offset + sum(getattr(p, cost) for p in picked) for (cost, *_), offset in zip(COSTS, offsets(fixed))]
+    return Selection(choice, sum(p.score for p in picked), *totals)
 
 
-def select(options: list[list[Option]], max_flops: int | None, max_params: int | None,
-           fixed: tuple[int, int] = (0, 0)) -> Selection:
+def _fits(total: Selection, budgets: tuple) -> bool:
+    return all(budget is None or getattr(total, cost) <= budget for (cost, *_), budget in zip(COSTS, budgets))
+
+
+def select(options: list[list[Option]], max_flops: int | None, max_params: int | None, fixed: tuple = (0, 0),
+           max_latency_ms: float | None = None) -> Selection:
     """Minimise the summed scores subject to the budgets, exactly (scipy's HiGHS MILP).
 
-    ``fixed`` is the (FLOPs, parameters) of what is not searched (the head). Raises when no choice fits,
+    ``fixed`` is the (FLOPs, parameters[, latency]) of what is not searched (the head). Raises when no choice fits,
     naming the block whose smallest candidate weighs most against the budget.
     """
     from scipy.optimize import Bounds, LinearConstraint, milp
@@ -49,7 +68,8 @@ def select(options: list[list[Option]], max_flops: int | None, max_params: int |
         row[start : start + size] = 1
         rows.append(row), lower.append(1), upper.append(1)
         start += size
-    for budget, cost, offset in ((max_flops, "flops", fixed[0]), (max_params, "params", fixed[1])):
+    budgets = (max_flops, max_params, max_latency_ms)
+    for budget, (cost, *_), offset in zip(budgets, COSTS, offsets(fixed)):
         if budget is not None:
             rows.append(np.array([getattr(o, cost) for o in flat], float))
             lower.append(-np.inf), upper.append(budget - offset)
@@ -58,7 +78,7 @@ def select(options: list[list[Option]], max_flops: int | None, max_params: int |
         integrality=np.ones(n), bounds=Bounds(0, 1),
     )
     if not result.success:
-        raise ConfigError(_infeasible(options, max_flops, max_params, fixed))
+        raise ConfigError(_infeasible(options, budgets, fixed))
     chosen = np.round(result.x).astype(int)
     choice, start = [], 0
     for size in sizes:
@@ -67,41 +87,45 @@ def select(options: list[list[Option]], max_flops: int | None, max_params: int |
     return _total(options, tuple(choice), fixed)
 
 
-def _infeasible(options, max_flops, max_params, fixed) -> str:
+def _infeasible(options, budgets, fixed) -> str:
     parts = []
-    for budget, cost, offset, unit in ((max_flops, "flops", fixed[0], "FLOPs"), (max_params, "params", fixed[1], "parameters")):
+    for budget, (cost, unit, _), offset in zip(budgets, COSTS, offsets(fixed)):
         if budget is None:
             continue
         smallest = [min(getattr(o, cost) for o in block) for block in options]
         floor = offset + sum(smallest)
         if floor > budget:
             worst = int(np.argmax(smallest))
-            parts.append(f"the smallest student needs {floor:,} {unit} (block {worst} alone at least "
-                         f"{smallest[worst]:,}, the head {offset:,}) but the budget is {budget:,}")
-    return "budget below the smallest possible student: " + ("; ".join(parts) or "no choice meets both budgets at once")
+            parts.append(f"the smallest student needs {_amount(floor)} {unit} (block {worst} alone at least "
+                         f"{_amount(smallest[worst])}, the head {_amount(offset)}) but the budget is {_amount(budget)}")
+    return "budget below the smallest possible student: " + ("; ".join(parts) or "no choice meets all budgets at once")
+
+
+def _amount(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.3g}"
 
 
 def brute_force(options: list[list[Option]], max_flops: int | None, max_params: int | None,
-                fixed: tuple[int, int] = (0, 0)) -> Selection | None:
+                fixed: tuple = (0, 0), max_latency_ms: float | None = None) -> Selection | None:
     """Every combination; for checking ``select`` on small instances."""
     best = None
     for choice in itertools.product(*[range(len(o)) for o in options]):
         total = _total(options, choice, fixed)
-        if (max_flops is None or total.flops <= max_flops) and (max_params is None or total.params <= max_params):
+        if _fits(total, (max_flops, max_params, max_latency_ms)):
             if best is None or total.score < best.score:
                 best = total
     return best
 
 
-def pareto_front(options: list[list[Option]], max_params: int | None, fixed: tuple[int, int] = (0, 0),
-                 points: int = 24) -> list[Selection]:
+def pareto_front(options: list[list[Option]], max_params: int | None, fixed: tuple = (0, 0),
+                 points: int = 24, max_latency_ms: float | None = None) -> list[Selection]:
     """Best score at a range of FLOPs budgets, reduced to the non-dominated (FLOPs, score) points."""
     low = fixed[0] + sum(min(o.flops for o in block) for block in options)
     high = fixed[0] + sum(max(o.flops for o in block) for block in options)
     found = {}
     for budget in np.unique(np.geomspace(max(low, 1), max(high, 1), points).astype(int)):
         try:
-            selection = select(options, int(budget), max_params, fixed)
+            selection = select(options, int(budget), max_params, fixed, max_latency_ms)
         except ConfigError:
             continue
         found[selection.choice] = selection

@@ -1,0 +1,126 @@
+"""The block-wise search's speed-ups keep its result: exact pruning, successive halving, the training device."""
+import numpy as np
+import pytest
+import torch
+
+from pipeline.compress.blocks import cut_teacher, find_head
+from pipeline.compress.halving import Halving, unusable
+from pipeline.compress.options import CompressOptions, SearchSpace
+from pipeline.compress.search import block_shapes, distill_blockwise, make_candidates
+from pipeline.compress.selection import Option, brute_force, select
+from pipeline.compute import resolve
+from pipeline.config import ComputeOptions, TrainOptions
+from pipeline.data import PreprocessSpec, load_dataset
+from pipeline.errors import ConfigError
+from pipeline.nets import fmnist_tiny
+from pipeline.torchmodel import count_flops, count_params
+from pipeline.train import train_classifier
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pruned_candidates_never_change_the_selection(seed):
+    rng = np.random.default_rng(seed)
+    # each block's first option is its teacher block (error 0); a cheap one keeps every budget reachable
+    options = [[Option(0.0, 120, 60), Option(float(rng.random()), 5, 2)] + [Option(float(rng.random()), int(rng.integers(5, 200)), int(rng.integers(2, 100)))
+                                         for _ in range(rng.integers(4, 8))] for _ in range(4)]
+    budget = (180 + 10 * seed, 110 + 5 * seed)
+    reasons = unusable(options, budget, fixed=(10, 5))
+    kept = [[o for o, r in zip(block, row) if r is None] for block, row in zip(options, reasons)]
+    assert sum(r is not None for row in reasons for r in row), "the instance prunes nothing"
+    full = brute_force(options, *budget, fixed=(10, 5))
+    assert full is not None
+    assert select(kept, *budget, fixed=(10, 5)).score == pytest.approx(full.score)
+
+
+@pytest.fixture(scope="module")
+def small_search():
+    """A trained fmnist-tiny (the compress tests' cached teacher), its blocks and data for block-wise runs."""
+    data = load_dataset(None)
+    train, val = data.train.take(3000, seed=1), data.test.take(600, seed=1)
+    spec = PreprocessSpec.from_images(train.read())
+    torch.manual_seed(0)
+    teacher, _ = train_classifier(fmnist_tiny(), train, val, spec, TrainOptions(epochs=2), {"test": "compress"})
+    blocks, head = cut_teacher(teacher, None, (), find_head(teacher, (1, 1, 28, 28)))
+    shapes = block_shapes(blocks, (1, 1, 28, 28))
+    fixed = (count_flops(head, shapes[-1][1]), count_params(head))
+    x = torch.from_numpy(spec.apply(train.read()))
+    held_out = torch.from_numpy(spec.apply(val.read()))
+    return blocks, shapes, fixed, x, held_out
+
+
+def _search(small_search, halving: Halving | None):
+    blocks, shapes, fixed, x, held_out = small_search
+    torch.manual_seed(0)  # the same initial weights for every run
+    space = SearchSpace(inverted_residual={"expansion": (1, 4), "kernel": (3,), "depth": (1,)})
+    candidates = [make_candidates(b, i, o, space) for b, (i, o) in zip(blocks, shapes)]
+    fp32 = resolve(ComputeOptions("cpu", "fp32"))
+    progress = distill_blockwise(blocks, candidates, x[:1024], held_out[:256], epochs=2, batch_size=64,
+                                 compute=fp32, halving=halving)
+    return [[Option(c.score, c.flops, c.params) for c in group] for group in candidates], progress
+
+
+def test_successive_halving_keeps_the_brute_force_optimum(small_search):
+    fixed = small_search[2]
+    full, progress = _search(small_search, None)
+    teacher_flops = sum(group[0].flops for group in full) + fixed[0]
+    budget = (int(0.6 * teacher_flops), None)
+    optimum = brute_force(full, *budget, fixed)
+    assert progress["candidate_batches"] == progress["candidate_batches_without_halving"]
+
+    halved, progress = _search(small_search, Halving(2, 2, budget, fixed))
+    assert [rung["after_step"] for rung in progress["halving"]] == [8, 16]  # 1/4 and 1/2 of 32 steps
+    assert progress["halving"][-1]["kept"] < progress["halving"][0]["ranked"]
+    assert progress["candidate_batches"] < progress["candidate_batches_without_halving"]
+    assert select(halved, *budget, fixed).choice == optimum.choice
+
+
+def test_compress_options_refuse_a_bad_halving_rate():
+    with pytest.raises(ConfigError, match=r"compress.halving_rate: bad value 0, expected an integer >= 1"):
+        CompressOptions(halving_rate=0)
+
+
+def test_device_and_precision_are_checked_with_the_valid_values():
+    with pytest.raises(ConfigError, match=r"compute.device: bad value 'gpu', expected auto, cpu, cuda or cuda:N"):
+        ComputeOptions(device="gpu")
+    with pytest.raises(ConfigError, match=r"compute.precision: bad value 'int8', expected one of auto, fp32"):
+        ComputeOptions(precision="int8")
+    with pytest.raises(ConfigError, match=r"precision: bad value 'fp16' on a CPU"):
+        resolve(ComputeOptions("cpu", "fp16"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"device: bad value 'cuda:1': this machine has no CUDA device"):
+            resolve(ComputeOptions("cuda:1"))
+        assert resolve(ComputeOptions()).device.type == "cpu"
+
+
+def test_cli_names_a_device_this_machine_lacks(tmp_path, capsys):
+    from pipeline.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    assert main(["run", "--device", "cuda", "--out", str(tmp_path / "run")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "device: bad value 'cuda': this machine has no CUDA device" in err and "Traceback" not in err
+    assert not list((tmp_path / "run").glob("shared/model/*"))
+
+
+def test_bf16_on_cpu_keeps_depthwise_convolutions_in_fp32():
+    from pipeline.compress.blocks import build_block
+    from pipeline.compute import Compute
+
+    block = build_block({"type": "inverted_residual", "cin": 8, "cout": 8, "stride": 1, "expansion": 2, "kernel": 3,
+                         "depth": 1})
+    seen = {}
+    for name, layer in block.named_modules():
+        if isinstance(layer, torch.nn.Conv2d):
+            layer.register_forward_hook(lambda m, args, out, name=name: seen.__setitem__(name, out.dtype))
+    compute = Compute(torch.device("cpu"), "bf16")
+    with compute.training(block):
+        with compute.autocast():
+            out = block(compute.inputs(torch.randn(2, 8, 6, 6)))
+        assert torch.is_autocast_enabled("cpu") is False  # left as it was found
+        out.float().sum().backward()
+    depthwise, = [n for n, m in block.named_modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert seen.pop(depthwise) == torch.float32
+    assert set(seen.values()) == {torch.bfloat16}  # the pointwise convolutions in bf16
+    assert all(not m._forward_pre_hooks for m in block.modules())  # the fp32 hooks are gone afterwards
+    assert all(p.is_contiguous() for p in block.parameters())
