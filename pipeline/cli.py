@@ -78,6 +78,9 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     add("--max-params", help="student parameter budget, e.g. 300k")
     add("--flops-ratio", type=float, help="student FLOPs budget as a fraction of the teacher's")
     add("--params-ratio", type=float, help="student parameter budget as a fraction of the teacher's")
+    add("--max-latency-ms", type=float,
+        help="student latency budget per image, weighed with every candidate block timed on this host with the first "
+             "target's ONNX runtime and thread count (a table cached per board)")
     add("--pick", type=int, help="use point N of the compression Pareto front instead of the budget's best")
     add("--host", help="benchmark on this board over SSH (user@board) with the bundle instead of on this machine; "
                        "'local' goes back to this machine")
@@ -129,7 +132,7 @@ def _benched_alone(args: argparse.Namespace) -> bool:
 
 
 def _compress_overrides(args: argparse.Namespace) -> dict:
-    budget = {k: getattr(args, k) for k in ("max_flops", "max_params", "flops_ratio", "params_ratio")
+    budget = {k: getattr(args, k) for k in ("max_flops", "max_params", "flops_ratio", "params_ratio", "max_latency_ms")
               if getattr(args, k) is not None}
     overrides = {"budget": budget} if budget else {}
     if args.pick is not None:

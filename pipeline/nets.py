@@ -78,3 +78,62 @@ def fmnist_resnet(in_channels: int = 1, num_classes: int = 10) -> nn.Module:
 def fmnist_tiny(in_channels: int = 1, num_classes: int = 10) -> nn.Module:
     """A few-thousand-parameter net for tests and quick tries."""
     return ResNetCNN(in_channels, num_classes, (8, 16, 16), dropout=0.0)
+
+
+class MobileNetV2Block(nn.Module):
+    """torchvision's ``InvertedResidual`` layout: ``conv`` (1x1 expand unless t=1, 3x3 depthwise, 1x1 linear project),
+    a residual where the shapes allow."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expansion: int):
+        super().__init__()
+        hidden = cin * expansion
+        layers: list[nn.Module] = []
+        if expansion != 1:
+            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
+        layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+                   nn.ReLU6(inplace=True), nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.conv = nn.Sequential(*layers)
+        self.use_res_connect = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 (Sandler et al., 2018) laid out as torchvision's: ``features`` (stem, 17 inverted residuals,
+    1x1 to ``last``), then pooling and flattening in ``forward()``, then ``classifier``. ``strides`` are the seven
+    stages' (torchvision's are 1, 2, 2, 2, 1, 2, 1 after a stride-2 stem, for 224x224 inputs)."""
+
+    # expansion t, output channels c, repeats n: torchvision's inverted_residual_setting
+    SETTING = ((1, 16, 1), (6, 24, 2), (6, 32, 3), (6, 64, 4), (6, 96, 3), (6, 160, 3), (6, 320, 1))
+
+    def __init__(self, in_channels: int, num_classes: int, width: float = 1.0, stem_stride: int = 2,
+                 strides: tuple[int, ...] = (1, 2, 2, 2, 1, 2, 1), last: int = 1280, dropout: float = 0.2):
+        super().__init__()
+        scale = lambda c: max(8, int(c * width + 4) // 8 * 8)  # noqa: E731  (torchvision's rounding to 8)
+        cin = scale(32)
+        layers: list[nn.Module] = [conv_bn_relu6(in_channels, cin, 3, stem_stride)]
+        for (t, c, n), stride in zip(self.SETTING, strides):
+            for i in range(n):
+                layers.append(MobileNetV2Block(cin, scale(c), stride if i == 0 else 1, t))
+                cin = scale(c)
+        layers.append(conv_bn_relu6(cin, last, 1, 1))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+def conv_bn_relu6(cin: int, cout: int, kernel: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU6(inplace=True)
+    )
+
+
+@register_builtin("fmnist-mobilenetv2")
+def fmnist_mobilenetv2(in_channels: int = 1, num_classes: int = 10) -> nn.Module:
+    """MobileNetV2 in torchvision's layout for 28x28 inputs: width 0.5, a stride-1 stem and stages at strides
+    1, 1, 2, 2, 1, 2, 1 (28 -> 14 -> 7 -> 4), last 1x1 to 640 channels."""
+    return MobileNetV2(in_channels, num_classes, width=0.5, stem_stride=1, strides=(1, 1, 2, 2, 1, 2, 1), last=640)

@@ -124,3 +124,71 @@ def test_bf16_on_cpu_keeps_depthwise_convolutions_in_fp32():
     assert set(seen.values()) == {torch.bfloat16}  # the pointwise convolutions in bf16
     assert all(not m._forward_pre_hooks for m in block.modules())  # the fp32 hooks are gone afterwards
     assert all(p.is_contiguous() for p in block.parameters())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_selection_with_a_latency_budget_equals_brute_force(seed):
+    rng = np.random.default_rng(10 + seed)
+    options = [[Option(float(rng.random()), int(rng.integers(1, 100)), int(rng.integers(1, 50)),
+                       float(rng.uniform(0.05, 2.0))) for _ in range(rng.integers(2, 6))] for _ in range(4)]
+    fixed = (5, 3, 0.1)
+    for max_latency in (1.5, 3.0, 5.0):
+        expected = brute_force(options, 200, None, fixed, max_latency)
+        if expected is None:
+            with pytest.raises(ConfigError, match="budget below the smallest possible student"):
+                select(options, 200, None, fixed, max_latency)
+            continue
+        got = select(options, 200, None, fixed, max_latency)
+        assert got.score == pytest.approx(expected.score) and got.latency_ms <= max_latency
+        assert got.latency_ms == pytest.approx(fixed[2] + sum(options[b][c].latency_ms for b, c in enumerate(got.choice)))
+
+
+def _tiny_teacher(blocks):
+    teacher = torch.nn.Module()
+    teacher.features = torch.nn.Sequential(*(b.module for b in blocks))
+    teacher.classifier = fmnist_tiny().classifier
+    teacher.forward = lambda x: teacher.classifier(teacher.features(x))
+    return teacher
+
+
+def test_the_latency_table_times_each_block_once_per_board_and_runtime(small_search, tmp_path):
+    from pipeline.compress.latency import LatencyTable
+    from pipeline.stages.latency import onnxruntime_on_this_host
+
+    blocks, shapes, _, _, _ = small_search
+    space = SearchSpace(inverted_residual=None, basic=None, separable={"kernel": (3,)})
+    candidates = [make_candidates(b, i, o, space) for b, (i, o) in zip(blocks, shapes)]
+    measure = onnxruntime_on_this_host(threads=1, opset=17, runs=50)
+    table = LatencyTable(measure, "this host", tmp_path / "table.json")
+    head_ms = table.blocks(candidates, shapes, fmnist_tiny().classifier)
+    # every block but the identities (no op), the head and one call's cost, timed once
+    assert table.measured == sum(c.spec["type"] != "identity" for g in candidates for c in g) + 2
+    assert head_ms > 0 and all(c.latency_ms >= 0 for g in candidates for c in g)
+    assert all(c.latency_ms == 0 for g in candidates for c in g if c.spec["type"] == "identity")
+    again = LatencyTable(measure, "this host", tmp_path / "table.json")
+    assert again.blocks(candidates, shapes, fmnist_tiny().classifier) == head_ms and again.measured == 0
+
+
+def test_a_latency_budget_is_met_by_the_chosen_student_and_an_unreachable_one_is_named(small_search, tmp_path):
+    from pipeline.compress.compressor import compress
+    from pipeline.compress.latency import LatencyTable
+    from pipeline.compress.options import Budget
+    from pipeline.stages.latency import onnxruntime_on_this_host
+
+    blocks, shapes, _, x, held_out = small_search
+    teacher = _tiny_teacher(blocks)
+    table = LatencyTable(onnxruntime_on_this_host(threads=1, opset=17, runs=50), "this host", tmp_path / "t.json")
+    teacher_ms = table.measure(teacher, (1, 1, 28, 28))
+    labels = np.zeros(len(x), dtype=np.int64)
+    source = {"model": "fmnist-tiny", "in_channels": 1, "num_classes": 10}
+    budget = Budget(max_latency_ms=0.8 * teacher_ms)
+    options = CompressOptions(budget=budget, blockwise_epochs=1, finetune_epochs=1, blockwise_subset=512)
+    _, report = compress(teacher, source, x[:1024].numpy(), labels[:1024], held_out.numpy(),
+                         labels[: len(held_out)], options, tmp_path / "student", latency=table)
+    latency = report["latency"]
+    assert latency["predicted_ms"] <= budget.max_latency_ms and latency["measured_ms"] > 0
+    assert report["budget"]["max_latency_ms"] == budget.max_latency_ms
+    options = CompressOptions(budget=Budget(max_latency_ms=1e-4), blockwise_epochs=1, finetune_epochs=1)
+    with pytest.raises(ConfigError, match=r"budget below the smallest possible student: .* ms of latency"):
+        compress(teacher, source, x[:256].numpy(), labels[:256], held_out.numpy(), labels[: len(held_out)], options,
+                 tmp_path / "none", latency=table)

@@ -21,7 +21,8 @@ from . import distributed
 from .blocks import TeacherBlock, cut_teacher, find_head
 from .halving import Halving, unusable
 from .options import CompressOptions
-from .search import block_shapes, distill_blockwise, make_candidates, nmse, teacher_features
+from .latency import LatencyTable
+from .search import block_shapes, distill_blockwise, make_candidates, nmse, options_of, teacher_features
 from .selection import Option, pareto_front, select
 from .student import assemble, save_student
 
@@ -114,7 +115,7 @@ def finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.T
 def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
              val_y: np.ndarray, options: CompressOptions, out_dir: Path, resume_dir: Path | None = None,
              test: tuple[np.ndarray, np.ndarray] | None = None,
-             compute: Compute | None = None) -> tuple[nn.Module, dict]:
+             compute: Compute | None = None, latency: LatencyTable | None = None) -> tuple[nn.Module, dict]:
     """Search, assemble and fine-tune a student of ``teacher``; write student.pt and student.json.
 
     Returns the student and the compression report. With ``resume_dir``, both training phases save their
@@ -124,7 +125,9 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
     takes its first ``blockwise_subset`` samples, fine-tuning all of them); ``teacher_source`` ({"model", "in_channels",
     "num_classes"}) lets the student's spec rebuild the teacher-kept blocks. With ``test`` (inputs, labels: images
     neither model trained on), the report gives both models' top-1 on it too: the validation images come from the
-    training split, which the teacher has seen, so only the test figures compare the two fairly.
+    training split, which the teacher has seen, so only the test figures compare the two fairly. ``latency`` weighs
+    every block for a latency budget (``options.budget.max_latency_ms``), and the report sets the student's
+    predicted latency beside its measured one.
     """
     compute = compute or resolve(ComputeOptions())
     timings = {}
@@ -139,12 +142,16 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
                                head_name)
     teacher_flops, teacher_params = count_flops(teacher, input_shape), count_params(teacher)
     shapes = block_shapes(blocks, input_shape)
-    fixed = (count_flops(head, shapes[-1][1]), count_params(head))
     max_flops, max_params = options.budget.limits(teacher_flops, teacher_params)
+    max_latency = options.budget.max_latency_ms
+    if max_latency is not None and latency is None:
+        raise ConfigError("max_latency_ms: a latency budget needs a latency table to weigh the blocks with")
     candidates = [make_candidates(b, i, o, options.search_space) for b, (i, o) in zip(blocks, shapes)]
-    options_grid = [[Option(0.0, c.flops, c.params) for c in group] for group in candidates]
-    select(options_grid, max_flops, max_params, fixed)  # fail before training when the budget is unreachable
-    reasons = unusable(options_grid, (max_flops, max_params), fixed)
+    head_ms = latency.blocks(candidates, shapes, head) if max_latency is not None else 0.0
+    fixed = (count_flops(head, shapes[-1][1]), count_params(head), head_ms)
+    options_grid = [[Option(0.0, c.flops, c.params, c.latency_ms) for c in group] for group in candidates]
+    select(options_grid, max_flops, max_params, fixed, max_latency)  # fail before training when it is unreachable
+    reasons = unusable(options_grid, (max_flops, max_params, max_latency), fixed)
     search = {"candidates": sum(map(len, candidates)),
               "pruned": dict(Counter(r for row in reasons for r in row if r))}
     made = [len(group) for group in candidates]
@@ -153,7 +160,7 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
 
     started = time.perf_counter()
     x, held_out = torch.from_numpy(train_x), torch.from_numpy(val_x[: max(256, len(val_x) // 4)])
-    halving = Halving(options.halving_rate, options.halving_rungs, (max_flops, max_params), fixed)
+    halving = Halving(options.halving_rate, options.halving_rungs, (max_flops, max_params, max_latency), fixed)
     search.update(distill_blockwise(blocks, candidates, x[: options.blockwise_subset], held_out,
                                     options.blockwise_epochs, options.batch_size, options.lr, options.seed,
                                     EpochCheckpoint(resume_dir and resume_dir / "blockwise.pt",
@@ -161,9 +168,9 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
     timings["blockwise_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    options_grid = [[Option(c.score, c.flops, c.params) for c in group] for group in candidates]
-    front = pareto_front(options_grid, max_params, fixed)
-    chosen = select(options_grid, max_flops, max_params, fixed)
+    options_grid = options_of(candidates)
+    front = pareto_front(options_grid, max_params, fixed, max_latency_ms=max_latency)
+    chosen = select(options_grid, max_flops, max_params, fixed, max_latency)
     if options.pick is not None:
         if not 0 <= options.pick < len(front):
             raise ConfigError(f"pick: bad value {options.pick}, expected a Pareto point 0..{len(front) - 1}")
@@ -187,7 +194,7 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
     test_top1 = (lambda model: {"test_top1": evaluate_torch(model, *test)}) if test else (lambda model: {})
     report = {
         "flop_convention": "a multiply-add counts as 2 FLOPs",
-        "budget": {"max_flops": max_flops, "max_params": max_params},
+        "budget": {"max_flops": max_flops, "max_params": max_params, "max_latency_ms": max_latency},
         "teacher": {"flops": teacher_flops, "params": teacher_params, "val_top1": evaluate_torch(teacher, val_x, val_y),
                     **test_top1(teacher)},
         "student": {"flops": count_flops(student, input_shape), "params": count_params(student),
@@ -200,6 +207,9 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
                           "blocks": [candidates[b][c].spec["type"] for b, c in enumerate(s.choice)]} for s in front],
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "search": search,
+        **({"latency": {"source": latency.source, "predicted_ms": round(chosen.latency_ms, 4),
+                        "measured_ms": round(latency.measure(student, input_shape), 4),
+                        "blocks_measured_now": latency.measured}} if max_latency is not None else {}),
         "blockwise_resumed_after_epoch": search["resumed_after_epoch"],
         "world_size": distributed.world_size(),
         "compute": compute.describe(),

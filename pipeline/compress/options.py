@@ -93,8 +93,13 @@ class Budget:
     max_params: int | None = None
     flops_ratio: float | None = None  # of the teacher's
     params_ratio: float | None = None
+    max_latency_ms: float | None = None  # per image, as the compress step's latency table measures it
 
     def __post_init__(self):
+        if self.max_latency_ms is not None and (isinstance(self.max_latency_ms, bool) or
+                                                not isinstance(self.max_latency_ms, (int, float)) or
+                                                self.max_latency_ms <= 0):
+            raise ConfigError(f"max_latency_ms: bad value {self.max_latency_ms!r}, expected a positive number of ms")
         for name in ("max_flops", "max_params"):
             value = getattr(self, name)
             if value is not None:

@@ -37,6 +37,7 @@ class Candidate:
     flops: int
     params: int
     score: float = float("nan")
+    latency_ms: float = 0.0  # from the latency table, under a latency budget
     trainable: bool = True
     history: list[float] = field(default_factory=list)
 
@@ -100,6 +101,11 @@ def teacher_features(blocks: list[TeacherBlock], x: torch.Tensor) -> tuple[list[
 def nmse(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     y, target = y.float(), target.float()  # the loss in fp32 under mixed precision
     return ((y - target) ** 2).mean() / (target ** 2).mean().clamp_min(1e-8)
+
+
+def options_of(candidates: list[list[Candidate]]) -> list[list[Option]]:
+    """What the selection weighs of each candidate."""
+    return [[Option(c.score, c.flops, c.params, c.latency_ms) for c in group] for group in candidates]
 
 
 class CandidateBank(nn.Module):
@@ -217,7 +223,7 @@ def _halve(blocks, candidates, bank: CandidateBank, held_out, batch_size, comput
     training = {key for key, flag in zip(bank.index, bank.training_flags) if flag}
     score(blocks, candidates, held_out, batch_size, compute, training)
     flags = [[(b, i) in training for i in range(len(group))] for b, group in enumerate(candidates)]
-    kept = halving.survivors([[Option(c.score, c.flops, c.params) for c in group] for group in candidates], flags)
+    kept = halving.survivors(options_of(candidates), flags)
     bank.training_flags = [kept[b][i] for b, i in bank.index]
     dropped = [candidates[b][i].spec for b, i in sorted(training) if not kept[b][i]]
     return {"after_step": step, "ranked": len(training), "kept": len(training) - len(dropped), "dropped": dropped}

@@ -162,7 +162,8 @@ def compress_budget(plan):
 
 
 def compress_step(plan) -> dict:
-    """The student found by block-wise distillation under the strictest budget of the run's targets."""
+    """The student found by block-wise distillation under the strictest budget of the run's targets; a latency budget
+    is the first target's, weighed with blocks timed on this host with its ONNX runtime."""
     options = plan.config.compress
     budget = compress_budget(plan)
     model_record = plan.model_record
@@ -170,7 +171,8 @@ def compress_step(plan) -> dict:
     def produce(tmp: Path, resume_dir: Path) -> dict:
         from ..compress.compressor import compress
         from ..torchmodel import save_torchscript
-        from .report import PARETO_PLOT, compression_markdown, pareto_plot
+        from .compression_report import PARETO_PLOT, compression_markdown, pareto_plot
+        from .latency import latency_table
 
         data, train = model_record["data"], plan.data.train
         order = np.random.default_rng(options.seed).permutation(len(train))
@@ -183,6 +185,7 @@ def compress_step(plan) -> dict:
         student, report = compress(  # block-wise distillation holds its inputs in memory (issue 13)
             plan.load_torch(), teacher_source, spec.apply(fit.read()), fit.labels, spec.apply(val.read()), val.labels,
             replace(options, budget=budget), tmp, resume_dir, (spec.apply(test.read()), test.labels), plan.compute,
+            latency_table(plan.targets[0]) if budget.max_latency_ms else None,
         )
         write_json(tmp / "compression.json", report)
         (tmp / "compression.md").write_text(compression_markdown(report))
@@ -196,7 +199,8 @@ def compress_step(plan) -> dict:
 
     max_flops, max_params = budget.limits(model_record["data"]["flops"], model_record["data"]["params"])
     student = "-".join(["student", *([f"{format_count(max_flops)}flops"] if max_flops else []),
-                        *([f"{format_count(max_params)}params"] if max_params else [])])
+                        *([f"{format_count(max_params)}params"] if max_params else []),
+                        *([f"{budget.max_latency_ms:g}ms-{plan.targets[0].name}"] if budget.max_latency_ms else [])])
     params = {**plan.config.to_dict()["compress"], "budget": asdict(budget), "precision": plan.compute.precision}
     return plan.run(Step(f"{student}/compress", "compress", params, [model_record],
                          plan.out / "shared" / student / "compress", produce, resumable=True))

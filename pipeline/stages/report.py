@@ -20,59 +20,6 @@ FLOP_COUNTERS = {"torch": "torch.utils.flop_counter", "onnx": "Conv, Gemm and Ma
 FLOP_NOTE = f"FLOPs count a multiply-add as 2 operations ({FLOP_COUNTERS['torch']})."
 
 
-def compression_markdown(report: dict) -> str:
-    """Teacher vs student, the chosen block per position, the Pareto front and the time per phase."""
-    t, s = report["teacher"], report["student"]
-    lines = [
-        "# Compression", "", FLOP_NOTE, "",
-        f"Budget: FLOPs <= {report['budget']['max_flops'] or 'any'}, parameters <= {report['budget']['max_params'] or 'any'}",
-        "", "| model | FLOPs | parameters | test top-1 (%) | val top-1 (%) |", "|---|---|---|---|---|",
-        f"| teacher | {t['flops']:,} | {t['params']:,} | {_top1(t, 'test_top1')} | {t['val_top1']:.2f} |",
-        f"| student | {s['flops']:,} ({s['flops'] / t['flops']:.2f}x) | {s['params']:,} ({s['params'] / t['params']:.2f}x) "
-        f"| {_top1(s, 'test_top1')} | {s['val_top1']:.2f} |",
-        "", "Test: the held-out split, which neither model trained on. Val: held out of the training split for scoring "
-        "and early stopping; a teacher trained on that split (the built-in ones are) has seen them, so its val figure is "
-        "optimistic.",
-        "", "| block | chosen | distillation error | FLOPs | parameters | candidates |", "|---|---|---|---|---|---|",
-    ]
-    for b in report["blocks"]:
-        chosen = ", ".join(f"{k}={v}" for k, v in b["chosen"].items())
-        lines.append(f"| {b['block']} | {chosen} | {b['score']:.4f} | {b['flops']:,} | {b['params']:,} | {b['candidates']} |")
-    lines += ["", "Pareto front (pick one with `--pick N`):", "", "| N | FLOPs | parameters | summed error |",
-              "|---|---|---|---|"]
-    lines += [f"| {i} | {p['flops']:,} | {p['params']:,} | {p['score']:.4f} |" for i, p in enumerate(report["pareto_front"])]
-    lines += ["", f"![Pareto front: summed block error vs FLOPs]({PARETO_PLOT})", "",
-              "Time per phase (s): " + ", ".join(f"{k[:-2]} {v}" for k, v in report["timings_s"].items()), ""]
-    return "\n".join(lines)
-
-
-def _top1(model: dict, key: str) -> str:
-    return f"{model[key]:.2f}" if key in model else "n/a"
-
-
-PARETO_PLOT = "pareto_front.png"
-
-
-def pareto_plot(report: dict) -> bytes:
-    """The Pareto front (summed block error vs FLOPs, numbered as ``--pick`` takes them), the chosen point and the
-    FLOPs budget, as a PNG."""
-    plt = pyplot()
-    front, student = report["pareto_front"], report["student"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([p["flops"] / 1e6 for p in front], [p["score"] for p in front], "o-", color="#4a7ab5", label="Pareto front")
-    for i, p in enumerate(front):
-        ax.annotate(str(i), (p["flops"] / 1e6, p["score"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.scatter([student["predicted_flops"] / 1e6], [sum(b["score"] for b in report["blocks"])], s=140,
-               facecolors="none", edgecolors="#c0392b", linewidths=2, label="chosen student", zorder=3)
-    if report["budget"]["max_flops"]:
-        ax.axvline(report["budget"]["max_flops"] / 1e6, color="#888", linestyle="--", label="FLOPs budget")
-    ax.set_xlabel("MFLOPs (multiply-add = 2)")
-    ax.set_ylabel("summed block distillation error")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return png_bytes(fig)
-
-
 def pyplot():
     import matplotlib
 
