@@ -192,3 +192,18 @@ def test_a_latency_budget_is_met_by_the_chosen_student_and_an_unreachable_one_is
     with pytest.raises(ConfigError, match=r"budget below the smallest possible student: .* ms of latency"):
         compress(teacher, source, x[:256].numpy(), labels[:256], held_out.numpy(), labels[: len(held_out)], options,
                  tmp_path / "none", latency=table)
+
+
+def test_the_mobilenetv2_teacher_is_cut_like_torchvisions():
+    from pipeline.nets import fmnist_mobilenetv2
+
+    teacher = fmnist_mobilenetv2().eval()
+    assert find_head(teacher, (1, 1, 28, 28)) == "pool-flatten-classifier"
+    # the stem, 17 inverted residuals, the last 1x1 convolution; torchvision's names for the residual flag and body
+    blocks, _ = cut_teacher(teacher, None, (), "pool-flatten-classifier")
+    assert len(blocks) == 19 and hasattr(blocks[1].module, "use_res_connect") and hasattr(blocks[1].module, "conv")
+    shapes = block_shapes(blocks, (1, 1, 28, 28))
+    assert [s[1][2] for s in shapes][-1] == 4  # 28 -> 14 -> 7 -> 4
+    # every block has candidates besides itself, the stride-2 block from 7x7 to 4x4 too
+    space = SearchSpace(inverted_residual={"expansion": (1,), "kernel": (3,), "depth": (1,)}, separable=None)
+    assert all(len(make_candidates(b, i, o, space)) > 1 for b, (i, o) in zip(blocks, shapes))

@@ -65,7 +65,7 @@ def make_candidates(block: TeacherBlock, in_shape: tuple[int, ...], out_shape: t
     if block.frozen:
         return [teacher]
     cin, cout = in_shape[1], out_shape[1]
-    stride = in_shape[2] // out_shape[2]
+    stride = -(-in_shape[2] // out_shape[2])  # rounded up: a stride-2 block takes 7x7 to 4x4
     found = [teacher]
     for spec in candidate_specs(space, cin, cout, stride, block.module):
         module = build_block(spec)
