@@ -44,7 +44,7 @@ def main() -> int:
     shapes = block_shapes(blocks, shape)
     candidates = [make_candidates(b, i, o, SearchSpace()) for b, (i, o) in zip(blocks, shapes)]
     table = LatencyTable(onnxruntime_on_this_host(args.threads, 17), f"this host, {args.threads} threads")
-    head_ms = table.blocks(candidates, shapes, head)
+    head_ms = table.blocks(candidates, shapes, head, teacher)
     rng = np.random.default_rng(0)
     choices = [tuple(0 for _ in candidates)] + [tuple(int(rng.integers(len(g))) for g in candidates)
                                                 for _ in range(args.students - 1)]

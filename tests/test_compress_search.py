@@ -160,13 +160,14 @@ def test_the_latency_table_times_each_block_once_per_board_and_runtime(small_sea
     candidates = [make_candidates(b, i, o, space) for b, (i, o) in zip(blocks, shapes)]
     measure = onnxruntime_on_this_host(threads=1, opset=17, runs=50)
     table = LatencyTable(measure, "this host", tmp_path / "table.json")
-    head_ms = table.blocks(candidates, shapes, fmnist_tiny().classifier)
-    # every block but the identities (no op), the head and one call's cost, timed once
+    teacher = _tiny_teacher(blocks)
+    head_ms = table.blocks(candidates, shapes, teacher.classifier, teacher)
+    # every block but the identities (no op), the head and the whole teacher, timed once
     assert table.measured == sum(c.spec["type"] != "identity" for g in candidates for c in g) + 2
     assert head_ms > 0 and all(c.latency_ms >= 0 for g in candidates for c in g)
     assert all(c.latency_ms == 0 for g in candidates for c in g if c.spec["type"] == "identity")
     again = LatencyTable(measure, "this host", tmp_path / "table.json")
-    assert again.blocks(candidates, shapes, fmnist_tiny().classifier) == head_ms and again.measured == 0
+    assert again.blocks(candidates, shapes, teacher.classifier, teacher) == head_ms and again.measured == 0
 
 
 def test_a_latency_budget_is_met_by_the_chosen_student_and_an_unreachable_one_is_named(small_search, tmp_path):

@@ -2,8 +2,8 @@
 
 The compressor does not know how a board runs a model: it is handed a ``measure(module, input_shape) -> ms``
 (the compress stage's: the block exported to ONNX and timed with the target's runtime) and a label saying where the
-figures come from. Each block is timed alone; one call's fixed cost (timed on an identity) is taken off every block
-and counted once, in the head, so that a student's predicted latency is the sum of its blocks' and its head's.
+figures come from. Each block is timed alone, less what a block alone costs beyond its share of a whole model
+(calibrated on the teacher), so that a student's predicted latency is the sum of its blocks' and its head's.
 Figures are cached in a JSON file per board and runtime, keyed by the block's spec (the teacher's own blocks by
 their structure) and input shape.
 """
@@ -27,6 +27,7 @@ class LatencyTable:
         self.measure, self.source, self.cache = measure, source, cache
         self.entries: dict[str, float] = json.loads(cache.read_text()) if cache and cache.is_file() else {}
         self.measured = 0
+        self.per_block_ms = 0.0  # what timing a block alone adds, taken off every block (``blocks``)
 
     def latency(self, key: dict, module: nn.Module, input_shape: tuple) -> float:
         """The module's latency in ms, from the table or measured now."""
@@ -36,25 +37,29 @@ class LatencyTable:
             self.measured += 1
         return self.entries[name]
 
-    def call_overhead(self, input_shape: tuple) -> float:
-        """One call's fixed cost: a ReLU on the input, the least a runtime can be made to run."""
-        return self.latency({"call": "relu"}, nn.ReLU(), input_shape)
-
-    def blocks(self, candidates: list, shapes: list[tuple[tuple, tuple]], head: nn.Module) -> float:
-        """Set every candidate's ``latency_ms`` (without the per-call cost); return the head's, with it."""
-        overhead = self.call_overhead(shapes[0][0])
-        bar = tqdm(total=sum(map(len, candidates)) + 1, desc=f"latency table ({self.source})", unit="block")
+    def blocks(self, candidates: list, shapes: list[tuple[tuple, tuple]], head: nn.Module, teacher: nn.Module) -> float:
+        """Set every candidate's ``latency_ms``; return the head's. A block timed alone costs more than inside a
+        model (its own call, its input copied in and its output out); that cost, per block, is calibrated on the
+        teacher: the sum of its blocks' and head's times less its own measured time, over its blocks. So the
+        teacher's prediction is its measurement, and a student's is the sum of its blocks' and its head's."""
+        bar = tqdm(total=sum(map(len, candidates)) + 2, desc=f"latency table ({self.source})", unit="block")
+        raw = []
         for group, (in_shape, _) in zip(candidates, shapes):
+            row = []
             for candidate in group:
                 bar.update(1)
-                if candidate.spec["type"] == "identity":  # no op at all
-                    candidate.latency_ms = 0.0
-                    continue
                 key = candidate.spec if candidate.spec["type"] != "teacher" else {"teacher": repr(candidate.module)}
-                candidate.latency_ms = max(0.0, self.latency(key, candidate.module, in_shape) - overhead)
+                row.append(0.0 if candidate.spec["type"] == "identity" else  # no op at all
+                           self.latency(key, candidate.module, in_shape))
+            raw.append(row)
         head_ms = self.latency({"head": repr(head)}, head, shapes[-1][1])
-        bar.update(1)
+        whole = self.latency({"model": repr(teacher)}, teacher, shapes[0][0])
+        bar.update(2)
         bar.close()
+        self.per_block_ms = max(0.0, (sum(row[0] for row in raw) + head_ms - whole) / len(raw))  # [0]: the teacher's
+        for group, row in zip(candidates, raw):
+            for candidate, ms in zip(group, row):
+                candidate.latency_ms = 0.0 if candidate.spec["type"] == "identity" else max(0.0, ms - self.per_block_ms)
         self.save()
         return head_ms
 
