@@ -109,7 +109,7 @@ def options_of(candidates: list[list[Candidate]]) -> list[list[Option]]:
 
 
 class CandidateBank(nn.Module):
-    """All trainable candidates, as one module for the optimizer and the checkpoint; ``training`` says which of
+    """All trainable candidates, as one module for the optimizer and the checkpoint; ``training_flags`` says which of
     them still train (successive halving drops the others)."""
 
     def __init__(self, candidates: list[list[Candidate]]):
