@@ -21,10 +21,9 @@ from ..errors import ConfigError
 from .selection import COSTS, Option, offsets, select
 
 
-def unusable(options: list[list[Option]], budgets: tuple, fixed: tuple,
-             teacher_first: bool = True) -> list[list[str | None]]:
+def unusable(options: list[list[Option]], budgets: tuple, fixed: tuple) -> list[list[str | None]]:
     """Per candidate, why no choice under ``budgets`` (max FLOPs, parameters, latency; None: unlimited) can use it
-    (None: it may be used). With ``teacher_first``, each block's first option is its teacher block, error 0."""
+    (None: it may be used). Each block's first option is its teacher block, error 0."""
     cheapest = [[min(getattr(o, cost) for o in block) for cost, *_ in COSTS] for block in options]
     floors = [offset + sum(row[k] for row in cheapest) for k, offset in enumerate(offsets(fixed))]
     reasons = []
@@ -36,7 +35,7 @@ def unusable(options: list[list[Option]], budgets: tuple, fixed: tuple,
                     if budget is not None and floors[k] - cheapest[b][k] + getattr(option, cost) > budget]
             if over:
                 row.append(f"over the {over[0]} budget with the cheapest other blocks")
-            elif teacher_first and i and all(getattr(option, cost) >= getattr(teacher, cost) for cost, *_ in COSTS):
+            elif i and all(getattr(option, cost) >= getattr(teacher, cost) for cost, *_ in COSTS):
                 row.append("no smaller than the teacher's own block")
             else:
                 row.append(None)
