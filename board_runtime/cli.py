@@ -7,6 +7,7 @@
     python run_model.py probe                              # this machine and its runtimes, as JSON
     python run_model.py logits --inputs inputs.npy --json logits.json   # every artifact's outputs on given inputs
     python run_model.py verify                             # check every file against its sha256
+    python run_model.py time-models --threads 4 --json timings.json   # the median latency of each timed model
 
 ``predict`` takes image files (PNG, JPEG; read with Pillow, resized and cropped as the bundle says) or raw
 images as .npy (H, W[, C], uint8 or float in [0, 1], already at the input size) and applies the bundle's
@@ -20,12 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 
 import numpy as np
 
-from .measure import PACKAGE_PARENT, bench, bench_all, probe
+from .measure import PACKAGE_PARENT, bench, bench_all, probe, time_models
 from .schemas import LOGITS_SCHEMA
 from .imaging import read_for_model
 from .model import Model, find_artifact, load_manifest, verify
@@ -68,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--artifacts", default="", help="comma-separated kinds (default: all in the manifest)")
     a.add_argument("--repeats", type=int, default=3)
     a.add_argument("--noise-threshold", type=float, default=0.1, help="flag spreads of the repeats' medians above this")
+    sub.add_parser("time-models", parents=[timing], help="the median latency of each model the manifest lists under "
+                                                          "'timed_models' (fp32 ONNX: the compress step's latency table)")
     args = parser.parse_args(argv)
     if args.command == "probe":
         print(json.dumps(probe(), indent=2))
@@ -105,16 +109,17 @@ def main(argv: list[str] | None = None) -> int:
             outputs[kind] = model.predict_each(inputs).tolist()
         _write_json(args.json, {"schema": LOGITS_SCHEMA, "machine": probe()["system"], "samples": len(inputs),
                                 "logits": outputs})
-    elif args.command == "bench":
-        result = bench(manifest, base, args.artifact, args.threads, args.runs, args.warmup, args.max_seconds)
-        text = _write_json(args.json, result) if args.json else json.dumps(result, indent=2)
-        print(text)
-    else:
-        bench_args = ["--threads", str(args.threads), "--runs", str(args.runs), "--warmup", str(args.warmup),
-                      "--max-seconds", str(args.max_seconds)]
-        kinds = [k for k in args.artifacts.split(",") if k]
-        suite = bench_all(args.manifest, kinds, max(1, args.repeats), bench_args, args.noise_threshold,
-                          timeout_s=args.max_seconds * 3 + 300)
-        text = _write_json(args.json, suite) if args.json else json.dumps(suite, indent=2)
-        print(text)
+    else:  # a timing: printed, and written to --json
+        if args.command == "time-models":
+            result = time_models(manifest.get("timed_models", []), base, args.threads, args.runs, args.warmup,
+                                 args.max_seconds, lambda line: print(line, file=sys.stderr, flush=True))
+        elif args.command == "bench":
+            result = bench(manifest, base, args.artifact, args.threads, args.runs, args.warmup, args.max_seconds)
+        else:
+            bench_args = ["--threads", str(args.threads), "--runs", str(args.runs), "--warmup", str(args.warmup),
+                          "--max-seconds", str(args.max_seconds)]
+            kinds = [k for k in args.artifacts.split(",") if k]
+            result = bench_all(args.manifest, kinds, max(1, args.repeats), bench_args, args.noise_threshold,
+                               timeout_s=args.max_seconds * 3 + 300)
+        print(_write_json(args.json, result) if args.json else json.dumps(result, indent=2))
     return 0

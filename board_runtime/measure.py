@@ -1,7 +1,8 @@
 """Measuring on the board: latency of one artifact in this process, repeats in fresh processes, the machine.
 
 ``bench`` times one artifact (load, first inference, warm-up, then up to ``runs`` timed inferences or
-``max_seconds``); ``bench_all`` runs ``bench`` for every artifact ``repeats`` times, each a fresh process
+``max_seconds``); ``time_models`` gives the median latency of each of many fp32 ONNX models (the compress step's
+latency table, on the board); ``bench_all`` runs ``bench`` for every artifact ``repeats`` times, each a fresh process
 (clean peak memory, no shared warm-up), and gives the median of the repeats' statistics, flagging an artifact
 as noisy when its repeats' medians spread wider than ``noise_threshold``.
 """
@@ -23,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from .model import Model, find_artifact, load_manifest
-from .schemas import PROBE_SCHEMA, RESULT_SCHEMA, SUITE_SCHEMA
-from .sessions import TFLITE_RUNTIMES, edgetpu_library, package_version
+from .schemas import PROBE_SCHEMA, RESULT_SCHEMA, SUITE_SCHEMA, TIMINGS_SCHEMA
+from .sessions import TFLITE_RUNTIMES, OnnxSession, edgetpu_library, package_version
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]  # the bundle (or checkout) that holds this package
 
@@ -142,6 +143,36 @@ def probe() -> dict:
             "numpy": np.__version__, "runtimes": runtimes, "onnxruntime_providers": providers, "system": system_info()}
 
 
+def timed_runs(run, x: np.ndarray, runs: int, warmup: int, max_seconds: float, at_least: int = 10) -> list[float]:
+    """``run(x)`` ``warmup`` times, then timed up to ``runs`` times or for ``max_seconds`` (at least ``at_least``
+    times): the latencies in ms."""
+    for _ in range(warmup):
+        run(x)
+    times = []
+    deadline = time.perf_counter() + max_seconds
+    while len(times) < runs and (len(times) < at_least or time.perf_counter() < deadline):
+        started = time.perf_counter()
+        run(x)
+        times.append((time.perf_counter() - started) * 1e3)
+    return times
+
+
+def time_models(models: list[dict], base: Path, threads: int, runs: int, warmup: int, max_seconds: float,
+                log=None) -> dict:
+    """The median latency in ms of each of ``models`` (``{"name", "path", "input_shape"}``: fp32 ONNX files under
+    ``base``) with ONNX Runtime's CPU provider on random inputs, one after another in this process; ``log`` gets a
+    line per model."""
+    medians = {}
+    for index, entry in enumerate(models):
+        session = OnnxSession(str(base / entry["path"]), threads, ["CPUExecutionProvider"])
+        x = np.random.default_rng(0).standard_normal(entry["input_shape"]).astype(np.float32)
+        medians[entry["name"]] = statistics.median(timed_runs(session.run, x, runs, warmup, max_seconds))
+        if log:
+            log(f"timed {index + 1}/{len(models)}: {entry['path']} {medians[entry['name']]:.4f} ms")
+    return {"schema": TIMINGS_SCHEMA, "runtime": "onnxruntime", "runtime_version": package_version("onnxruntime"),
+            "threads": threads, "median_ms": medians, "system": system_info()}
+
+
 def bench(manifest: dict, base: Path, kind: str, threads: int, runs: int, warmup: int, max_seconds: float) -> dict:
     """Load time, first inference, then ``runs`` timed inferences (or ``max_seconds``) after ``warmup``."""
     baseline_mb = _rss_mb()
@@ -153,14 +184,7 @@ def bench(manifest: dict, base: Path, kind: str, threads: int, runs: int, warmup
     started = time.perf_counter()
     model.session.run(x)
     first = time.perf_counter() - started
-    for _ in range(warmup):
-        model.session.run(x)
-    times = []
-    deadline = time.perf_counter() + max_seconds
-    while len(times) < runs and (len(times) < 10 or time.perf_counter() < deadline):
-        started = time.perf_counter()
-        model.session.run(x)
-        times.append((time.perf_counter() - started) * 1e3)
+    times = timed_runs(model.session.run, x, runs, warmup, max_seconds)
     peak_mb = _peak_rss_mb()
     mean = statistics.fmean(times)
     return {

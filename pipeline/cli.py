@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from .allocator import jemalloc_environment
+from .compress.options import LATENCY_SOURCES
 from .config import STAGES, build_config
 from .errors import ConfigError, PipelineError
 from .targets import list_targets, load_target
@@ -79,8 +80,11 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     add("--flops-ratio", type=float, help="student FLOPs budget as a fraction of the teacher's")
     add("--params-ratio", type=float, help="student parameter budget as a fraction of the teacher's")
     add("--max-latency-ms", type=float,
-        help="student latency budget per image, weighed with every candidate block timed on this host with the first "
-             "target's ONNX runtime and thread count (a table cached per board)")
+        help="student latency budget per image, weighed with every candidate block timed in the teacher's place with "
+             "the first target's ONNX runtime and thread count (a table cached per board; see --latency-from)")
+    add("--latency-from", choices=LATENCY_SOURCES,
+        help="where the latency table comes from: timed on this host (the default), on the board of --host over SSH, "
+             "or estimated from the target profile's roofline")
     add("--pick", type=int, help="use point N of the compression Pareto front instead of the budget's best")
     add("--host", help="benchmark on this board over SSH (user@board) with the bundle instead of on this machine; "
                        "'local' goes back to this machine")
@@ -135,8 +139,9 @@ def _compress_overrides(args: argparse.Namespace) -> dict:
     budget = {k: getattr(args, k) for k in ("max_flops", "max_params", "flops_ratio", "params_ratio", "max_latency_ms")
               if getattr(args, k) is not None}
     overrides = {"budget": budget} if budget else {}
-    if args.pick is not None:
-        overrides["pick"] = args.pick
+    for name in ("pick", "latency_from"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
     if args.compress and args.no_compress:
         raise ConfigError("--compress and --no-compress: choose one")
     if args.compress or args.command == "compress":

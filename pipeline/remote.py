@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import IO, Callable
 
-from board_runtime.schemas import LOGITS_SCHEMA, PROBE_SCHEMA, SUITE_SCHEMA
+from board_runtime.schemas import LOGITS_SCHEMA, PROBE_SCHEMA, SUITE_SCHEMA, TIMINGS_SCHEMA
 from board_runtime.sessions import SESSION_RUNTIMES
 
 from .artifacts import write_json
@@ -292,18 +292,9 @@ def remote_bench(ssh: SSHTarget, bundle_dir: Path, profile: TargetProfile, runne
     _check_runner(ssh, result, f"{RUNNER} bench-all", profile)
     log(f"bench-all on {ssh.label} took {time.monotonic() - started:.1f} s")
 
-    q_out = shlex.quote(f"{remote}/{remote_out}")
-    fetched = ssh_run(ssh, f"cat {q_out} && rm -f {q_out}", what="reading the result")
-    if fetched.returncode != 0:
-        raise BenchmarkError(f"{RUNNER} bench-all on {ssh.label} left no result {remote}/{remote_out}: "
-                             f"{fetched.last_line}")
-    try:
-        suite = json.loads(fetched.stdout)
-    except json.JSONDecodeError as exc:
-        raise BenchmarkError(f"the result from {ssh.label} is not valid JSON: {exc}") from exc
-    if not isinstance(suite, dict) or suite.get("schema") != SUITE_SCHEMA or not isinstance(suite.get("results"), list):
-        schema = suite.get("schema") if isinstance(suite, dict) else type(suite).__name__
-        raise BenchmarkError(f"the result from {ssh.label} has schema {schema!r}, expected {SUITE_SCHEMA!r}")
+    suite = _fetch_json(ssh, f"{remote}/{remote_out}", SUITE_SCHEMA, f"{RUNNER} bench-all")
+    if not isinstance(suite.get("results"), list):
+        raise BenchmarkError(f"the result from {ssh.label} has no list of results")
     suite["location"] = {"kind": "ssh", "destination": ssh.destination, "port": ssh.port}
     write_json(out_json, suite)
     log(f"result from {ssh.label}: {len(suite['results'])} artifacts")
@@ -331,12 +322,38 @@ def remote_logits(ssh: SSHTarget, bundle_dir: Path, profile: TargetProfile, inpu
                f"--artifacts {shlex.quote(','.join(kinds))} --threads {profile.threads} --json {q_out}")
     result = ssh_run(ssh, command, timeout=timeout_s, what=f"{RUNNER} logits", retry=False)
     _check_runner(ssh, result, f"{RUNNER} logits", profile)
-    fetched = ssh_run(ssh, f"cd {q_remote} && cat {q_out} && rm -f {q_out} {q_inputs}", what="reading the outputs")
+    ssh_run(ssh, f"cd {q_remote} && rm -f {q_inputs}", what="cleanup")
+    data = _fetch_json(ssh, f"{remote}/results/logits-{tag}.json", LOGITS_SCHEMA, f"{RUNNER} logits")
+    return {kind: np.asarray(rows, np.float32) for kind, rows in data["logits"].items()}
+
+
+def remote_time_models(ssh: SSHTarget, bundle_dir: Path, profile: TargetProfile, runner_args: list[str],
+                       timeout_s: float = 1800, log: Callable[[str], None] = print) -> dict:
+    """The median latency of each model that the bundle's manifest lists under ``timed_models``, timed on the board
+    by ``run_model.py time-models`` in one visit (the compress step's latency table, measured on the board)."""
+    remote, _ = ensure_bundle(ssh, Path(bundle_dir), log, profile)
+    out = f"results/timings-{uuid.uuid4().hex[:8]}.json"
+    command = (f"cd {shlex.quote(remote)} && mkdir -p results && {remote_python(ssh)} {RUNNER} --manifest manifest.json "
+               f"time-models --json {shlex.quote(out)} " + " ".join(shlex.quote(str(a)) for a in runner_args)
+               + " > /dev/null")
+    log(f"timing the bundle's models on {ssh.label} ({RUNNER} time-models)")
+    result = ssh_run(ssh, command, timeout=timeout_s, what=f"{RUNNER} time-models", retry=False, log=log,
+                     prefix=f"  [{ssh.destination}] ")
+    _check_runner(ssh, result, f"{RUNNER} time-models", profile)
+    return _fetch_json(ssh, f"{remote}/{out}", TIMINGS_SCHEMA, f"{RUNNER} time-models")
+
+
+def _fetch_json(ssh: SSHTarget, remote_file: str, schema: str, what: str) -> dict:
+    """The JSON that ``what`` left in ``remote_file`` on the board (then removed there), checked for ``schema``."""
+    q_file = shlex.quote(remote_file)
+    fetched = ssh_run(ssh, f"cat {q_file} && rm -f {q_file}", what="reading the result")
+    if fetched.returncode != 0:
+        raise BenchmarkError(f"{what} on {ssh.label} left no result {remote_file}: {fetched.last_line}")
     try:
         data = json.loads(fetched.stdout)
     except json.JSONDecodeError as exc:
-        raise BenchmarkError(f"the outputs from {ssh.label} are not valid JSON: {exc}") from exc
-    if data.get("schema") != LOGITS_SCHEMA:
-        raise BenchmarkError(f"the outputs from {ssh.label} have schema {data.get('schema')!r}, expected "
-                             f"{LOGITS_SCHEMA!r}")
-    return {kind: np.asarray(rows, np.float32) for kind, rows in data["logits"].items()}
+        raise BenchmarkError(f"the result of {what} on {ssh.label} is not valid JSON: {exc}") from exc
+    found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+    if found != schema:
+        raise BenchmarkError(f"the result of {what} on {ssh.label} has schema {found!r}, expected {schema!r}")
+    return data

@@ -1,4 +1,6 @@
 """The block-wise search's speed-ups keep its result: exact pruning, successive halving, the training device."""
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from pipeline.config import ComputeOptions, TrainOptions
 from pipeline.data import PreprocessSpec, load_dataset
 from pipeline.errors import ConfigError
 from pipeline.nets import fmnist_tiny
+from pipeline.targets import load_target
 from pipeline.torchmodel import count_flops, count_params
 from pipeline.train import train_classifier
 
@@ -153,33 +156,36 @@ def _tiny_teacher(blocks):
 
 def test_the_latency_table_times_each_block_once_per_board_and_runtime(small_search, tmp_path):
     from pipeline.compress.latency import LatencyTable
-    from pipeline.stages.latency import onnxruntime_on_this_host
+    from pipeline.stages.latency import on_this_host
 
     blocks, shapes, _, _, _ = small_search
     space = SearchSpace(inverted_residual=None, basic=None, separable={"kernel": (3,)})
     candidates = [make_candidates(b, i, o, space) for b, (i, o) in zip(blocks, shapes)]
-    measure = onnxruntime_on_this_host(threads=1, opset=17, runs=50)
+    measure = on_this_host(threads=1, opset=17, runs=50)
     table = LatencyTable(measure, "this host", tmp_path / "table.json")
     teacher = _tiny_teacher(blocks)
-    head_ms = table.blocks(candidates, shapes, teacher.classifier, teacher)
-    # every block but the identities (no op), the head and the whole teacher, timed once
-    assert table.measured == sum(c.spec["type"] != "identity" for g in candidates for c in g) + 2
-    assert head_ms > 0 and all(c.latency_ms >= 0 for g in candidates for c in g)
+    head_ms = table.blocks(candidates, shapes, teacher.classifier, (None, None, None), (0, 0))
+    # the head, every candidate but the identities (no op) and the whole teacher and students of the fit: each once
+    assert table.measured == len(table.entries) >= 1 + sum(c.spec["type"] != "identity" for g in candidates
+                                                           for c in g) + 1
+    assert len(table.calibration) == 7 and table.calibration[0]["blocks"] == ["teacher"] * len(blocks)
+    assert head_ms > 0 and table.per_block_ms >= 0 and all(c.latency_ms >= 0 for g in candidates for c in g)
     assert all(c.latency_ms == 0 for g in candidates for c in g if c.spec["type"] == "identity")
     again = LatencyTable(measure, "this host", tmp_path / "table.json")
-    assert again.blocks(candidates, shapes, teacher.classifier, teacher) == head_ms and again.measured == 0
+    assert again.blocks(candidates, shapes, teacher.classifier, (None, None, None), (0, 0)) == head_ms
+    assert again.measured == 0 and again.per_block_ms == table.per_block_ms
 
 
 def test_a_latency_budget_is_met_by_the_chosen_student_and_an_unreachable_one_is_named(small_search, tmp_path):
     from pipeline.compress.compressor import compress
     from pipeline.compress.latency import LatencyTable
     from pipeline.compress.options import Budget
-    from pipeline.stages.latency import onnxruntime_on_this_host
+    from pipeline.stages.latency import on_this_host
 
     blocks, shapes, _, x, held_out = small_search
     teacher = _tiny_teacher(blocks)
-    table = LatencyTable(onnxruntime_on_this_host(threads=1, opset=17, runs=50), "this host", tmp_path / "t.json")
-    teacher_ms = table.measure(teacher, (1, 1, 28, 28))
+    table = LatencyTable(on_this_host(threads=1, opset=17, runs=50), "this host", tmp_path / "t.json")
+    teacher_ms = table.measure([(teacher, (1, 1, 28, 28))])[0]
     labels = np.zeros(len(x), dtype=np.int64)
     source = {"model": "fmnist-tiny", "in_channels": 1, "num_classes": 10}
     budget = Budget(max_latency_ms=0.8 * teacher_ms)
@@ -193,6 +199,59 @@ def test_a_latency_budget_is_met_by_the_chosen_student_and_an_unreachable_one_is
     with pytest.raises(ConfigError, match=r"budget below the smallest possible student: .* ms of latency"):
         compress(teacher, source, x[:256].numpy(), labels[:256], held_out.numpy(), labels[: len(held_out)], options,
                  tmp_path / "none", latency=table)
+
+
+def _separable_candidates(small_search):
+    blocks, shapes, *_ = small_search
+    space = SearchSpace(inverted_residual=None, basic=None, separable={"kernel": (3,)})
+    return blocks, shapes, [make_candidates(b, i, o, space) for b, (i, o) in zip(blocks, shapes)]
+
+
+def test_a_latency_table_timed_on_the_board_over_ssh(small_search, sshd_server, tmp_path):
+    from pipeline.compress.latency import LatencyTable
+    from pipeline.config import BenchOptions
+    from pipeline.stages.latency import on_the_board
+
+    blocks, shapes, candidates = _separable_candidates(small_search)
+    options = BenchOptions(host=sshd_server.destination, ssh_port=sshd_server.port,
+                           ssh_identity=str(sshd_server.identity_file), ssh_known_hosts=str(sshd_server.known_hosts),
+                           remote_python=sys.executable)
+    lines = []
+    measure = on_the_board(options, load_target("raspberry-pi-4"), lines.append, runs=20, warmup=5)
+    table = LatencyTable(measure, "the board", tmp_path / "board.json")
+    head_ms = table.blocks(candidates, shapes, _tiny_teacher(blocks).classifier, (None, None, None), (0, 0))
+    assert head_ms > 0 and table.calibration[0]["measured_ms"] > 0
+    blocks_and_head = 1 + sum(c.spec["type"] != "identity" for g in candidates for c in g)
+    assert any(f"timed {blocks_and_head}/{blocks_and_head}:" in line for line in lines)  # in one visit
+
+
+def test_a_roofline_latency_table_holds_the_profiles_estimates(small_search, tmp_path):
+    from pipeline.compress.latency import LatencyTable
+    from pipeline.estimate import estimate, model_traffic
+    from pipeline.formats.onnx_fp32 import export_onnx
+    from pipeline.stages.latency import roofline
+
+    blocks, shapes, candidates = _separable_candidates(small_search)
+    target = load_target("raspberry-pi-4")
+    teacher = _tiny_teacher(blocks)
+    table = LatencyTable(roofline(target), "roofline", tmp_path / "roofline.json")
+    table.blocks(candidates, shapes, teacher.classifier, (None, None, None), (0, 0))
+    export_onnx(teacher, (1, 1, 28, 28), tmp_path / "teacher.onnx", 17)
+    expected = estimate("onnx-fp32", count_flops(teacher, (1, 1, 28, 28)), model_traffic(tmp_path / "teacher.onnx"),
+                        target.performance).latency_ms
+    assert table.calibration[0]["measured_ms"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_latency_sources_are_validated():
+    from pipeline.config import BenchOptions
+    from pipeline.stages.latency import latency_table
+
+    with pytest.raises(ConfigError, match=r"compress.latency_from: bad value 'fpga', expected one of host, board, "):
+        CompressOptions(latency_from="fpga")
+    with pytest.raises(ConfigError, match=r"'board': no board to time on; give bench.host"):
+        latency_table("board", load_target("raspberry-pi-4"), BenchOptions())
+    with pytest.raises(ConfigError, match=r"'roofline': .*host.yaml gives no fp32 peak"):
+        latency_table("roofline", load_target("host"), BenchOptions())
 
 
 def test_the_mobilenetv2_teacher_is_cut_like_torchvisions():

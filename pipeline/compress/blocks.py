@@ -50,6 +50,21 @@ def _separable(cin: int, cout: int, stride: int, kernel: int) -> nn.Module:
     )
 
 
+def _low_rank(cin: int, cout: int, stride: int, rank: int) -> nn.Module:
+    """A 1x1 convolution factored through ``rank`` channels: (cin + cout) x rank weights instead of cin x cout."""
+    return nn.Sequential(
+        nn.Conv2d(cin, rank, 1, stride, bias=False), nn.BatchNorm2d(rank),
+        nn.Conv2d(rank, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU6(inplace=True),
+    )
+
+
+def is_pointwise(module: nn.Module) -> bool:
+    """Whether every convolution of ``module`` is a plain 1x1 one (and it has one): a block that a low-rank 1x1
+    can stand in for."""
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    return bool(convs) and all(m.kernel_size == (1, 1) and m.groups == 1 for m in convs)
+
+
 class ReducedBasicBlock(BasicBlock):
     """A ResNet basic block whose inner width is ``mid`` instead of ``cout``."""
 
@@ -66,6 +81,7 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "basic": lambda cin, cout, stride, mid: ReducedBasicBlock(cin, cout, stride, mid),
     "inverted_residual": _inverted,
     "separable": _separable,
+    "low_rank": _low_rank,
 }
 
 

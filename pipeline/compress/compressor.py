@@ -147,8 +147,10 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
     if max_latency is not None and latency is None:
         raise ConfigError("max_latency_ms: a latency budget needs a latency table to weigh the blocks with")
     candidates = [make_candidates(b, i, o, options.search_space) for b, (i, o) in zip(blocks, shapes)]
-    head_ms = latency.blocks(candidates, shapes, head, teacher) if max_latency is not None else 0.0
-    fixed = (count_flops(head, shapes[-1][1]), count_params(head), head_ms)
+    head_costs = (count_flops(head, shapes[-1][1]), count_params(head))
+    head_ms = latency.blocks(candidates, shapes, head, (max_flops, max_params, max_latency), head_costs, options.seed) \
+        if max_latency is not None else 0.0
+    fixed = (*head_costs, head_ms)
     options_grid = [[Option(0.0, c.flops, c.params, c.latency_ms) for c in group] for group in candidates]
     select(options_grid, max_flops, max_params, fixed, max_latency)  # fail before training when it is unreachable
     reasons = unusable(options_grid, (max_flops, max_params, max_latency), fixed)
@@ -208,9 +210,9 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "search": search,
         **({"latency": {"source": latency.source, "predicted_ms": round(chosen.latency_ms, 4),
-                        "per_block_call_ms": round(latency.per_block_ms, 4),
-                        "measured_ms": round(latency.measure(student, input_shape), 4),
-                        "blocks_measured_now": latency.measured}} if max_latency is not None else {}),
+                        "per_block_call_ms": round(latency.per_block_ms, 4), "calibration": latency.calibration,
+                        "measured_ms": round(latency.measure([(student, input_shape)])[0], 4),
+                        "models_timed_now": latency.measured}} if max_latency is not None else {}),
         "blockwise_resumed_after_epoch": search["resumed_after_epoch"],
         "world_size": distributed.world_size(),
         "compute": compute.describe(),

@@ -8,6 +8,8 @@ from typing import Any
 from ..errors import ConfigError, ModelError
 from ..units import parse_count
 
+# Where a latency budget's table can come from (``pipeline.stages.latency.LATENCY_SOURCES`` has a row for each).
+LATENCY_SOURCES = ("host", "board", "roofline")
 
 # The built-in families. A grid maps each argument of the family's builder (besides cin, cout, stride) to
 # the values to try; "basic" narrows the teacher's own basic block to width_fraction x cout inside.
@@ -15,7 +17,11 @@ DEFAULT_GRIDS: dict[str, dict[str, tuple]] = {
     "inverted_residual": {"expansion": (1, 2, 4, 6), "kernel": (3, 5), "depth": (1, 2)},
     "separable": {"kernel": (3, 5)},
     "basic": {"width_fraction": (0.5, 0.25)},
+    # a teacher's 1x1-only block (MobileNetV2's last 1x1 to 1280 channels, most of its parameters), factored through
+    # rank_fraction x min(cin, cout) channels
+    "low_rank": {"rank_fraction": (0.25, 0.125)},
 }
+FRACTIONS = ("width_fraction", "rank_fraction")
 
 
 def _valid_value(argument: str, value: Any, builtin: bool) -> bool:
@@ -23,7 +29,7 @@ def _valid_value(argument: str, value: Any, builtin: bool) -> bool:
         return value is not None
     if isinstance(value, bool):
         return False
-    if argument == "width_fraction":
+    if argument in FRACTIONS:
         return isinstance(value, (int, float)) and 0 < value <= 1
     return isinstance(value, int) and value >= 1
 
@@ -40,7 +46,7 @@ def _grid(where: str, grid: Any, default: dict[str, tuple] | None) -> dict[str, 
     for argument, values in grid.items():
         values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
         if not values or not all(_valid_value(argument, v, builtin) for v in values):
-            expected = ("fractions in (0, 1]" if argument == "width_fraction" else "positive integers") if builtin \
+            expected = ("fractions in (0, 1]" if argument in FRACTIONS else "positive integers") if builtin \
                 else "values"
             raise ConfigError(f"{where}.{argument}: bad value {list(values)!r}, expected a non-empty list of {expected}")
         checked[argument] = values
@@ -61,6 +67,7 @@ class SearchSpace:
     inverted_residual: dict[str, tuple] | None = field(default_factory=lambda: DEFAULT_GRIDS["inverted_residual"])
     separable: dict[str, tuple] | None = field(default_factory=lambda: DEFAULT_GRIDS["separable"])
     basic: dict[str, tuple] | None = field(default_factory=lambda: DEFAULT_GRIDS["basic"])  # teacher basic blocks
+    low_rank: dict[str, tuple] | None = field(default_factory=lambda: DEFAULT_GRIDS["low_rank"])  # teacher 1x1 blocks
     custom: dict[str, dict[str, tuple]] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -151,6 +158,9 @@ class CompressOptions:
     # rate 1 trains every candidate to the end.
     halving_rate: int = 3
     halving_rungs: int = 2
+    # Where a latency budget's table comes from: "host" (timed here with the first target's ONNX runtime and threads),
+    # "board" (timed on the board of bench.host over SSH) or "roofline" (estimated from the profile's peaks).
+    latency_from: str = "host"
     finetune_subset: int | None = None
     val_samples: int = 5000  # held out of the training split for scoring and early stopping
     seed: int = 0
@@ -168,6 +178,9 @@ class CompressOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"compress.{name}: bad value {value!r}, expected an integer >= {low}")
+        if self.latency_from not in LATENCY_SOURCES:
+            raise ConfigError(f"compress.latency_from: bad value {self.latency_from!r}, expected one of "
+                              f"{', '.join(LATENCY_SOURCES)}")
         for name in ("boundaries", "frozen"):
             value = getattr(self, name)
             if isinstance(value, list):

@@ -24,7 +24,7 @@ from ..config import ComputeOptions
 from ..nets import BasicBlock
 from ..torchmodel import count_flops, count_params
 from . import distributed
-from .blocks import TeacherBlock, build_block
+from .blocks import TeacherBlock, build_block, is_pointwise
 from .halving import Halving
 from .options import DEFAULT_GRIDS, SearchSpace
 from .selection import Option
@@ -42,18 +42,24 @@ class Candidate:
     history: list[float] = field(default_factory=list)
 
 
+# Families that stand in only for a teacher block of their own kind.
+ONLY_IN_PLACE_OF = {"basic": lambda teacher: isinstance(teacher, BasicBlock), "low_rank": is_pointwise}
+
+
 def candidate_specs(space: SearchSpace, cin: int, cout: int, stride: int, teacher: nn.Module) -> Iterator[dict]:
     """The candidate specs of ``space`` for a block from ``cin`` to ``cout`` channels at ``stride``."""
     if space.identity and stride == 1 and cin == cout:
         yield {"type": "identity"}
     families = {f: getattr(space, f) for f in DEFAULT_GRIDS if getattr(space, f) is not None}
     for family, grid in {**families, **space.custom}.items():
-        if family == "basic" and not isinstance(teacher, BasicBlock):
+        if family in ONLY_IN_PLACE_OF and not ONLY_IN_PLACE_OF[family](teacher):
             continue
         for values in itertools.product(*grid.values()):
             args = dict(zip(grid, values))
             if family == "basic":
                 args = {"mid": max(4, int(cout * args["width_fraction"]))}
+            elif family == "low_rank":
+                args = {"rank": max(4, int(min(cin, cout) * args["rank_fraction"]))}
             yield {"type": family, "cin": cin, "cout": cout, "stride": stride, **args}
 
 

@@ -96,14 +96,21 @@ def board_evaluation_sections(evaluation: dict | None) -> list[tuple[str, str, l
              ["artifact", "board top-1 %", "host top-1 %", "same top-1 as host %", "max abs logit diff"], rows)]
 
 
+def board_ssh(options):
+    """The board of ``bench.host`` with the bench options' SSH settings."""
+    from ..ssh import SSHTarget
+
+    return SSHTarget.parse(options.host, port=options.ssh_port, identity_file=options.ssh_identity,
+                           python=options.remote_python, known_hosts=options.ssh_known_hosts)
+
+
 def bench_step(plan, target, built: list, bundled: dict | None) -> dict:
     """Every artifact timed on the board over SSH (with the bundle as deployed), or on this host."""
     options, target_dir = plan.config.bench, plan.out / target.name
     if options.host:
-        from ..remote import SSHTarget, remote_bench, remote_logits
+        from ..remote import remote_bench, remote_logits
 
-        ssh = SSHTarget.parse(options.host, port=options.ssh_port, identity_file=options.ssh_identity,
-                              python=options.remote_python, known_hosts=options.ssh_known_hosts)
+        ssh = board_ssh(options)
         threads, needs = target.threads, [bundled]
         location = {"kind": "ssh", "destination": ssh.destination, "port": ssh.port}
 

@@ -50,6 +50,12 @@ def _search_lines(search: dict | None, latency: dict | None, compute: dict | Non
         lines += [f"Latency ({latency['source']}): predicted {latency['predicted_ms']:.3f} ms (the sum of the chosen "
                   f"blocks' and the head's), measured {latency['measured_ms']:.3f} ms for the whole student "
                   f"({error:+.1%}).", ""]
+        fitted = latency.get("calibration", [])
+        if fitted:
+            errors = ", ".join(f"{m['measured_ms'] / m['predicted_ms'] - 1:+.1%}" for m in fitted if m["predicted_ms"])
+            lines += [f"Each block's time alone less {latency['per_block_call_ms']:.4f} ms (what a block timed alone "
+                      f"costs beyond its share of a model), fitted on the teacher and {len(fitted) - 1} students under "
+                      f"the budget, measured whole; their measured against predicted: {errors}.", ""]
     if compute:
         lines += [f"Trained on {compute['device']} in {compute['precision']} ({compute.get('allocator', 'n/a')}).", ""]
     return lines

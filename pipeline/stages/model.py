@@ -185,7 +185,8 @@ def compress_step(plan) -> dict:
         student, report = compress(  # block-wise distillation holds its inputs in memory (issue 13)
             plan.load_torch(), teacher_source, spec.apply(fit.read()), fit.labels, spec.apply(val.read()), val.labels,
             replace(options, budget=budget), tmp, resume_dir, (spec.apply(test.read()), test.labels), plan.compute,
-            latency_table(plan.targets[0]) if budget.max_latency_ms else None,
+            latency_table(options.latency_from, plan.targets[0], plan.config.bench, plan.engine.log)
+            if budget.max_latency_ms else None,
         )
         write_json(tmp / "compression.json", report)
         (tmp / "compression.md").write_text(compression_markdown(report))
@@ -201,6 +202,7 @@ def compress_step(plan) -> dict:
     student = "-".join(["student", *([f"{format_count(max_flops)}flops"] if max_flops else []),
                         *([f"{format_count(max_params)}params"] if max_params else []),
                         *([f"{budget.max_latency_ms:g}ms-{plan.targets[0].name}"] if budget.max_latency_ms else [])])
-    params = {**plan.config.to_dict()["compress"], "budget": asdict(budget), "precision": plan.compute.precision}
+    params = {**plan.config.to_dict()["compress"], "budget": asdict(budget), "precision": plan.compute.precision,
+              **({"latency_board": plan.config.bench.host} if options.latency_from == "board" else {})}
     return plan.run(Step(f"{student}/compress", "compress", params, [model_record],
                          plan.out / "shared" / student / "compress", produce, resumable=True))
