@@ -267,3 +267,8 @@ def test_the_mobilenetv2_teacher_is_cut_like_torchvisions():
     # every block has candidates besides itself, the stride-2 block from 7x7 to 4x4 too
     space = SearchSpace(inverted_residual={"expansion": (1,), "kernel": (3,), "depth": (1,)}, separable=None)
     assert all(len(make_candidates(b, i, o, space)) > 1 for b, (i, o) in zip(blocks, shapes))
+    # its last 1x1 convolution (most of its parameters) can go low-rank: the 0.2x parameter budget needs that
+    last = make_candidates(blocks[-1], *shapes[-1], SearchSpace())
+    low_rank = [c for c in last if c.spec["type"] == "low_rank"]
+    assert [c.spec["rank"] for c in low_rank] == [40, 20] and max(c.params for c in low_rank) < last[0].params / 3
+    assert all(c.spec["type"] != "low_rank" for c in make_candidates(blocks[1], *shapes[1], SearchSpace()))
