@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -153,6 +155,8 @@ def main() -> int:
     parser.add_argument("--work", default="benchmarks/.compress_student", help="where the students are written")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    # A fresh cache unless one is given: a teacher trained by an earlier run would be read back, not timed.
+    os.environ.setdefault("PIPELINE_CACHE", tempfile.mkdtemp(prefix="compress-benchmark-cache-"))
     data = load_dataset(None)
     spec = PreprocessSpec.from_images(data.train.read())
     memory = PeakMemory()
