@@ -9,8 +9,9 @@ the teacher itself, random choices of one candidate per block, and the students 
 block scores, budgets from 0.25x to 0.6x the teacher's latency: the cheap end, where a budget bites), with the
 table's per-block correction fitted as the compress step fits it (on the teacher and 6 other students under the same
 budget, or anywhere for the random ones). Both figures come from the compress step's own measurement
-(``pipeline.stages.latency``: fp32 ONNX, the board runtime's timing on this host, median of up to 300 runs after 30). Printed: each student's predicted and measured ms, then per group the
-median and worst relative error and the share within 15 % (issue 13's goal for a latency-budgeted student).
+(``pipeline.stages.latency``: fp32 ONNX, the board runtime's timing on this host, median of up to 300 runs after
+30). Printed: each student's predicted and measured ms, then per group the median and worst relative error and the
+share within 15 % (issue 13's goal for a latency-budgeted student).
 """
 from __future__ import annotations
 

@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--artifacts", default="", help="comma-separated kinds (default: all in the manifest)")
     a.add_argument("--repeats", type=int, default=3)
     a.add_argument("--noise-threshold", type=float, default=0.1, help="flag spreads of the repeats' medians above this")
-    sub.add_parser("time-models", parents=[timing], help="the median latency of each model the manifest lists under "
-                                                          "'timed_models' (fp32 ONNX: the compress step's latency table)")
+    sub.add_parser("time-models", parents=[timing],
+                   help="the median latency of each model the manifest lists under 'timed_models' (fp32 ONNX: the "
+                        "compress step's latency table)")
     args = parser.parse_args(argv)
     if args.command == "probe":
         print(json.dumps(probe(), indent=2))

@@ -333,9 +333,9 @@ def remote_time_models(ssh: SSHTarget, bundle_dir: Path, profile: TargetProfile,
     by ``run_model.py time-models`` in one visit (the compress step's latency table, measured on the board)."""
     remote, _ = ensure_bundle(ssh, Path(bundle_dir), log, profile)
     out = f"results/timings-{uuid.uuid4().hex[:8]}.json"
-    command = (f"cd {shlex.quote(remote)} && mkdir -p results && {remote_python(ssh)} {RUNNER} --manifest manifest.json "
-               f"time-models --json {shlex.quote(out)} " + " ".join(shlex.quote(str(a)) for a in runner_args)
-               + " > /dev/null")
+    command = (f"cd {shlex.quote(remote)} && mkdir -p results && {remote_python(ssh)} {RUNNER} "
+               f"--manifest manifest.json time-models --json {shlex.quote(out)} "
+               + " ".join(shlex.quote(str(a)) for a in runner_args) + " > /dev/null")
     log(f"timing the bundle's models on {ssh.label} ({RUNNER} time-models)")
     result = ssh_run(ssh, command, timeout=timeout_s, what=f"{RUNNER} time-models", retry=False, log=log,
                      prefix=f"  [{ssh.destination}] ")

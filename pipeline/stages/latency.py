@@ -99,10 +99,10 @@ def roofline(target: TargetProfile) -> Measure:
 def _host_table(target: TargetProfile, options: BenchOptions, log) -> LatencyTable:
     import onnxruntime
 
-    threads = min(target.threads, os.cpu_count() or 1)  # more would measure contention
+    threads, version = min(target.threads, os.cpu_count() or 1), onnxruntime.__version__  # more: contention
     return LatencyTable(on_this_host(threads, target.onnx_opset),
-                        f"measured on this host: onnxruntime {onnxruntime.__version__} CPU, fp32 ONNX, {threads} threads",
-                        cache_dir() / "latency" / f"{target.name}-onnxruntime-{onnxruntime.__version__}-{threads}t.json")
+                        f"measured on this host: onnxruntime {version} CPU, fp32 ONNX, {threads} threads",
+                        cache_dir() / "latency" / f"{target.name}-onnxruntime-{version}-{threads}t.json")
 
 
 def _board_table(target: TargetProfile, options: BenchOptions, log) -> LatencyTable:
@@ -110,9 +110,10 @@ def _board_table(target: TargetProfile, options: BenchOptions, log) -> LatencyTa
         raise ConfigError("compress.latency_from: bad value 'board': no board to time on; give bench.host "
                           "(--host user@board), or choose host or roofline")
     ssh = board_ssh(options)
+    cache = f"{target.name}-board-{ssh.destination}-{ssh.port or 22}-{target.threads}t.json"
     return LatencyTable(on_the_board(options, target, log),
                         f"measured on the board {ssh.label}: onnxruntime CPU, fp32 ONNX, {target.threads} threads",
-                        cache_dir() / "latency" / f"{target.name}-board-{ssh.destination}-{ssh.port or 22}-{target.threads}t.json")
+                        cache_dir() / "latency" / cache)
 
 
 def _roofline_table(target: TargetProfile, options: BenchOptions, log) -> LatencyTable:
