@@ -80,8 +80,8 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     add("--flops-ratio", type=float, help="student FLOPs budget as a fraction of the teacher's")
     add("--params-ratio", type=float, help="student parameter budget as a fraction of the teacher's")
     add("--max-latency-ms", type=float,
-        help="student latency budget per image, weighed with every candidate block timed in the teacher's place with "
-             "the first target's ONNX runtime and thread count (a table cached per board; see --latency-from)")
+        help="student latency budget per image, weighed with every candidate block timed with the first target's "
+             "ONNX runtime and thread count (a table cached per board; see --latency-from)")
     add("--latency-from", choices=LATENCY_SOURCES,
         help="where the latency table comes from: timed on this host (the default), on the board of --host over SSH, "
              "or estimated from the target profile's roofline")
