@@ -313,7 +313,7 @@ def test_search_space_from_a_config_file_with_a_users_block_factory(tmp_path, co
     ("{custom: {mypkg.blocks:ghost: {ratio: [2]}}}", r"compress.search_space.custom: mypkg.blocks:ghost: cannot "
                                                      "import module 'mypkg.blocks'"),
     ("{seperable: null}", r"compress.search_space: unknown field\(s\) seperable; valid fields: identity, "
-                          "inverted_residual, separable, basic, custom"),
+                          "inverted_residual, separable, basic, low_rank, custom"),
 ])
 def test_bad_search_space_names_the_file_the_field_and_the_value(tmp_path, search_space, message):
     from pipeline import build_config
