@@ -41,10 +41,11 @@ class LatencyTable:
         names = [sha256_json({**key, "input_shape": list(shape)})[:20] for key, _, shape in wanted]
         missing = {name: (module, tuple(shape)) for name, (_, module, shape) in zip(names, wanted)
                    if name not in self.entries}
-        for name, ms in zip(missing, self.measure(list(missing.values())) if missing else []):
-            self.entries[name] = round(float(ms), 5)
-        self.measured += len(missing)
-        self.save()
+        if missing:
+            for name, ms in zip(missing, self.measure(list(missing.values()))):
+                self.entries[name] = round(float(ms), 5)
+            self.measured += len(missing)
+            self.save()
         return [self.entries[name] for name in names]
 
     def blocks(self, candidates: list, shapes: list[tuple[tuple, tuple]], head: nn.Module, budgets: tuple,
