@@ -60,6 +60,12 @@ def copy_runtime(directory: Path) -> None:
     shutil.copyfile(RUNTIME_DIR / "__main__.py", directory / "run_model.py")
 
 
+def file_hashes(directory: Path) -> dict[str, str]:
+    """The sha256 of every file under ``directory`` by its relative path: a manifest's ``files``, which
+    ``run_model.py verify`` checks on the board."""
+    return {p.relative_to(directory).as_posix(): sha256_file(p) for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
 def write_bundle(directory: Path, artifacts: list[Artifact], base: Path, info: dict,
                  extra: dict[str, Path | str] | None = None) -> dict:
     """Copy the artifacts a board can run into ``directory`` with the runtime, and write its manifest; ``extra``:
@@ -80,9 +86,8 @@ def write_bundle(directory: Path, artifacts: list[Artifact], base: Path, info: d
             (directory / name).write_text(content)
             if name.endswith(".sh"):
                 (directory / name).chmod(0o755)
-    files = {p.relative_to(directory).as_posix(): sha256_file(p) for p in sorted(directory.rglob("*")) if p.is_file()}
     manifest = {"schema": BUNDLE_SCHEMA, **info, "artifacts": [a.to_dict() for a in bundled],
-                "tool_versions": tool_versions(), "files": files}
+                "tool_versions": tool_versions(), "files": file_hashes(directory)}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 

@@ -1,5 +1,5 @@
 """The compress step's latency table (``--max-latency-ms``) and where its figures come from (``LATENCY_SOURCES``,
-chosen by ``compress.latency_from``): timed on this host with the bench's ONNX Runtime session, timed on the board
+chosen by ``compress.latency_from``): timed on this host with the board runtime's own timing, timed on the board
 over SSH (``bench.host``) with the bundle's own runtime in one visit, or estimated from the board's roofline. Each
 table is cached per board and source (runtime version and thread count included)."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from board_runtime.measure import time_models
 from board_runtime.schemas import BUNDLE_SCHEMA
 
-from ..artifacts import sha256_file, sha256_json
+from ..artifacts import sha256_json
 from ..compress import options as compress_options
 from ..compress.latency import LatencyTable, Measure
 from ..config import BenchOptions
@@ -27,7 +27,7 @@ from ..profile import TargetProfile
 from ..torchmodel import count_flops
 from ..train import cache_dir
 from .bench import board_ssh
-from .bundle import copy_runtime
+from .bundle import copy_runtime, file_hashes
 
 
 def _exported(models: list, directory: Path, opset: int) -> list[dict]:
@@ -49,9 +49,9 @@ def on_this_host(threads: int, opset: int, runs: int = 300, warmup: int = 30, se
     def measure(models: list) -> list[float]:
         with tempfile.TemporaryDirectory() as tmp:
             entries = _exported(models, Path(tmp), opset)
-            medians = {}
-            for entry in tqdm(entries, desc="timing on this host", unit="model"):
-                medians.update(time_models([entry], Path(tmp), threads, runs, warmup, seconds)["median_ms"])
+            with tqdm(total=len(entries), desc="timing on this host", unit="model") as bar:
+                medians = time_models(entries, Path(tmp), threads, runs, warmup, seconds,
+                                      lambda _: bar.update(1))["median_ms"]
         return [medians[e["name"]] for e in entries]
 
     return measure
@@ -68,10 +68,8 @@ def on_the_board(options: BenchOptions, target: TargetProfile, log: Callable[[st
             directory = Path(tmp)
             entries = _exported(models, directory, target.onnx_opset)
             copy_runtime(directory)
-            files = {p.relative_to(directory).as_posix(): sha256_file(p) for p in sorted(directory.rglob("*"))
-                     if p.is_file()}
             (directory / "manifest.json").write_text(json.dumps(
-                {"schema": BUNDLE_SCHEMA, "artifacts": [], "timed_models": entries, "files": files}))
+                {"schema": BUNDLE_SCHEMA, "artifacts": [], "timed_models": entries, "files": file_hashes(directory)}))
             timings = remote_time_models(board_ssh(options), directory, target,
                                          ["--threads", target.threads, "--runs", runs, "--warmup", warmup,
                                           "--max-seconds", seconds], options.timeout_s, log)

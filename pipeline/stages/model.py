@@ -163,7 +163,7 @@ def compress_budget(plan):
 
 def compress_step(plan) -> dict:
     """The student found by block-wise distillation under the strictest budget of the run's targets; a latency budget
-    is the first target's, weighed with blocks timed on this host with its ONNX runtime."""
+    is the first target's, weighed with the latency table of ``compress.latency_from`` (``stages.latency``)."""
     options = plan.config.compress
     budget = compress_budget(plan)
     model_record = plan.model_record
