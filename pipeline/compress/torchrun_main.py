@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--model", default="fmnist-resnet")
     parser.add_argument("--weights", required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--data", default=None, help="as pipeline's --data (default: Fashion-MNIST)")
     parser.add_argument("--train-subset", type=int, default=12000)
     parser.add_argument("--val-samples", type=int, default=2000)
     parser.add_argument("--flops-ratio", type=float, default=0.5)
@@ -41,7 +42,7 @@ def main() -> None:
     compute = resolve(ComputeOptions(args.device, args.precision))
     distributed.initialise(cuda=compute.device.type == "cuda")
     torch.set_num_threads(1)
-    data = load_dataset(None)
+    data = load_dataset(args.data)
     train = data.train.take(args.train_subset + args.val_samples, seed=0)
     spec = PreprocessSpec.from_batches(images for images, _ in data.train.batches(4096))
     x, y = spec.apply(train.read()), train.labels
