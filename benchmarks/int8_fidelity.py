@@ -20,6 +20,10 @@ Variants (all full-integer, no float fallback):
   bias correction;
 - ``pipeline``: this pipeline's int8 ONNX: weights chosen on the calibration crops (GPTQ rounding on the converters'
   grid + bias correction), activation ranges chosen among minmax / percentile / entropy / MSE by held-out SQNR;
+- ``pipeline-float-1`` / ``pipeline-float-8``: mixed precision, where the board allows it (ONNX Runtime on a CPU or
+  TensorRT): the pipeline's int8 ONNX with the 1 / up to 8 tensors whose rounding adds most noise to the logits
+  (measured on the calibration crops, as its fallback orders them) kept in float, with the ops that write and read
+  them;
 - ``onnx2tf-default`` / ``pipeline-tflite``: TFLite full-integer int8 from onnx2tf (-oiqt, per-channel) of the fp32
   model / of the model with the chosen weights (the TFLite converter calibrates activations itself).
 No ImageNet labels exist for these photos, so top-1 against labels is not measured; agreement with fp32 is.
@@ -123,7 +127,7 @@ def nncf_quantize(fp32: Path, out: Path, calib: np.ndarray, fast_bias_correction
     return out
 
 
-def pipeline_onnx(fp32: Path, out: Path, calib: np.ndarray, work: Path) -> tuple[Path, Path, str]:
+def pipeline_onnx(fp32: Path, out: Path, calib: np.ndarray, work: Path) -> tuple[Path, Path, object]:
     """This pipeline's steps, called as its stages call them: chosen weights, then auto calibration."""
     from pipeline.calibration import CalibrationOptions
     from pipeline.calibration.methods import candidate_ranges
@@ -141,7 +145,29 @@ def pipeline_onnx(fp32: Path, out: Path, calib: np.ndarray, work: Path) -> tuple
     scores = [judge_ranges(grid, c, calib[-held_out:], scheme, work) for c in candidates]
     best = candidates[int(np.argmax(scores))]
     quantize_int8(grid, best, out, scheme)
-    return out, grid, best.label
+    return out, grid, best
+
+
+def pipeline_in_float(fp32: Path, int8: Path, grid: Path, ranges, calib: np.ndarray, count: int, out: Path
+                      ) -> tuple[Path, list[str]]:
+    """The pipeline's int8 ONNX with the ``count`` tensors its fallback would keep in float first (the order measured
+    on the last 32 calibration crops, as the quantize step measures it on its sensitivity samples)."""
+    from pipeline.calibration.fallback import by_output_impact
+    from pipeline.calibration.sensitivity import activation_errors, fallback_candidates
+    from pipeline.formats.onnx_int8 import quantize_int8
+    from pipeline.targets import load_target
+
+    scheme = load_target("raspberry-pi-4").int8
+    quantize = lambda exclude, path: quantize_int8(grid, ranges, path, scheme, exclude)  # noqa: E731
+    held_out = calib[-32:]
+    candidates = fallback_candidates(fp32, activation_errors(fp32, int8, "input", held_out))
+    found = []
+    for tensor, ops in by_output_impact(quantize, fp32, out.with_name("trial.onnx"), held_out, candidates):
+        found.append((tensor, ops))
+        if len(found) == count:
+            break
+    quantize(list(dict.fromkeys(op for _, ops in found for op in ops)), out)
+    return out, [tensor for tensor, _ in found]
 
 
 def tflite_int8(onnx_path: Path, calib: np.ndarray, work: Path) -> Path:
@@ -219,11 +245,13 @@ def benchmark(name: str, count: int, calibration: int, work: Path, variants: lis
         "nncf": lambda: (nncf_quantize(fp32, work / f"{name}-nncf.onnx", calib, True), ""),
         "nncf-bias-correction": lambda: (nncf_quantize(fp32, work / f"{name}-nncf-bc.onnx", calib, False), ""),
         "pipeline": lambda: _pipeline(fp32, work, name, calib, made),
+        "pipeline-float-1": lambda: _in_float(fp32, work, name, calib, made, 1),
+        "pipeline-float-8": lambda: _in_float(fp32, work, name, calib, made, 8),
         "onnx2tf-default": lambda: (tflite_int8(fp32, calib, work / f"{name}-tfl-default"), ""),
         "pipeline-tflite": lambda: (tflite_int8(made["grid"], calib, work / f"{name}-tfl-pipeline"), ""),
     }
     for variant in variants:
-        if variant == "pipeline-tflite" and "grid" not in made:
+        if variant in ("pipeline-tflite", "pipeline-float-1", "pipeline-float-8") and "grid" not in made:
             continue
         started = time.perf_counter()
         try:
@@ -244,8 +272,15 @@ def benchmark(name: str, count: int, calibration: int, work: Path, variants: lis
 
 
 def _pipeline(fp32: Path, work: Path, name: str, calib: np.ndarray, made: dict) -> tuple[Path, str]:
-    path, made["grid"], chosen = pipeline_onnx(fp32, work / f"{name}-pipeline.onnx", calib, work)
-    return path, f"ranges: {chosen}"
+    path, made["grid"], made["ranges"] = pipeline_onnx(fp32, work / f"{name}-pipeline.onnx", calib, work)
+    made["int8"] = path
+    return path, f"ranges: {made['ranges'].label}"
+
+
+def _in_float(fp32: Path, work: Path, name: str, calib: np.ndarray, made: dict, count: int) -> tuple[Path, str]:
+    path, kept = pipeline_in_float(fp32, made["int8"], made["grid"], made["ranges"], calib, count,
+                                   work / f"{name}-float-{count}.onnx")
+    return path, f"in float: {', '.join(kept)}"
 
 
 def main() -> int:
@@ -254,8 +289,8 @@ def main() -> int:
     parser.add_argument("--crops", type=int, default=300)
     parser.add_argument("--calibration", type=int, default=128)
     parser.add_argument("--variants", nargs="+", default=["ort-default", "ort-per-channel", "nncf",
-                                                          "nncf-bias-correction", "pipeline", "onnx2tf-default",
-                                                          "pipeline-tflite"])
+                                                          "nncf-bias-correction", "pipeline", "pipeline-float-1",
+                                                          "pipeline-float-8", "onnx2tf-default", "pipeline-tflite"])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rows = []

@@ -72,18 +72,33 @@ def activation_errors(float_path: Path, qdq_path: Path, input_name: str, inputs:
     return sorted(errors, key=lambda e: e.accumulated_db)
 
 
+FUSED_ACTIVATIONS = ("Relu", "Clip")  # the quantizer folds these into the op before them: they go float together
+
+
 def fallback_candidates(model_path: Path, errors: list[TensorError]) -> list[tuple[str, list[str]]]:
-    """(tensor, the nodes that write and read it) for each quantized tensor, the one whose own int8 rounding costs
-    most (lowest SQNR alone) first: a tensor stays float only when none of those nodes is quantized."""
+    """(tensor, the nodes that write and read it) for each quantized tensor, in graph order: a tensor stays float only
+    when none of those nodes is quantized (and a Relu or Clip only with the op whose output it clips: alone, the
+    quantizer gives that op's output an int8 range of its own, without the clip)."""
     import onnx
 
     graph = onnx.load(str(model_path)).graph
+    writer = {out: node for node in graph.node for out in node.output}
     touching: dict[str, list[str]] = {}
     for node in graph.node:
         for tensor in [*node.input, *node.output]:
             touching.setdefault(tensor, []).append(node.name)
-    ranked = sorted((e for e in errors if e.node and e.producer not in ("input", "output")), key=lambda e: e.alone_db)
-    return [(e.tensor, list(dict.fromkeys(touching.get(e.tensor, [e.node])))) for e in ranked]
+    position = {node.name: index for index, node in enumerate(graph.node)}
+
+    def ops(error: TensorError) -> list[str]:
+        found = touching.get(error.tensor, [error.node])
+        producer = writer.get(error.tensor)
+        if producer is not None and producer.op_type in FUSED_ACTIVATIONS and producer.input[0] in writer:
+            found = [writer[producer.input[0]].name, *found]
+        return list(dict.fromkeys(found))
+
+    written = sorted((e for e in errors if e.node and e.producer not in ("input", "output")),
+                     key=lambda e: position.get(e.node, len(position)))
+    return [(e.tensor, ops(e)) for e in written]
 
 
 def _interpreter(path: Path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..calibration import CalibrationRanges
-from ..calibration.fallback import keep_in_float
+from ..calibration.fallback import by_output_impact, keep_in_float
 from ..calibration.sensitivity import activation_errors, fallback_candidates
 from ..compat import toolchain_of
 from ..errors import ConversionError
@@ -91,8 +91,11 @@ def build(plan, target) -> tuple[dict, str]:
         reference = plan.path(export, export_key)
         errors = activation_errors(reference, out, "input", inputs[:SENSITIVITY_SAMPLES])
         # ONNX Runtime runs any op in float beside int8 ones (CPU and TensorRT alike): fall back where int8 costs most
-        fallback = keep_in_float(quantize, reference, out, inputs, fallback_candidates(reference, errors),
-                                 target.accuracy_tolerance)
+        # at the output, as measured on the samples the sensitivity table uses
+        harmful = by_output_impact(quantize, reference, tmp / "impact_trial.onnx", inputs[:SENSITIVITY_SAMPLES],
+                                   fallback_candidates(reference, errors))
+        fallback = keep_in_float(quantize, reference, out, inputs, harmful, target.accuracy_tolerance)
+        (tmp / "impact_trial.onnx").unlink(missing_ok=True)
         if fallback.kept and fallback.reached:
             errors = activation_errors(reference, out, "input", inputs[:SENSITIVITY_SAMPLES])
         weights, kept = plan.weights_note(model, int8_weights(out), "onnx")

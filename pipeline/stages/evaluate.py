@@ -69,7 +69,13 @@ SENSITIVE_NAMED = 3  # an int8 artifact that misses the tolerance names this man
 
 
 def sensitive_tensors(record: dict) -> str:
-    """The tensors of an int8 artifact's step record whose own int8 rounding costs most (lowest SQNR alone)."""
+    """The tensors of an int8 artifact's step record whose int8 rounding costs most: where its fallback measured
+    them, by their share of the output's noise; else by their own rounding (lowest SQNR alone)."""
+    fallback = record["data"].get("fallback") or {}
+    if fallback.get("kept"):
+        shares = fallback.get("noise_shares") or [None] * len(fallback["kept"])
+        return ", ".join(t + (f" ({share:.0%} of the output's int8 noise)" if share is not None else "")
+                         for t, share in list(zip(fallback["kept"], shares))[:SENSITIVE_NAMED])
     tensors = [t for t in record["data"].get("sensitivity", {}).get("tensors", []) if t["producer"] != "output"]
     worst = sorted(tensors, key=lambda t: t["alone_db"])[:SENSITIVE_NAMED]
     return ", ".join(f"{t['tensor']} ({t['alone_db']:.1f} dB alone)" for t in worst)
