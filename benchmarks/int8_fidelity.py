@@ -25,7 +25,9 @@ Variants (all full-integer, no float fallback):
   (measured on the calibration crops, as its fallback orders them) kept in float, with the ops that write and read
   them;
 - ``onnx2tf-default`` / ``pipeline-tflite``: TFLite full-integer int8 from onnx2tf (-oiqt, per-channel) of the fp32
-  model / of the model with the chosen weights (the TFLite converter calibrates activations itself).
+  model / of the model with the chosen weights (the TFLite converter calibrates activations itself);
+  ``pipeline-tflite-fallback``: the latter with the pipeline's TFLite fallback at a 1-point tolerance (ops kept in
+  float, most harmful first, only if that reaches the tolerance; the note says what was tried).
 No ImageNet labels exist for these photos, so top-1 against labels is not measured; agreement with fp32 is.
 """
 from __future__ import annotations
@@ -41,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 SIZES = {"lite0": 224, "lite1": 240, "lite2": 260}
+FALLBACK_TOLERANCE = 1.0  # top-1 points, as the Raspberry Pi profiles allow
 SKIMAGE = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "camera", "coins")
 
 
@@ -170,12 +173,17 @@ def pipeline_in_float(fp32: Path, int8: Path, grid: Path, ranges, calib: np.ndar
     return out, [tensor for tensor, _ in found]
 
 
-def tflite_int8(onnx_path: Path, calib: np.ndarray, work: Path) -> Path:
+def tflite_int8(onnx_path: Path, calib: np.ndarray, work: Path, fallback_tolerance: float | None = None
+                ) -> tuple[Path, str]:
+    from pipeline.calibration.fallback import Fallback
     from pipeline.formats.tflite import convert_tflite
     from pipeline.profile import IODtype, Layout
 
     images = (calib.transpose(0, 2, 3, 1) * 128.0 + 127.0) / 255.0  # the crops as pixels in [0, 1], for onnx2tf
-    return convert_tflite(onnx_path, calib, images, work, "per-channel", IODtype.FLOAT32, Layout.NHWC)["int8"]
+    made = convert_tflite(onnx_path, calib, images, work, "per-channel", IODtype.FLOAT32, Layout.NHWC,
+                          fallback_tolerance=fallback_tolerance)
+    note = Fallback(**json.loads(made["fallback"].read_text())).note(fallback_tolerance) if "fallback" in made else ""
+    return made["int8"], note
 
 
 class OnnxRunner:
@@ -247,11 +255,13 @@ def benchmark(name: str, count: int, calibration: int, work: Path, variants: lis
         "pipeline": lambda: _pipeline(fp32, work, name, calib, made),
         "pipeline-float-1": lambda: _in_float(fp32, work, name, calib, made, 1),
         "pipeline-float-8": lambda: _in_float(fp32, work, name, calib, made, 8),
-        "onnx2tf-default": lambda: (tflite_int8(fp32, calib, work / f"{name}-tfl-default"), ""),
-        "pipeline-tflite": lambda: (tflite_int8(made["grid"], calib, work / f"{name}-tfl-pipeline"), ""),
+        "onnx2tf-default": lambda: tflite_int8(fp32, calib, work / f"{name}-tfl-default"),
+        "pipeline-tflite": lambda: tflite_int8(made["grid"], calib, work / f"{name}-tfl-pipeline"),
+        "pipeline-tflite-fallback": lambda: tflite_int8(made["grid"], calib, work / f"{name}-tfl-fallback",
+                                                        FALLBACK_TOLERANCE),
     }
     for variant in variants:
-        if variant in ("pipeline-tflite", "pipeline-float-1", "pipeline-float-8") and "grid" not in made:
+        if variant.startswith(("pipeline-tflite", "pipeline-float")) and "grid" not in made:
             continue
         started = time.perf_counter()
         try:

@@ -131,3 +131,36 @@ def test_fallback_keeps_in_float_the_tensors_that_cost_most_at_the_output_until_
                                                                                                  for e in errors]}}})
     assert named.startswith(f"{stem} ({first.noise_share:.0%} of the output's int8 noise), ") and named.count(
         "of the output's int8 noise") == min(3, len(fallback.kept))
+
+
+def test_tflite_fallback_keeps_the_stem_in_float_first(lite0, tmp_path):
+    """The TFLite int8 model of Lite0 (onnx2tf's own calibration) with no tolerance: its fallback (in onnx2tf's child
+    process, through the TFLite quantization debugger) measures the same most harmful tensor as ONNX Runtime's, the
+    stem convolution's output, and keeps up to MAX_KEPT tensors in float until none of the calibration crops
+    disagree; a model that reaches it has those ops in float, one that does not is left all int8."""
+    import json
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    from pipeline.calibration.fallback import MAX_KEPT, Fallback
+    from pipeline.formats.tflite import convert_tflite
+    from pipeline.profile import IODtype, Layout
+
+    crops = _crops(16)
+    images = (crops.transpose(0, 2, 3, 1) * 128.0 + 127.0) / 255.0
+    made = convert_tflite(lite0, crops, images, tmp_path, "per-channel", IODtype.FLOAT32, Layout.NHWC,
+                          fallback_tolerance=0.0)
+    fallback = Fallback(**json.loads(made["fallback"].read_text()))
+    interpreter = Interpreter(model_path=str(made["int8"]))
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = [o for o in interpreter._get_ops_details() if o["op_name"] not in ("QUANTIZE", "DEQUANTIZE")]
+    stem = tensors[int(ops[0]["outputs"][0])]
+    assert ops[0]["op_name"] == "CONV_2D" and fallback.kept[0] == stem["name"], (fallback.kept, stem["name"])
+    assert 0.2 < fallback.noise_shares[0] <= 1.0 and 1 <= len(fallback.kept) <= MAX_KEPT
+    assert fallback.agreement_int8 < 100 and fallback.reached == (fallback.agreement == 100)
+    if fallback.reached:  # the stem convolution and the depthwise convolution reading it run in float
+        assert stem["dtype"] == np.float32 and ops[1]["op_name"] == "DEPTHWISE_CONV_2D"
+        assert tensors[int(ops[1]["outputs"][0])]["dtype"] == np.float32
+    else:
+        assert stem["dtype"] == np.int8
+    assert "tensors in float (" in fallback.note(0.0)

@@ -4,8 +4,9 @@ float (with the ops that write and read them), one at a time, until it does not.
 
 A tensor's own rounding error says little about its cost: on EfficientNet-Lite the stem's output rounds at about
 40 dB, yet its noise, through depthwise kernels that sum to almost zero, is the largest part of the logits' noise.
-So the order is measured at the output (``by_output_impact``). The quantizer is passed in
-(``quantize(excluded_nodes, out_path)``), so that this module only runs data.
+So the order is measured at the output (``by_output_impact``). The quantizer (``quantize(excluded_ops, out_path)``)
+and the runtime (``Runtime``: outputs and latency of a model file) are passed in, so that the same search serves
+ONNX Runtime's QDQ models and TFLite's; this module only runs data.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from .runs import ort_session, output_sqnr_db
+from .runs import ort_session
 
 MAX_KEPT = 8  # tensors kept in float at most; beyond that the fallback stops and says the tolerance is not reached
 MAX_TRIALS = 48  # quantized models the search for the most harmful tensors may build and run
@@ -62,36 +63,58 @@ class Fallback:
         return f"left all in int8: mixed precision did not reach the {tolerance:g}-point tolerance with {tried}"
 
 
-def _top1(path: Path, inputs: np.ndarray) -> np.ndarray:
-    session = ort_session(path, single_thread=True)
-    name = session.get_inputs()[0].name
-    return np.array([int(session.run(None, {name: np.array(x[None], np.float32)})[0].argmax()) for x in inputs])
+@dataclass(frozen=True)
+class Runtime:
+    """How to run a model file: its first output for each of ``inputs`` (batch first, one sample at a time), and its
+    single-threaded p50 latency on one sample."""
+
+    outputs: Callable[[Path, np.ndarray], np.ndarray]
+    p50_ms: Callable[[Path, np.ndarray], float]
+
+    def top1(self, path: Path, inputs: np.ndarray) -> np.ndarray:
+        return self.outputs(path, inputs).reshape(len(inputs), -1).argmax(1)
 
 
-def p50_ms(path: Path, sample: np.ndarray, runs: int = 50) -> float:
-    session = ort_session(path, single_thread=True)
-    feed = {session.get_inputs()[0].name: np.array(sample[None], np.float32)}
+def timed_p50_ms(run: Callable[[], object], runs: int = 50) -> float:
     for _ in range(5):
-        session.run(None, feed)
+        run()
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        session.run(None, feed)
+        run()
         times.append(time.perf_counter() - start)
     return float(1000 * np.median(times))
 
 
+def _ort_outputs(path: Path, inputs: np.ndarray) -> np.ndarray:
+    session = ort_session(path, single_thread=True)
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: np.array(x[None], np.float32)})[0] for x in inputs])
+
+
+def p50_ms(path: Path, sample: np.ndarray) -> float:
+    session = ort_session(path, single_thread=True)
+    feed = {session.get_inputs()[0].name: np.array(sample[None], np.float32)}
+    return timed_p50_ms(lambda: session.run(None, feed))
+
+
+ONNX_RUNTIME = Runtime(_ort_outputs, p50_ms)
+
+
 def by_output_impact(quantize: Callable[[list[str], Path], None], float_path: Path, trial_path: Path,
-                     inputs: np.ndarray, candidates: list[tuple[str, list[str]]], trials: int = MAX_TRIALS
-                     ) -> Iterator[Harmful]:
+                     inputs: np.ndarray, candidates: list[tuple[str, list[str]]], trials: int = MAX_TRIALS,
+                     runtime: Runtime = ONNX_RUNTIME) -> Iterator[Harmful]:
     """``candidates`` (tensor, the ops that write and read it; in graph order), the one whose int8 rounding adds most
     noise to the model's output on ``inputs`` first, as far as ``trials`` quantized models find them.
 
     Noise from separate roundings adds up in power, so the noise that keeping a run of tensors in float removes is
     the sum of theirs: the run that removes most is halved, and each half measured, until one tensor is left (best
     first, so the k most harmful of n take about 2 k log2(n) models, not n)."""
+    reference = runtime.outputs(float_path, inputs).astype(np.float64)
+
     def noise(path: Path) -> float:  # the output's noise power, relative to its signal
-        return 10 ** (-output_sqnr_db(float_path, path, inputs) / 10)
+        return float(np.square(runtime.outputs(path, inputs) - reference).sum() / max(np.square(reference).sum(),
+                                                                                     1e-30))
 
     def removed(start: int, stop: int) -> float:
         quantize(list(dict.fromkeys(op for _, ops in candidates[start:stop] for op in ops)), trial_path)
@@ -116,17 +139,18 @@ def by_output_impact(quantize: Callable[[list[str], Path], None], float_path: Pa
 
 
 def keep_in_float(quantize: Callable[[list[str], Path], None], float_path: Path, int8_path: Path,
-                  inputs: np.ndarray, candidates: Iterable[Harmful], tolerance: float) -> Fallback:
+                  inputs: np.ndarray, candidates: Iterable[Harmful], tolerance: float,
+                  runtime: Runtime = ONNX_RUNTIME) -> Fallback:
     """``int8_path`` (all in int8) is replaced by a model with the first ``candidates`` (most harmful first, taken
     as needed) kept in float, as few as reach ``tolerance`` top-1 points of disagreement, at most ``MAX_KEPT``;
     when even those do not reach it, ``int8_path`` stays all in int8 and the result says what was tried."""
-    reference = _top1(float_path, inputs)
-    first = float(100 * (_top1(int8_path, inputs) == reference).mean())
+    reference = runtime.top1(float_path, inputs)
+    first = float(100 * (runtime.top1(int8_path, inputs) == reference).mean())
     agreement, kept, nodes, shares = first, [], [], []
     if 100 - first <= tolerance:
         return Fallback(len(inputs), first, first)
-    p50_int8 = p50_ms(int8_path, inputs[0])
-    trial, all_int8 = int8_path.with_name("fallback_trial.onnx"), int8_path.with_name("all_int8.onnx")
+    p50_int8 = runtime.p50_ms(int8_path, inputs[0])
+    trial, all_int8 = (int8_path.with_name(f"{name}{int8_path.suffix}") for name in ("fallback_trial", "all_int8"))
     shutil.copyfile(int8_path, all_int8)
     with tqdm(total=MAX_KEPT, desc="int8 fallback", unit="tensor", delay=2.0, leave=False) as bar:
         for harmful in candidates:
@@ -134,12 +158,12 @@ def keep_in_float(quantize: Callable[[list[str], Path], None], float_path: Path,
             kept.append(harmful.tensor)
             shares.append(harmful.noise_share)
             quantize(nodes, trial)
-            agreement = float(100 * (_top1(trial, inputs) == reference).mean())
+            agreement = float(100 * (runtime.top1(trial, inputs) == reference).mean())
             trial.replace(int8_path)
             bar.update()
             if 100 - agreement <= tolerance or len(kept) == MAX_KEPT:
                 break
-    p50 = p50_ms(int8_path, inputs[0])
+    p50 = runtime.p50_ms(int8_path, inputs[0])
     reached = 100 - agreement <= tolerance
     if reached:
         all_int8.unlink()

@@ -76,6 +76,7 @@ class Toolchain:
     kinds: Callable[[str], bool] = lambda kind: True  # of its formats, the kinds it takes (Edge TPU: int8 only)
     grouped_conv: bool = True  # takes grouped convolutions (else the TFLite conversion writes none)
     quantized_bias: bool = True  # takes int32 biases in Q/DQ models (else ONNX int8 keeps biases in float)
+    float_ops_in_int8: bool = True  # runs float ops inside an int8 model (else no mixed-precision fallback)
     # the board scripts the bundle carries: ({artifact kind: its path in the bundle}, the profile's ToolchainSpec)
     # -> {file name: shell script}
     scripts: Callable[[dict[str, str], object], dict[str, str]] = lambda artifacts, spec: {}

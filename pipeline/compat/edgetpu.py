@@ -237,7 +237,7 @@ edgetpu_compiler --out_dir artifacts --show_operations --search_delegate --deleg
 
 register_toolchain(Toolchain(
     name="edgetpu-compiler", label="Edge TPU compiler", versions=("16",), formats=("tflite",), check=check,
-    kinds=lambda kind: kind == "tflite-int8", grouped_conv=False,
+    kinds=lambda kind: kind == "tflite-int8", grouped_conv=False, float_ops_in_int8=False,
     scripts=lambda artifacts, spec: {"compile_edgetpu.sh": compile_script(artifacts["tflite-int8"])}
     if "tflite-int8" in artifacts else {},
 ))

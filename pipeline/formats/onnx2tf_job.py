@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 
 
+FALLBACK_REPORT = "int8_fallback.json"  # what the mixed-precision fallback tried, beside the models
+
+
 @dataclass(frozen=True)
 class TFLiteJob:
     onnx_path: str
@@ -24,6 +27,9 @@ class TFLiteJob:
     keep_nchw: bool
     pseudo_ops: tuple[str, ...] = ()  # ops onnx2tf writes as builtin approximations (its -rtpo), e.g. Erf
     grouped_conv: bool = True  # False: no grouped CONV_2D (version 6, which the Edge TPU compiler refuses)
+    # top-1 points the int8 model may disagree with the float one on the calibration samples before ops are kept in
+    # float (tflite_mixed); None: all int8, whatever it costs (a board that runs no float op in an int8 model)
+    fallback_tolerance: float | None = None
 
 
 def run_job(job: TFLiteJob) -> None:
@@ -44,6 +50,12 @@ def run_job(job: TFLiteJob) -> None:
         replace_to_pseudo_operators=[op.lower() for op in job.pseudo_ops],  # onnx2tf matches lower-case names
         disable_group_convolution=not job.grouped_conv,
     )
+    if job.fallback_tolerance is not None and job.io_dtype == "float32":
+        from .tflite_mixed import keep_ops_in_float
+
+        out = Path(job.output_dir)
+        keep_ops_in_float(out, Path(job.calibration_npy), out / "model_float32.tflite",
+                          out / "model_integer_quant.tflite", job.fallback_tolerance, out / FALLBACK_REPORT)
 
 
 if __name__ == "__main__":

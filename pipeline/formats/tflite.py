@@ -21,12 +21,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..artifacts import QuantParams
+from ..calibration.fallback import Fallback
 from ..calibration.sensitivity import tflite_activation_errors
 from ..compat import toolchain_of
 from ..errors import ConversionError
 from ..profile import IODtype, Layout
 from ..tflite_file import check_builtin_only, int8_constants, read_tflite
-from .onnx2tf_job import TFLiteJob
+from .onnx2tf_job import FALLBACK_REPORT, TFLiteJob
 from .onnx_int8 import SENSITIVITY_SAMPLES
 from .registry import Format, register_format
 
@@ -51,9 +52,12 @@ def write_onnx2tf_sample(images_nhwc: np.ndarray, directory: Path) -> None:
 def convert_tflite(
     onnx_path: Path, calibration_inputs_nchw: np.ndarray, raw_images_nhwc: np.ndarray, out_dir: Path,
     quant_type: str, io_dtype: IODtype, layout: Layout, pseudo_ops: tuple[str, ...] = (), grouped_conv: bool = True,
+    fallback_tolerance: float | None = None,
 ) -> dict[str, Path]:
     """Convert to TFLite; returns {"fp32", "fp16", "int8"} -> file in ``out_dir``. Each must hold builtin ops only
-    (a one-line error names the first that does not, and its layer)."""
+    (a one-line error names the first that does not, and its layer). With ``fallback_tolerance`` (a float-I/O int8
+    model only), ops of the int8 model may be kept in float until it is within that many top-1 points of the float
+    model on the calibration samples; "fallback" -> what was tried (JSON) is then returned too."""
     out_dir = out_dir.resolve()  # onnx2tf runs in its own working directory
     work = out_dir / "onnx2tf"
     work.mkdir(parents=True, exist_ok=True)
@@ -66,6 +70,7 @@ def convert_tflite(
         onnx_path=str(model_copy), output_dir=str(work / "tf"), calibration_npy=str(work / "calibration.npy"),
         channels=int(calibration_inputs_nchw.shape[1]), quant_type=quant_type, io_dtype=io_dtype.value,
         keep_nchw=layout is Layout.NCHW, pseudo_ops=tuple(pseudo_ops), grouped_conv=grouped_conv,
+        fallback_tolerance=fallback_tolerance,
     )
     (work / "job.json").write_text(json.dumps(asdict(job)))
     env = dict(os.environ)
@@ -94,10 +99,13 @@ def convert_tflite(
     if code != 0 or missing:
         raise ConversionError(f"{onnx_path.name}: onnx2tf failed ({_last_error(log_path)}); full log: {log_path}")
     for key, path in outputs.items():
-        check_builtin_only(f"{onnx_path.name} as tflite-{key}", read_tflite(path))
+        if path.suffix == ".tflite":
+            check_builtin_only(f"{onnx_path.name} as tflite-{key}", read_tflite(path))
+    if (work / "tf" / FALLBACK_REPORT).is_file():
+        outputs["fallback"] = work / "tf" / FALLBACK_REPORT
     final = {}
     for key, path in outputs.items():
-        final[key] = out_dir / f"model_{key}.tflite"
+        final[key] = out_dir / (f"model_{key}.tflite" if path.suffix == ".tflite" else path.name)
         os.replace(path, final[key])
     shutil.rmtree(work / "tf", ignore_errors=True)
     return final
@@ -144,15 +152,23 @@ def conversion_step(plan, target, int8: bool) -> dict:
     # Only the int8 model goes to an accelerator's compiler; the float ones keep grouped convolutions, which the
     # CPU runs faster than their split into one convolution per group.
     grouped_conv = toolchain_of(target).grouped_conv or not int8
+    # ops kept in float where the int8 model misses the tolerance, on boards whose runtime runs them beside int8 ones
+    fallback = target.accuracy_tolerance if serves_int8 and toolchain_of(target).float_ops_in_int8 and \
+        scheme.io_dtype is IODtype.FLOAT32 else None
     variant = plan.variant(model)
     name = (f"convert-opset{model['data']['opset']}{variant}-{scheme.granularity.value}-{scheme.io_dtype.value}-"
             f"{target.input_layout.value}" + "".join(f"-{op}" for op in pseudo_ops)
-            + ("" if grouped_conv else "-no-grouped-conv"))
+            + ("" if grouped_conv else "-no-grouped-conv") + ("" if fallback is None else f"-tol{fallback:g}"))
 
     def produce(tmp: Path) -> dict:
         outputs = convert_tflite(plan.path(model, onnx_key), np.load(plan.path(samples, "inputs"), mmap_mode="r"),
                                  np.load(plan.path(samples, "images"), mmap_mode="r"), tmp, scheme.granularity.value,
-                                 scheme.io_dtype, target.input_layout, pseudo_ops, grouped_conv)
+                                 scheme.io_dtype, target.input_layout, pseudo_ops, grouped_conv, fallback)
+        mixed = {}
+        if "fallback" in outputs:
+            tried = outputs.pop("fallback")
+            mixed = {"fallback": json.loads(tried.read_text())}
+            tried.unlink()
         weights, kept = plan.weights_note(model, int8_constants(outputs["int8"]), "tflite")
         sensitivity = {}
         if serves_int8:
@@ -161,13 +177,15 @@ def conversion_step(plan, target, int8: bool) -> dict:
                                               outputs["int8"], inputs, target.input_layout is Layout.NHWC)
             sensitivity = {"sensitivity": {"samples": len(inputs), "tensors": [e.to_json() for e in errors]}}
         return {"files": {k: p.name for k, p in outputs.items()}, "io": {k: tflite_io(p) for k, p in outputs.items()},
-                "calibration": {"int8": f"the TensorFlow Lite converter's own calibration (onnx2tf) on the same "
-                                        f"{samples['data']['num_samples']} samples (calibration.method does not reach "
-                                        f"it); {weights}"},
-                "weights_kept": list(kept), **sensitivity}
+                "calibration": {"int8": "; ".join(n for n in (
+                    f"the TensorFlow Lite converter's own calibration (onnx2tf) on the same "
+                    f"{samples['data']['num_samples']} samples (calibration.method does not reach it)", weights,
+                    Fallback(**mixed["fallback"]).note(fallback) if mixed else "") if n)},
+                "weights_kept": list(kept), **sensitivity, **mixed}
 
     params = {"granularity": scheme.granularity.value, "io": scheme.io_dtype.value, "layout": target.input_layout.value,
-              "pseudo_ops": list(pseudo_ops), **({} if grouped_conv else {"grouped_conv": False})}
+              "pseudo_ops": list(pseudo_ops), **({} if grouped_conv else {"grouped_conv": False}),
+              **({} if fallback is None else {"fallback_tolerance": fallback})}
     return plan.shared_step(name, "convert", params, [model, samples, *([reference] if separate else [])], produce)
 
 

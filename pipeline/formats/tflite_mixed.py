@@ -1,0 +1,101 @@
+"""Mixed precision for a TFLite int8 model, in the onnx2tf child process (it needs TensorFlow): when the int8 model
+disagrees with the float TFLite model on more calibration samples than the tolerance allows, the tensors whose int8
+rounding adds most noise at the output are kept in float, with the ops that write and read them, as for ONNX
+Runtime (``calibration.fallback``: the same search and stopping rule).
+
+The TFLite converter quantizes a calibrated float model; its quantization debugger re-quantizes that calibrated
+model with chosen ops left in float (``denylisted_nodes``, named by the tensors they write) in well under a second,
+so the calibration runs once. The int8 model onnx2tf wrote stays the one judged first; a model with ops in float
+replaces it only when it reaches the tolerance.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..calibration.fallback import Runtime, by_output_impact, keep_in_float, timed_p50_ms
+
+SEARCH_SAMPLES = 32  # of the calibration samples, those the search measures the output noise on (as onnx-int8's)
+
+
+def _interpreter(path: Path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def _outputs(path: Path, inputs: np.ndarray) -> np.ndarray:
+    interpreter = _interpreter(path)
+    first, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    found = []
+    for x in inputs:
+        interpreter.set_tensor(first["index"], np.ascontiguousarray(x[None], np.float32))
+        interpreter.invoke()
+        found.append(interpreter.get_tensor(out["index"]).astype(np.float64))
+    return np.concatenate(found)
+
+
+def _p50_ms(path: Path, sample: np.ndarray) -> float:
+    interpreter = _interpreter(path)
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.ascontiguousarray(sample[None], np.float32))
+    return timed_p50_ms(interpreter.invoke)
+
+
+LITERT = Runtime(_outputs, _p50_ms)
+
+
+def candidates(int8_path: Path) -> list[tuple[str, list[str]]]:
+    """(tensor, the ops that write and read it, each named by the tensor it writes) for every int8 activation the
+    model's ops write, in execution order."""
+    interpreter = _interpreter(int8_path)
+    tensors = interpreter.get_tensor_details()
+    name = {t["index"]: t["name"] for t in tensors}
+    integer = {t["index"] for t in tensors if t["dtype"] in (np.int8, np.uint8)}
+    ops = [o for o in interpreter._get_ops_details() if o["op_name"] not in ("QUANTIZE", "DEQUANTIZE")]
+    readers: dict[int, list[str]] = {}
+    for op in ops:
+        for index in op["inputs"]:
+            readers.setdefault(int(index), []).append(name[int(op["outputs"][0])])
+    found = []
+    for op in ops:
+        written = int(op["outputs"][0])
+        if written in integer:
+            found.append((name[written], list(dict.fromkeys([name[written], *readers.get(written, [])]))))
+    return found
+
+
+def keep_ops_in_float(saved_model: Path, calibration_npy: Path, float_path: Path, int8_path: Path,
+                      tolerance: float, report: Path) -> None:
+    """``int8_path`` with its most harmful tensors in float, if that reaches ``tolerance`` top-1 points of
+    disagreement with ``float_path`` on the calibration samples (else left as it is); what was tried goes to
+    ``report`` (JSON)."""
+    import tensorflow as tf
+
+    inputs = np.load(calibration_npy, mmap_mode="r")
+    debugger = None
+
+    def quantize(ops: list[str], path: Path) -> None:
+        nonlocal debugger
+        options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(ops))
+        if debugger is None:  # calibrates once
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: ([np.array(x[None], np.float32)] for x in inputs)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=converter, debug_dataset=lambda: ([np.array(x[None], np.float32)] for x in inputs[:1]),
+                debug_options=options)
+        else:
+            debugger.options = options
+        path.write_bytes(debugger.get_nondebug_quantized_model())
+
+    trial = int8_path.with_name("impact_trial.tflite")
+    harmful = by_output_impact(quantize, float_path, trial, inputs[:SEARCH_SAMPLES], candidates(int8_path),
+                               runtime=LITERT)
+    fallback = keep_in_float(quantize, float_path, int8_path, inputs, harmful, tolerance, runtime=LITERT)
+    trial.unlink(missing_ok=True)
+    report.write_text(json.dumps(fallback.to_json()))
