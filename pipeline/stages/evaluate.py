@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from board_runtime.model import Model
 
 from ..artifacts import Artifact
+from ..calibration.fallback import with_shares
 from ..engine import Step
 from ..errors import AccuracyError
 from ..formats import FORMATS
@@ -73,9 +74,7 @@ def sensitive_tensors(record: dict) -> str:
     them, by their share of the output's noise; else by their own rounding (lowest SQNR alone)."""
     fallback = record["data"].get("fallback") or {}
     if fallback.get("kept"):
-        shares = fallback.get("noise_shares") or [None] * len(fallback["kept"])
-        return ", ".join(t + (f" ({share:.0%} of the output's int8 noise)" if share is not None else "")
-                         for t, share in list(zip(fallback["kept"], shares))[:SENSITIVE_NAMED])
+        return ", ".join(with_shares(fallback["kept"], fallback.get("noise_shares"))[:SENSITIVE_NAMED])
     tensors = [t for t in record["data"].get("sensitivity", {}).get("tensors", []) if t["producer"] != "output"]
     worst = sorted(tensors, key=lambda t: t["alone_db"])[:SENSITIVE_NAMED]
     return ", ".join(f"{t['tensor']} ({t['alone_db']:.1f} dB alone)" for t in worst)
