@@ -50,7 +50,7 @@ def run_job(job: TFLiteJob) -> None:
         replace_to_pseudo_operators=[op.lower() for op in job.pseudo_ops],  # onnx2tf matches lower-case names
         disable_group_convolution=not job.grouped_conv,
     )
-    if job.fallback_tolerance is not None and job.io_dtype == "float32":
+    if job.fallback_tolerance is not None and job.io_dtype == "float32" and job.quant_type == "per-channel":
         from .tflite_mixed import keep_ops_in_float
 
         out = Path(job.output_dir)

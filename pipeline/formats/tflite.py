@@ -25,7 +25,7 @@ from ..calibration.fallback import Fallback
 from ..calibration.sensitivity import tflite_activation_errors
 from ..compat import toolchain_of
 from ..errors import ConversionError
-from ..profile import IODtype, Layout
+from ..profile import Int8Granularity, IODtype, Layout
 from ..tflite_file import check_builtin_only, int8_constants, read_tflite
 from .onnx2tf_job import FALLBACK_REPORT, TFLiteJob
 from .onnx_int8 import SENSITIVITY_SAMPLES
@@ -153,8 +153,9 @@ def conversion_step(plan, target, int8: bool) -> dict:
     # CPU runs faster than their split into one convolution per group.
     grouped_conv = toolchain_of(target).grouped_conv or not int8
     # ops kept in float where the int8 model misses the tolerance, on boards whose runtime runs them beside int8 ones
+    # (float-I/O, per-channel int8: the quantization debugger re-quantizes with the converter's default scheme)
     fallback = target.accuracy_tolerance if serves_int8 and toolchain_of(target).float_ops_in_int8 and \
-        scheme.io_dtype is IODtype.FLOAT32 else None
+        scheme.io_dtype is IODtype.FLOAT32 and scheme.granularity is Int8Granularity.PER_CHANNEL else None
     variant = plan.variant(model)
     name = (f"convert-opset{model['data']['opset']}{variant}-{scheme.granularity.value}-{scheme.io_dtype.value}-"
             f"{target.input_layout.value}" + "".join(f"-{op}" for op in pseudo_ops)
