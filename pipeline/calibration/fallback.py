@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import heapq
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from board_runtime.measure import timed_runs
 
 from .runs import ort_session
 
@@ -82,14 +83,8 @@ class Runtime:
 
 
 def timed_p50_ms(run: Callable[[], object], runs: int = 50) -> float:
-    for _ in range(5):
-        run()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return float(1000 * np.median(times))
+    """The median of ``runs`` timed calls of ``run`` after 5 untimed ones, in ms (the board runtime's timing loop)."""
+    return float(np.median(timed_runs(lambda _: run(), None, runs, warmup=5, max_seconds=float("inf"))))
 
 
 def _ort_outputs(path: Path, inputs: np.ndarray) -> np.ndarray:
@@ -98,13 +93,13 @@ def _ort_outputs(path: Path, inputs: np.ndarray) -> np.ndarray:
     return np.concatenate([session.run(None, {name: np.array(x[None], np.float32)})[0] for x in inputs])
 
 
-def p50_ms(path: Path, sample: np.ndarray) -> float:
+def _ort_p50_ms(path: Path, sample: np.ndarray) -> float:
     session = ort_session(path, single_thread=True)
     feed = {session.get_inputs()[0].name: np.array(sample[None], np.float32)}
     return timed_p50_ms(lambda: session.run(None, feed))
 
 
-ONNX_RUNTIME = Runtime(_ort_outputs, p50_ms)
+ONNX_RUNTIME = Runtime(_ort_outputs, _ort_p50_ms)
 
 
 def by_output_impact(quantize: Callable[[list[str], Path], None], float_path: Path, trial_path: Path,
@@ -136,8 +131,8 @@ def by_output_impact(quantize: Callable[[list[str], Path], None], float_path: Pa
         if stop - start == 1:
             yield Harmful(*candidates[start], -removes / all_int8 if all_int8 > 0 else None)
             continue
-        if built + 2 > trials:
-            return
+        if built + 2 > trials:  # no more models: only the single tensors already measured are left to give
+            continue
         middle = (start + stop) // 2
         for half in ((start, middle), (middle, stop)):
             heapq.heappush(runs, (-removed(*half), *half))
