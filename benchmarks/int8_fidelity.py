@@ -157,20 +157,20 @@ def pipeline_in_float(fp32: Path, int8: Path, grid: Path, ranges, calib: np.ndar
     on the last 32 calibration crops, as the quantize step measures it on its sensitivity samples)."""
     from pipeline.calibration.fallback import by_output_impact
     from pipeline.calibration.sensitivity import activation_errors, fallback_candidates
-    from pipeline.formats.onnx_int8 import quantize_int8
+    from pipeline.formats.onnx_int8 import SENSITIVITY_SAMPLES, quantize_int8
     from pipeline.targets import load_target
 
     scheme = load_target("raspberry-pi-4").int8
     quantize = lambda exclude, path: quantize_int8(grid, ranges, path, scheme, exclude)  # noqa: E731
-    held_out = calib[-32:]
+    held_out = calib[-SENSITIVITY_SAMPLES:]
     candidates = fallback_candidates(fp32, activation_errors(fp32, int8, "input", held_out))
     found = []
-    for tensor, ops in by_output_impact(quantize, fp32, out.with_name("trial.onnx"), held_out, candidates):
-        found.append((tensor, ops))
+    for harmful in by_output_impact(quantize, fp32, out.with_name("trial.onnx"), held_out, candidates):
+        found.append(harmful)
         if len(found) == count:
             break
-    quantize(list(dict.fromkeys(op for _, ops in found for op in ops)), out)
-    return out, [tensor for tensor, _ in found]
+    quantize(list(dict.fromkeys(op for harmful in found for op in harmful.ops)), out)
+    return out, [harmful.tensor for harmful in found]
 
 
 def tflite_int8(onnx_path: Path, calib: np.ndarray, work: Path, fallback_tolerance: float | None = None

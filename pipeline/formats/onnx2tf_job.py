@@ -28,7 +28,7 @@ class TFLiteJob:
     pseudo_ops: tuple[str, ...] = ()  # ops onnx2tf writes as builtin approximations (its -rtpo), e.g. Erf
     grouped_conv: bool = True  # False: no grouped CONV_2D (version 6, which the Edge TPU compiler refuses)
     # top-1 points the int8 model may disagree with the float one on the calibration samples before ops are kept in
-    # float (tflite_mixed); None: all int8, whatever it costs (a board that runs no float op in an int8 model)
+    # float (tflite_mixed; float-I/O, per-channel int8 only); None: all int8, whatever it costs
     fallback_tolerance: float | None = None
 
 
@@ -50,7 +50,7 @@ def run_job(job: TFLiteJob) -> None:
         replace_to_pseudo_operators=[op.lower() for op in job.pseudo_ops],  # onnx2tf matches lower-case names
         disable_group_convolution=not job.grouped_conv,
     )
-    if job.fallback_tolerance is not None and job.io_dtype == "float32" and job.quant_type == "per-channel":
+    if job.fallback_tolerance is not None:
         from .tflite_mixed import keep_ops_in_float
 
         out = Path(job.output_dir)

@@ -55,9 +55,10 @@ def convert_tflite(
     fallback_tolerance: float | None = None,
 ) -> dict[str, Path]:
     """Convert to TFLite; returns {"fp32", "fp16", "int8"} -> file in ``out_dir``. Each must hold builtin ops only
-    (a one-line error names the first that does not, and its layer). With ``fallback_tolerance`` (a float-I/O int8
-    model only), ops of the int8 model may be kept in float until it is within that many top-1 points of the float
-    model on the calibration samples; "fallback" -> what was tried (JSON) is then returned too."""
+    (a one-line error names the first that does not, and its layer). With ``fallback_tolerance`` (for a float-I/O,
+    per-channel int8 model only: the caller decides), ops of the int8 model may be kept in float until it is within
+    that many top-1 points of the float model on the calibration samples; "fallback" -> what was tried (JSON) is then
+    returned too."""
     out_dir = out_dir.resolve()  # onnx2tf runs in its own working directory
     work = out_dir / "onnx2tf"
     work.mkdir(parents=True, exist_ok=True)
