@@ -68,8 +68,10 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
         help="activation ranges of the ONNX int8 model; auto (the default) keeps the method whose int8 model is "
              "closest to the float one on held-out calibration samples")
     add("--calibration-samples", type=int, help="representative training samples for int8 calibration")
-    add("--weight-rounding", choices=["nearest", "gptq"],
-        help="int8 weights: chosen from the calibration samples (gptq, the default) or rounded to nearest")
+    add("--weight-rounding", choices=["nearest", "gptq", "tuned"],
+        help="int8 weights: chosen layer by layer from the calibration samples (gptq), then trained through the int8 "
+             "model's rounding to match the float model's outputs (tuned, the default); or rounded to nearest")
+    add("--tuning-steps", type=int, help="optimizer steps of the int8 weights' tuning (default 80)")
     add("--eval-samples", type=int, help="evaluate on a random subset of the held-out split")
     add("--bench-runs", type=int, help="timed inferences per artifact")
     add("--compress", action="store_true", default=None,
@@ -112,7 +114,8 @@ def _config(args: argparse.Namespace, stage_command: bool):
         "eval_samples": args.eval_samples, "force": args.force, "from_stage": args.from_stage,
         "train": {k: v for k, v in (("epochs", args.epochs), ("train_subset", args.train_subset)) if v is not None},
         "calibration": {k: v for k, v in (("method", args.calibration_method), ("num_samples", args.calibration_samples),
-                                          ("weight_rounding", args.weight_rounding)) if v is not None},
+                                          ("weight_rounding", args.weight_rounding),
+                                          ("tuning_steps", args.tuning_steps)) if v is not None},
         "bench": {k: v for k, v in (("runs", args.bench_runs), ("repeats", args.bench_repeats), ("host", args.host),
                                     ("ssh_port", args.ssh_port), ("ssh_identity", args.ssh_identity),
                                     ("ssh_known_hosts", args.ssh_known_hosts), ("remote_python", args.remote_python),

@@ -114,6 +114,17 @@ class Planner:
         """The float model the int8 kinds quantize: the export itself, or with its weights chosen on the target's
         int8 grid (``calibration.weight_rounding``)."""
         from .calibration import WeightRounding
+        from .stages.calibrate import tuning_step
+
+        model, key = self._rounded_model(target)
+        if self.config.calibration.weight_rounding is not WeightRounding.TUNED:
+            return model, key
+        export, export_key = self.build("onnx-fp32", target)
+        return tuning_step(self, export, export_key, model, self.calibration_ranges(target), target.int8), "onnx"
+
+    def _rounded_model(self, target: TargetProfile) -> tuple[dict, str]:
+        """The export, or with its weights chosen layer by layer: the model the activation ranges are computed on."""
+        from .calibration import WeightRounding
         from .stages.calibrate import weights_step
 
         export, key = self.build("onnx-fp32", target)
@@ -133,10 +144,12 @@ class Planner:
 
         return weights_note(self, model, found, layout)
 
-    def calibration_ranges(self, export: dict, target: TargetProfile) -> dict:
+    def calibration_ranges(self, target: TargetProfile) -> dict:
+        """The activation ranges the int8 kinds quantize with, computed before any tuning: a tuned model was trained
+        through these ranges' rounding, so it keeps them."""
         from .stages.calibrate import ranges_step
 
-        return ranges_step(self, export, target.int8)
+        return ranges_step(self, self._rounded_model(target)[0], target.int8)
 
     # ---- a target's artifacts -------------------------------------------------------------------
     def kinds(self, target: TargetProfile) -> list[str]:

@@ -99,7 +99,7 @@ def test_fp16_keeps_float32_io(tiny_onnx, tmp_path):
 
 
 def test_bad_weight_rounding_is_rejected():
-    with pytest.raises(ConfigError, match="calibration.weight_rounding: bad value 'adaround', expected one of nearest, gptq"):
+    with pytest.raises(ConfigError, match="calibration.weight_rounding: bad value 'adaround', expected one of nearest, gptq, tuned"):
         CalibrationOptions(weight_rounding="adaround")
 
 
@@ -137,7 +137,7 @@ def test_chosen_weights_are_on_the_grid_and_beat_nearest_rounding(tiny_onnx, tmp
 
 def test_chosen_int8_weights_survive_both_converters_bit_exactly(tiny_run):
     """The int8 weights in the Pi's QDQ ONNX and in both targets' int8 TFLite (read by the TFLite interpreter itself)
-    are the ones the weights step chose, per channel (Pi) and per tensor (Coral)."""
+    are the ones the tuning step chose, per channel (Pi) and per tensor (Coral)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     from pipeline.calibration.weights import ChosenWeights
@@ -145,7 +145,7 @@ def test_chosen_int8_weights_survive_both_converters_bit_exactly(tiny_run):
     run, _ = tiny_run
     shared = run.out / "shared"
     for target, granularity in (("raspberry-pi-4", "per-channel"), ("coral-edgetpu", "per-tensor")):
-        chosen = ChosenWeights.load(shared / f"weights-opset17-gptq-{granularity}" / "chosen_weights.npz")
+        chosen = ChosenWeights.load(shared / f"weights-opset17-tuned-{granularity}" / "chosen_weights.npz")
         bundle = run.out / target / "bundle" / "artifacts"
         interpreter = Interpreter(model_path=str(bundle / "tflite-int8.tflite"),
                                   experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
@@ -219,7 +219,7 @@ def test_an_int8_artifact_that_misses_the_tolerance_names_its_least_int8_friendl
     from pipeline.stages.evaluate import accuracy_gate, sensitive_tensors
 
     run, _ = tiny_run
-    record = json.loads((run.out / ".state" / "quantize-opset17-gptq-per-channel-auto-per-channel-asym-tol1.json").read_text())
+    record = json.loads((run.out / ".state" / "quantize-opset17-tuned-per-channel-auto-per-channel-asym-tol1.json").read_text())
     named = sensitive_tensors(record)
     tensors = sorted((t for t in record["data"]["sensitivity"]["tensors"] if t["producer"] != "output"),
                      key=lambda t: t["alone_db"])

@@ -74,13 +74,17 @@ def test_shared_stages_ran_once_for_two_targets(tiny_run):
     run, lines = tiny_run
     ran = [line.split()[-1] for line in lines if line.startswith("[run ]")]
     assert ran.count("export-opset17") == 1 and ran.count("calibration-samples") == 1
-    # ranges for the Pi's onnx-int8 (of the model with its int8 weights chosen); Coral has no ONNX int8
+    # ranges of the model with its int8 weights chosen layer by layer, per int8 scheme: the Pi's onnx-int8 is
+    # quantized with them, and each scheme's weights are tuned through their rounding (Coral has no ONNX int8, but
+    # its weights are tuned too)
     assert ran.count("calibrate-opset17-gptq-per-channel-auto-per-channel-asym") == 1
-    # different int8 schemes give different weights and conversions; the int8 kind converts the chosen weights
+    assert ran.count("calibrate-opset17-gptq-per-tensor-auto-per-tensor-asym") == 1
+    # different int8 schemes give different weights and conversions; the int8 kind converts the tuned weights
     assert ran.count("weights-opset17-gptq-per-channel") == ran.count("weights-opset17-gptq-per-tensor") == 1
+    assert ran.count("weights-opset17-tuned-per-channel") == ran.count("weights-opset17-tuned-per-tensor") == 1
     assert "convert-opset17-per-channel-float32-NHWC" in ran and "convert-opset17-per-tensor-uint8-NHWC" in ran
     # Coral's int8 model goes to the Edge TPU compiler, which refuses grouped convolutions (CONV_2D v6)
-    assert "convert-opset17-gptq-per-tensor-per-tensor-uint8-NHWC-no-grouped-conv" in ran
+    assert "convert-opset17-tuned-per-tensor-per-tensor-uint8-NHWC-no-grouped-conv" in ran
     assert (run.out / "pipeline.yaml").is_file()
 
 
@@ -101,24 +105,26 @@ def test_changed_calibration_reruns_only_what_depends_on_it(tmp_path, small_conf
     stages = ["model", "export", "quantize", "convert"]
     Run(small_config(tmp_path, targets="raspberry-pi-4"), log=lines.append).execute(stages)
     lines.clear()
-    # Another method: new ranges and a new ONNX int8 model, the same samples and weights, and no new TFLite
-    # conversion: onnx2tf calibrates itself from the samples, which calibration.method does not reach.
+    # Another method: new ranges, weights tuned through their rounding and a new ONNX int8 model, the same samples
+    # and GPTQ weights; the float TFLite conversion is kept, the int8 one (of the tuned weights) is made again.
     Run(small_config(tmp_path, targets="raspberry-pi-4", calibration={"num_samples": 128, "method": "percentile"}),
         log=lines.append).execute(stages)
     assert [line.split(":")[0] for line in lines] == [
         "[skip] model", "[skip] export-opset17", "[skip] calibration-samples", "[skip] weights-opset17-gptq-per-channel",
         "[run ] calibrate-opset17-gptq-per-channel-percentile",
-        "[run ] quantize-opset17-gptq-per-channel-percentile-per-channel-asym-tol1",
+        "[run ] weights-opset17-tuned-per-channel",
+        "[run ] quantize-opset17-tuned-per-channel-percentile-per-channel-asym-tol1",
         "[skip] convert-opset17-per-channel-float32-NHWC",
-        "[skip] convert-opset17-gptq-per-channel-per-channel-float32-NHWC-tol1"]
+        "[run ] convert-opset17-tuned-per-channel-per-channel-float32-NHWC-tol1"]
     lines.clear()
-    # Other samples: everything made from them again, the weights chosen on them too.
+    # Other samples: everything made from them again, the weights chosen and tuned on them too.
     Run(small_config(tmp_path, targets="raspberry-pi-4", calibration={"num_samples": 32, "method": "percentile"}),
         log=lines.append).execute(["model", "export", "quantize"])
     assert lines == ["[skip] model: inputs unchanged", "[skip] export-opset17: inputs unchanged",
                      "[run ] calibration-samples", "[run ] weights-opset17-gptq-per-channel",
                      "[run ] calibrate-opset17-gptq-per-channel-percentile",
-                     "[run ] quantize-opset17-gptq-per-channel-percentile-per-channel-asym-tol1"]
+                     "[run ] weights-opset17-tuned-per-channel",
+                     "[run ] quantize-opset17-tuned-per-channel-percentile-per-channel-asym-tol1"]
 
 
 def test_interrupted_run_resumes(tmp_path, small_config, monkeypatch):

@@ -32,17 +32,19 @@ class CalibrationMethod(str, Enum):
 class WeightRounding(str, Enum):
     NEAREST = "nearest"  # the converters' own: each weight to its nearest int8 value
     GPTQ = "gptq"  # chosen from calibration data to minimise each layer's output error, then bias correction
+    TUNED = "tuned"  # GPTQ's, then trained through the int8 model's rounding to match the float model's outputs
 
 
 @dataclass(frozen=True)
 class CalibrationOptions:
     method: CalibrationMethod = CalibrationMethod.AUTO
-    weight_rounding: WeightRounding = WeightRounding.GPTQ
+    weight_rounding: WeightRounding = WeightRounding.TUNED
     num_samples: int = 512
     percentile: float = 99.999
     num_bins: int = 2048
     num_quantized_bins: int = 128
     seed: int = 0
+    tuning_steps: int = 80  # optimizer steps of quantization-aware tuning (weight_rounding "tuned")
 
     def __post_init__(self):
         for name, enum in (("method", CalibrationMethod), ("weight_rounding", WeightRounding)):
@@ -54,6 +56,8 @@ class CalibrationOptions:
                     from None
         if self.num_samples < 1:
             raise ConfigError(f"calibration.num_samples: bad value {self.num_samples!r}, expected an integer >= 1")
+        if self.tuning_steps < 1:
+            raise ConfigError(f"calibration.tuning_steps: bad value {self.tuning_steps!r}, expected an integer >= 1")
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"calibration.percentile: bad value {self.percentile!r}, expected a number in (50, 100]")
         if self.num_quantized_bins >= self.num_bins:

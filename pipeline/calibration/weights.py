@@ -162,6 +162,17 @@ def layer_moments(model_path: Path, input_name: str, inputs: np.ndarray, layers:
     return {name: m.mean_and_covariance() for name, m in moments.items()}
 
 
+def grid_scale(absmax):
+    """The converters' int8 scale (max |w| / 127) of rows whose largest |w| is ``absmax`` (a float32 torch tensor),
+    and which rows are live. A row far below the layer's largest is zeroed (scale 1; its bias carries it): ONNX
+    Runtime raises such a tiny scale until the int32 bias fits, which would change its int8 values, and its output is
+    below int8's resolution at the layer's scale anyway."""
+    import torch
+
+    live = (absmax >= DEAD_CHANNEL * absmax.max()) & (absmax > 0)
+    return torch.where(live, absmax / QMAX, torch.ones_like(absmax)), live
+
+
 def round_rows(rows, covariance, scales):
     """GPTQ rounding of ``rows`` (groups, channels, inputs) against ``covariance`` (groups, inputs, inputs) on the
     fixed grid ``scales`` (groups, channels, 1); returns the integer values."""
@@ -215,13 +226,9 @@ def choose_weights(model_path: Path, input_name: str, inputs: np.ndarray, per_ch
         grouped = layer.rows_by_group(weight)
         absmax = np.abs(grouped).max(-1, keepdims=True) if per_channel else np.full(
             grouped.shape[:-1] + (1,), np.abs(grouped).max(), np.float32)
-        # A channel far below the layer's largest is zeroed (its bias carries it): ONNX Runtime raises such a tiny
-        # scale until the int32 bias fits, which would change its int8 values, and its output is below int8's
-        # resolution at the layer's scale anyway.
-        absmax = np.where(absmax < DEAD_CHANNEL * absmax.max(), np.float32(0.0), absmax)
-        scale = np.where(absmax > 0, absmax / np.float32(QMAX), np.float32(1.0)).astype(np.float32)
+        scale, live = grid_scale(torch.from_numpy(absmax))
+        scale = scale.numpy()
         rows, grid = torch.from_numpy(grouped.astype(np.float64)), torch.from_numpy(scale.astype(np.float64))
-        live = torch.from_numpy(absmax > 0)
         mean, covariance = moments[name]
         q = round_rows(rows * live, covariance, grid)
         _keep_scale(q, rows * live, per_channel)

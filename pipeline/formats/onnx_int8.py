@@ -73,7 +73,7 @@ def build(plan, target) -> tuple[dict, str]:
     export, export_key = plan.build("onnx-fp32", target)
     model, model_key = plan.int8_model(target)
     samples = plan.calibration_samples()
-    ranges = plan.calibration_ranges(model, target)
+    ranges = plan.calibration_ranges(target)
     scheme = target.int8
     method = ranges["data"]["method"]
     variant = plan.variant(model)

@@ -2,6 +2,7 @@
 them for the kinds whose quantizer takes ranges (ONNX Runtime's)."""
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -9,9 +10,10 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
-from ..calibration import CalibrationMethod, CalibrationRanges, calibrate
+from ..calibration import CalibrationMethod, CalibrationRanges, WeightRounding, calibrate
 from ..calibration.methods import candidate_ranges
 from ..calibration.runs import output_sqnr_db
+from ..calibration.tuning import CannotTune, not_tuned, tune_weights
 from ..calibration.weights import ChosenWeights, apply_weights, choose_weights, weights_kept
 from ..data.datasets import BATCH
 from ..profile import Int8Granularity, Int8Scheme
@@ -64,7 +66,8 @@ def ranges_step(plan, export: dict, scheme: Int8Scheme) -> dict:
         return {"files": {"ranges": "ranges.json"}, "method": options.method.value, "label": ranges.label,
                 "num_samples": ranges.num_samples, "tensors": len(ranges.ranges), **chosen}
 
-    params = {k: v for k, v in asdict(options).items() if k not in ("num_samples", "seed", "weight_rounding")}
+    params = {k: v for k, v in asdict(options).items()
+              if k not in ("num_samples", "seed", "weight_rounding", "tuning_steps")}
     params["method"] = options.method.value
     variant = plan.variant(export)
     judged_in = f"-{scheme.granularity.value}-{'sym' if scheme.activation_symmetric else 'asym'}" if auto else ""
@@ -87,11 +90,11 @@ def judge_ranges(model_path: Path, ranges: CalibrationRanges, inputs: np.ndarray
 
 
 def weights_step(plan, export: dict, key: str, granularity: Int8Granularity) -> dict:
-    """The exported float model with its int8 weights chosen on the calibration samples (``weight_rounding``), each
-    on the grid the converters compute for ``granularity``, so that every int8 kind carries the same choice."""
-    options = plan.config.calibration
+    """The exported float model with its int8 weights chosen layer by layer on the calibration samples (GPTQ rounding
+    and bias correction), each on the grid the converters compute for ``granularity``, so that every int8 kind
+    carries the same choice."""
     samples = samples_step(plan)
-    variant = f"{options.weight_rounding.value}-{granularity.value}"
+    variant = f"{WeightRounding.GPTQ.value}-{granularity.value}"
 
     def produce(tmp: Path) -> dict:
         inputs = np.load(plan.path(samples, "inputs"), mmap_mode="r")
@@ -103,9 +106,47 @@ def weights_step(plan, export: dict, key: str, granularity: Int8Granularity) -> 
                 "opset": export["data"]["opset"], "variant": variant, "layers": layers,
                 "num_samples": chosen.num_samples}
 
-    params = {"weight_rounding": options.weight_rounding.value, "granularity": granularity.value}
+    params = {"weight_rounding": WeightRounding.GPTQ.value, "granularity": granularity.value}
     return plan.shared_step(f"weights-opset{export['data']['opset']}-{variant}", "quantize", params,
                             [export, samples], produce)
+
+
+def tuning_step(plan, export: dict, key: str, model: dict, ranges: dict, scheme: Int8Scheme) -> dict:
+    """``model`` (GPTQ's weights) trained through the rounding of its int8 model (``ranges``, ``scheme``) until its
+    outputs match the export's on the calibration samples: quantization-aware tuning. Its weights stay on the
+    converters' grid, so every int8 kind carries them; where tuning does not beat GPTQ's weights on the held-out
+    samples, those are kept."""
+    from ..formats.onnx_int8 import quantize_int8
+
+    options = plan.config.calibration
+    samples = samples_step(plan)
+    variant = f"{WeightRounding.TUNED.value}-{scheme.granularity.value}"
+
+    def produce(tmp: Path) -> dict:
+        inputs = np.load(plan.path(samples, "inputs"), mmap_mode="r")
+        rounding = tmp / "rounding_int8.onnx"
+        quantize_int8(plan.path(model, "onnx"), CalibrationRanges.load(plan.path(ranges, "ranges")), rounding, scheme)
+        try:
+            result = tune_weights(plan.path(export, key), plan.path(model, "onnx"), rounding, inputs,
+                                  options.tuning_steps, scheme.granularity is Int8Granularity.PER_CHANNEL, options.seed)
+            record, chosen = result.to_json(), result.chosen
+        except CannotTune as reason:
+            record, chosen = not_tuned(reason), None
+        rounding.unlink()
+        if chosen is None:
+            shutil.copyfile(plan.path(model, "onnx"), tmp / "model_int8_grid.onnx")
+            shutil.copyfile(plan.path(model, "chosen"), tmp / "chosen_weights.npz")
+        else:
+            chosen.save(tmp / "chosen_weights.npz")
+            apply_weights(plan.path(model, "onnx"), chosen, tmp / "model_int8_grid.onnx")
+        return {"files": {"onnx": "model_int8_grid.onnx", "chosen": "chosen_weights.npz"},
+                "opset": model["data"]["opset"], "variant": variant, "layers": model["data"]["layers"],
+                "num_samples": len(inputs), "tuning": record}
+
+    params = {"weight_rounding": WeightRounding.TUNED.value, "steps": options.tuning_steps,
+              "symmetric": scheme.activation_symmetric}
+    return plan.shared_step(f"weights-opset{model['data']['opset']}-{variant}", "quantize", params,
+                            [export, model, samples, ranges], produce)
 
 
 def weights_note(plan, model: dict, found: list[np.ndarray], layout: str) -> tuple[str, tuple[int, int]]:
@@ -115,5 +156,16 @@ def weights_note(plan, model: dict, found: list[np.ndarray], layout: str) -> tup
         return "weights rounded to nearest by the converter", (0, 0)
     kept = weights_kept(ChosenWeights.load(plan.path(model, "chosen")), found, layout)
     data = model["data"]
-    return (f"weights chosen by {data['variant']} rounding with bias correction on {data['num_samples']} samples, "
-            f"kept bit-exactly in {kept[0]}/{kept[1]} layers"), kept
+    how = f"weights chosen by {data['variant']} rounding with bias correction"
+    if "tuning" in data:
+        tuning = data["tuning"]
+        if "skipped" in tuning:
+            outcome = f"not run: {tuning['skipped']}"
+        elif tuning["kept"]:
+            outcome = (f"{tuning['start_sqnr_db']:.1f} -> {tuning['best_sqnr_db']:.1f} dB on {tuning['held_out']} "
+                       f"held-out samples, step {tuning['best_step']} of {tuning['steps']}")
+        else:
+            outcome = (f"not kept: no gain over {tuning['start_sqnr_db']:.1f} dB on {tuning['held_out']} held-out "
+                       f"samples in {tuning['steps']} steps")
+        how = f"weights chosen by GPTQ rounding with bias correction, then quantization-aware tuning ({outcome})"
+    return f"{how} on {data['num_samples']} samples, kept bit-exactly in {kept[0]}/{kept[1]} layers", kept

@@ -1,0 +1,277 @@
+"""Quantization-aware weight tuning: the float model's weights trained through the int8 model's own rounding.
+
+Post-training rounding (``weights.py``) chooses each layer's int8 weights to match that layer's float output. It cannot
+see the activations' rounding: on EfficientNet-Lite the stem's ReLU6 output, rounded to 8 bits, alone causes a third
+to a half of the logits' int8 noise, and no choice of that layer's weights removes it. Training the whole network's
+weights with every quantized tensor rounded as the int8 model rounds it (ONNX Runtime's QDQ placement and scales, the
+converters' per-channel weight grid; straight-through gradients), against the float model's logits on the
+calibration samples, lets the layers after such a tensor learn to average its noise away (quantization-aware
+training, used as a short distillation, Jacob et al. 2018).
+
+The ONNX graph itself is what is trained: each node runs as the torch op it names, so any CNN the exporter and the
+quantizer take can be tuned, whatever framework made it. The result is a ``ChosenWeights`` on the converters' grid, so
+ONNX int8, TFLite int8 and the Coral model all carry it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .runs import sqnr_db
+from .weights import ChosenWeights, Layer, find_layers, grid_scale
+
+BATCH = 16  # samples per step
+LEARNING_RATE = 3e-5  # Adam's, cosine-annealed: a few int8 steps of a typical weight over the run
+CHECKPOINTS = 10  # held-out measurements along the run; the best is kept
+
+
+def _conv(x, w, b=None, *, dilations=(1, 1), group=1, pads=(0, 0, 0, 0), strides=(1, 1), **_):
+    import torch.nn.functional as F
+
+    top, left, bottom, right = pads
+    if (top, left) != (bottom, right):
+        x, pads = F.pad(x, (left, right, top, bottom)), (0, 0, 0, 0)
+    return F.conv2d(x, w, b, tuple(strides), tuple(pads[:2]), tuple(dilations), group)
+
+
+def _gemm(a, b, c=None, *, transA=0, transB=0, alpha=1.0, beta=1.0, **_):
+    a = a.T if transA else a
+    out = alpha * (a @ (b.T if transB else b))
+    return out if c is None else out + beta * c
+
+
+def _clip(x, low=None, high=None, **_):
+    return x.clamp(None if low is None else float(low), None if high is None else float(high))
+
+
+def _reshape(x, shape, **_):
+    shape = [int(s) for s in shape.tolist()]
+    if shape and shape[0] == 1:  # exported for one sample: the graph runs on a batch of them here
+        shape[0] = x.shape[0]
+    return x.reshape([x.shape[i] if s == 0 else s for i, s in enumerate(shape)])
+
+
+def _flatten(x, *, axis=1, **_):
+    return x.reshape(int(np.prod(x.shape[:axis])), -1)
+
+
+def _op_table():
+    import torch
+    import torch.nn.functional as F
+
+    return {
+        "Conv": _conv, "Gemm": _gemm, "MatMul": lambda a, b, **_: a @ b, "Clip": _clip,
+        "Relu": lambda x, **_: F.relu(x), "Sigmoid": lambda x, **_: torch.sigmoid(x),
+        "HardSigmoid": lambda x, *, alpha=0.2, beta=0.5, **_: (alpha * x + beta).clamp(0, 1),
+        "HardSwish": lambda x, **_: F.hardswish(x),
+        "Add": lambda a, b, **_: a + b, "Sub": lambda a, b, **_: a - b, "Mul": lambda a, b, **_: a * b,
+        "Div": lambda a, b, **_: a / b,
+        "GlobalAveragePool": lambda x, **_: x.mean((2, 3), keepdim=True),
+        "AveragePool": lambda x, *, kernel_shape, strides=None, pads=(0, 0, 0, 0), **_: F.avg_pool2d(
+            x, tuple(kernel_shape), tuple(strides or kernel_shape), tuple(pads[:2]), count_include_pad=False),
+        "MaxPool": lambda x, *, kernel_shape, strides=None, pads=(0, 0, 0, 0), **_: F.max_pool2d(
+            x, tuple(kernel_shape), tuple(strides or kernel_shape), tuple(pads[:2])),
+        "Reshape": _reshape, "Flatten": _flatten, "Identity": lambda x, **_: x,
+        "Concat": lambda *xs, axis, **_: torch.cat(xs, axis),
+        "Softmax": lambda x, *, axis=-1, **_: torch.softmax(x, axis),
+    }
+
+
+class CannotTune(ValueError):
+    """Why a model's weights cannot be tuned here (its int8 weights are then GPTQ's)."""
+
+
+@dataclass(frozen=True)
+class ActivationGrid:
+    """How the int8 model rounds one tensor: ``q = clamp(round(x / scale) + zero_point, low, high)``."""
+
+    scale: float
+    zero_point: int
+    low: int
+    high: int
+
+
+def activation_grids(qdq_path: Path) -> dict[str, ActivationGrid]:
+    """The tensors an int8 QDQ model rounds (the inputs of its QuantizeLinear nodes that are not weights), with their
+    scales: where, and how, the tuned model rounds its activations."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(qdq_path))
+    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    grids = {}
+    for node in model.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] in constants:
+            continue
+        point = constants[node.input[2]]
+        info = np.iinfo(point.dtype)
+        grids[node.input[0]] = ActivationGrid(float(constants[node.input[1]]), int(point), info.min, info.max)
+    return grids
+
+
+def _round_weight(weight, layer: Layer, per_channel: bool):
+    """``weight`` on the converters' symmetric int8 grid (per output channel or per tensor), with a straight-through
+    gradient; the scale follows the weight as it trains."""
+    import torch
+
+    matrix = weight.T if layer.transposed else weight
+    rows = matrix.reshape(matrix.shape[0] if per_channel else 1, -1)
+    scale, live = grid_scale(rows.detach().abs().amax(1, keepdim=True))
+    rounded = (rows + (torch.round(rows / scale) * scale * live - rows).detach()).reshape(matrix.shape)
+    return rounded.T if layer.transposed else rounded
+
+
+class GraphModule:
+    """An ONNX graph run node by node in torch, its layers' weights and biases trainable. With ``grids``, every tensor
+    they name is rounded as the int8 model rounds it, and every layer's weight is on the converters' int8 grid."""
+
+    def __init__(self, model, grids: dict[str, ActivationGrid] | None = None, per_channel: bool = True):
+        import torch
+        from onnx import helper, numpy_helper
+
+        self.grids, self.per_channel = grids or {}, per_channel
+        self.layers = {layer.weight: layer for layer in find_layers(model).values()}
+        trained = set(self.layers) | {layer.bias for layer in self.layers.values() if layer.bias}
+        self.values, self.trained = {}, {}
+        for init in model.graph.initializer:
+            array = torch.from_numpy(numpy_helper.to_array(init).copy())
+            if init.name in trained:
+                array = self.trained[init.name] = torch.nn.Parameter(array)
+            self.values[init.name] = array
+        for node in model.graph.node:
+            if node.op_type == "Constant":
+                self.values[node.output[0]] = torch.from_numpy(numpy_helper.to_array(node.attribute[0].t).copy())
+        self.nodes = [(node.op_type, list(node.input), node.output[0],
+                       {a.name: helper.get_attribute_value(a) for a in node.attribute})
+                      for node in model.graph.node if node.op_type != "Constant"]
+        self.ops = _op_table()
+        unknown = sorted({op for op, *_ in self.nodes} - set(self.ops))
+        if unknown:
+            raise CannotTune(f"no torch op here for {', '.join(unknown)}")
+        self.input = next(i.name for i in model.graph.input if i.name not in self.values)
+        self.output = model.graph.output[0].name
+
+    def _round(self, name: str, x):
+        import torch
+
+        grid = self.grids.get(name)
+        if grid is None:
+            return x
+        return torch.fake_quantize_per_tensor_affine(x, grid.scale, grid.zero_point, grid.low, grid.high)
+
+    def __call__(self, x):
+        env = dict(self.values)
+        env[self.input] = self._round(self.input, x)
+        for op, inputs, output, attrs in self.nodes:
+            args = [env[name] if name else None for name in inputs]
+            if self.grids and len(inputs) > 1 and inputs[1] in self.layers:
+                args[1] = _round_weight(args[1], self.layers[inputs[1]], self.per_channel)
+            env[output] = self._round(output, self.ops[op](*args, **attrs))
+        return env[self.output]
+
+    def state(self) -> dict:
+        return {name: value.detach().clone() for name, value in self.trained.items()}
+
+    def chosen_weights(self, state: dict, num_samples: int) -> ChosenWeights:
+        """The weights of ``state`` on the converters' grid, and its biases."""
+        import torch
+
+        values, scales, biases = {}, {}, {}
+        for name, layer in self.layers.items():
+            matrix = state[name].T if layer.transposed else state[name]
+            rows = matrix.reshape(matrix.shape[0] if self.per_channel else 1, -1)
+            scale, live = grid_scale(rows.abs().amax(1, keepdim=True))
+            q = (torch.round(rows / scale) * live).to(torch.int8).reshape(matrix.shape)
+            values[name] = (q.T if layer.transposed else q).contiguous().numpy()
+            scales[name] = scale.reshape(-1).numpy().astype(np.float32)
+            if layer.bias:
+                biases[name] = state[layer.bias].numpy().astype(np.float32)
+        return ChosenWeights(values, scales, biases, num_samples)
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    """The tuned weights (None where tuning did not beat its start on the held-out samples) and what was measured:
+    the rounded graph's output SQNR against the float model's on the held-out samples, before and at its best."""
+
+    chosen: ChosenWeights | None
+    held_out: int
+    start_sqnr_db: float
+    best_sqnr_db: float
+    best_step: int
+    steps: int
+
+    def to_json(self) -> dict:
+        return {"held_out": self.held_out, "start_sqnr_db": self.start_sqnr_db, "best_sqnr_db": self.best_sqnr_db,
+                "best_step": self.best_step, "steps": self.steps, "kept": self.chosen is not None}
+
+
+def not_tuned(reason: CannotTune) -> dict:
+    """The tuning record of a model that could not be tuned."""
+    return {"skipped": str(reason), "kept": False}
+
+
+def tune_weights(reference_path: Path, model_path: Path, qdq_path: Path, inputs: np.ndarray, steps: int,
+                 per_channel: bool = True, seed: int = 0) -> TuningResult:
+    """``model_path``'s weights and biases trained for ``steps`` Adam steps so that, rounded as ``qdq_path`` (its int8
+    model) rounds them, its outputs match ``reference_path``'s (the float model) on ``inputs`` (and their mirror
+    images); the last quarter of ``inputs`` is held out and picks the best of the checkpoints taken along the way."""
+    import onnx
+    import torch
+    from tqdm.auto import tqdm
+
+    held_out = max(1, len(inputs) // 4)
+    train, judged = inputs[:-held_out], torch.from_numpy(np.asarray(inputs[-held_out:], np.float32))
+    if not len(train):
+        raise CannotTune("it needs at least 2 calibration samples")
+    teacher = GraphModule(onnx.load(str(reference_path)))
+    student = GraphModule(onnx.load(str(model_path)), activation_grids(qdq_path), per_channel)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        targets = {flip: torch.cat([teacher(_batch(train, i, flip)) for i in range(0, len(train), BATCH)])
+                   for flip in (False, True)}
+        judged_target = torch.cat([teacher(judged[i : i + BATCH]) for i in range(0, len(judged), BATCH)])
+
+    def sqnr() -> float:
+        with torch.no_grad():
+            out = torch.cat([student(judged[i : i + BATCH]) for i in range(0, len(judged), BATCH)])
+        return sqnr_db(float(judged_target.square().sum()), float((out - judged_target).square().sum()))
+
+    optimizer = torch.optim.Adam(list(student.trained.values()), lr=LEARNING_RATE)
+    warmup = max(1, steps // 10)  # Adam's first steps move every weight by the full rate: ramp it up
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, step / steps))))
+    start = best = sqnr()
+    best_state, best_step, every = None, 0, max(1, steps // CHECKPOINTS)
+    order = torch.empty(0, dtype=torch.long)
+    progress = tqdm(range(1, steps + 1), "quantization-aware tuning", unit="step", delay=2.0, leave=False)
+    for step in progress:
+        if len(order) < BATCH:
+            order = torch.cat([order, torch.randperm(len(train), generator=generator)])
+        picked, order = order[:BATCH], order[BATCH:]
+        flip = bool(torch.rand(1, generator=generator) < 0.5)
+        x = _batch(train, picked.numpy(), flip)
+        loss = torch.nn.functional.mse_loss(student(x), targets[flip][picked])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % every == 0 or step == steps:
+            score = sqnr()
+            if score > best:
+                best, best_state, best_step = score, student.state(), step
+            progress.set_postfix_str(f"held-out {score:.1f} dB (start {start:.1f})")
+    chosen = student.chosen_weights(best_state, len(inputs)) if best_state is not None else None
+    return TuningResult(chosen, held_out, start, best, best_step, steps)
+
+
+def _batch(inputs: np.ndarray, picked, flip: bool):
+    """Samples ``picked`` (a start index: a batch from there; or indices) as a float tensor, mirrored left-right."""
+    import torch
+
+    rows = inputs[picked : picked + BATCH] if isinstance(picked, int) else inputs[picked]
+    x = torch.from_numpy(np.array(rows, np.float32))
+    return x.flip(-1) if flip else x
