@@ -221,3 +221,18 @@ def test_tuning_through_the_int8_rounding_recovers_what_it_costs_on_unseen_crops
     before = _sqnr_db(reference, _logits(tmp_path / "nearest_int8.onnx", unseen))
     after = _sqnr_db(reference, _logits(tmp_path / "tuned_int8.onnx", unseen))
     assert after > before + 2, (before, after)
+
+
+def test_a_graph_the_tuning_cannot_run_is_refused_with_the_reason(tmp_path):
+    """An op the torch run of the graph does not have: the tuning refuses it, naming the op (the tuning step then
+    keeps GPTQ's weights and says why)."""
+    from pipeline.calibration.tuning import CannotTune, tune_weights
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(144, 3))
+    path = tmp_path / "tanh.onnx"
+    with torch.no_grad():
+        export_onnx(net.eval(), (1, 3, 8, 8), path, 17)
+    inputs = np.random.default_rng(0).normal(size=(8, 3, 8, 8)).astype(np.float32)
+    _minmax_int8(path, inputs, tmp_path / "tanh_int8.onnx")
+    with pytest.raises(CannotTune, match="no torch op here for Tanh"):
+        tune_weights(path, path, tmp_path / "tanh_int8.onnx", inputs, steps=2)

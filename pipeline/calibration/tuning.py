@@ -26,6 +26,8 @@ from .weights import ChosenWeights, Layer, find_layers, grid_scale
 BATCH = 16  # samples per step
 LEARNING_RATE = 3e-5  # Adam's, cosine-annealed: a few int8 steps of a typical weight over the run
 CHECKPOINTS = 10  # held-out measurements along the run; the best is kept
+PARITY_SAMPLES = 4  # held-out samples the torch run of the graph is checked on against ONNX Runtime's
+PARITY_DB = 40.0  # float32 ops in another order differ by far less; a wrong op by far more
 
 
 def _conv(x, w, b=None, *, dilations=(1, 1), group=1, pads=(0, 0, 0, 0), strides=(1, 1), **_):
@@ -70,10 +72,12 @@ def _op_table():
         "Add": lambda a, b, **_: a + b, "Sub": lambda a, b, **_: a - b, "Mul": lambda a, b, **_: a * b,
         "Div": lambda a, b, **_: a / b,
         "GlobalAveragePool": lambda x, **_: x.mean((2, 3), keepdim=True),
-        "AveragePool": lambda x, *, kernel_shape, strides=None, pads=(0, 0, 0, 0), **_: F.avg_pool2d(
-            x, tuple(kernel_shape), tuple(strides or kernel_shape), tuple(pads[:2]), count_include_pad=False),
-        "MaxPool": lambda x, *, kernel_shape, strides=None, pads=(0, 0, 0, 0), **_: F.max_pool2d(
-            x, tuple(kernel_shape), tuple(strides or kernel_shape), tuple(pads[:2])),
+        "AveragePool": lambda x, *, kernel_shape, strides=None, pads=(0, 0, 0, 0), ceil_mode=0, count_include_pad=0,
+        **_: F.avg_pool2d(x, tuple(kernel_shape), tuple(strides or kernel_shape), tuple(pads[:2]), bool(ceil_mode),
+                          bool(count_include_pad)),
+        "MaxPool": lambda x, *, kernel_shape, strides=None, pads=(0, 0, 0, 0), ceil_mode=0, dilations=(1, 1), **_:
+        F.max_pool2d(x, tuple(kernel_shape), tuple(strides or kernel_shape), tuple(pads[:2]), tuple(dilations),
+                     bool(ceil_mode)),
         "Reshape": _reshape, "Flatten": _flatten, "Identity": lambda x, **_: x,
         "Concat": lambda *xs, axis, **_: torch.cat(xs, axis),
         "Softmax": lambda x, *, axis=-1, **_: torch.softmax(x, axis),
@@ -230,10 +234,14 @@ def tune_weights(reference_path: Path, model_path: Path, qdq_path: Path, inputs:
     teacher = GraphModule(onnx.load(str(reference_path)))
     student = GraphModule(onnx.load(str(model_path)), activation_grids(qdq_path), per_channel)
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        targets = {flip: torch.cat([teacher(_batch(train, i, flip)) for i in range(0, len(train), BATCH)])
-                   for flip in (False, True)}
-        judged_target = torch.cat([teacher(judged[i : i + BATCH]) for i in range(0, len(judged), BATCH)])
+    try:
+        with torch.no_grad():
+            targets = {flip: torch.cat([teacher(_batch(train, i, flip)) for i in range(0, len(train), BATCH)])
+                       for flip in (False, True)}
+            judged_target = torch.cat([teacher(judged[i : i + BATCH]) for i in range(0, len(judged), BATCH)])
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # an op used in a way not supported here
+        raise CannotTune(f"its graph does not run in torch here ({type(exc).__name__}: {str(exc)[:200]})") from None
+    _check_parity(reference_path, judged[:PARITY_SAMPLES].numpy(), judged_target[:PARITY_SAMPLES].numpy())
 
     def sqnr() -> float:
         with torch.no_grad():
@@ -266,6 +274,19 @@ def tune_weights(reference_path: Path, model_path: Path, qdq_path: Path, inputs:
             progress.set_postfix_str(f"held-out {score:.1f} dB (start {start:.1f})")
     chosen = student.chosen_weights(best_state, len(inputs)) if best_state is not None else None
     return TuningResult(chosen, held_out, start, best, best_step, steps)
+
+
+def _check_parity(reference_path: Path, inputs: np.ndarray, outputs: np.ndarray) -> None:
+    """Refuse to tune a graph whose run in torch is not ONNX Runtime's (an op attribute not honoured here): the
+    tuning would chase wrong targets, and its held-out check, made against the same targets, would not see it."""
+    from .runs import ort_session
+
+    session = ort_session(reference_path)
+    name = session.get_inputs()[0].name
+    expected = np.concatenate([session.run(None, {name: x[None]})[0] for x in inputs]).astype(np.float64)
+    parity = sqnr_db(float(np.square(expected).sum()), float(np.square(expected - outputs).sum()))
+    if parity < PARITY_DB:
+        raise CannotTune(f"its graph run in torch is {parity:.0f} dB from ONNX Runtime's outputs")
 
 
 def _batch(inputs: np.ndarray, picked, flip: bool):
