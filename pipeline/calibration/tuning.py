@@ -228,7 +228,7 @@ def tune_weights(reference_path: Path, model_path: Path, qdq_path: Path, inputs:
     from tqdm.auto import tqdm
 
     held_out = max(1, len(inputs) // 4)
-    train, judged = inputs[:-held_out], torch.from_numpy(np.asarray(inputs[-held_out:], np.float32))
+    train, judged = inputs[:-held_out], torch.from_numpy(np.array(inputs[-held_out:], np.float32))
     if not len(train):
         raise CannotTune("it needs at least 2 calibration samples")
     teacher = GraphModule(onnx.load(str(reference_path)))
