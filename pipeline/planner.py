@@ -137,6 +137,14 @@ class Planner:
         """The step-name part of a model record with chosen int8 weights ("-gptq-per-channel"); "" for the export."""
         return f"-{model['data']['variant']}" if "variant" in model["data"] else ""
 
+    @staticmethod
+    def untrained_from(model: dict) -> int:
+        """The first calibration sample the weights of ``model`` (``int8_model``) were not trained on: the tuning's
+        held-out quarter, where its weights were kept; 0 otherwise. Whatever judges the int8 model on calibration
+        samples (the fallback) starts there: the tuned model fits the others better than it fits unseen data."""
+        tuning = model["data"].get("tuning", {})
+        return model["data"]["num_samples"] - tuning["held_out"] if tuning.get("kept") else 0
+
     def weights_note(self, model: dict, found: list, layout: str) -> tuple[str, tuple[int, int]]:
         """How an int8 kind made from ``model`` (``int8_model``) got its weights, checked against its ``found`` int8
         tensors; and (layers kept exactly, layers chosen)."""

@@ -229,3 +229,18 @@ def test_an_int8_artifact_that_misses_the_tolerance_names_its_least_int8_friendl
     [failing] = accuracy_gate(evaluations, 1.0, "torch-fp32", {"onnx-int8": named})["failing"]
     assert failing["advice"].endswith(f"int8 rounding costs it most at {named}: keep those in higher precision where "
                                       "the board allows it")
+
+
+def test_the_fallback_judges_on_samples_the_tuning_did_not_train_on(tiny_run):
+    """The tuned weights fit the three quarters of the calibration samples they were trained on better than unseen
+    data: both int8 fallbacks judge the tolerance on the held-out quarter."""
+    import json
+
+    run, _ = tiny_run
+    state = run.out / ".state"
+    tuned = json.loads((state / "weights-opset17-tuned-per-channel.json").read_text())["data"]
+    judged = tuned["tuning"]["held_out"] if tuned["tuning"]["kept"] else tuned["num_samples"]
+    assert tuned["num_samples"] == 128 and tuned["tuning"]["held_out"] == 32
+    for step in ("quantize-opset17-tuned-per-channel-auto-per-channel-asym-tol1",
+                 "convert-opset17-tuned-per-channel-per-channel-float32-NHWC-tol1"):
+        assert json.loads((state / f"{step}.json").read_text())["data"]["fallback"]["samples"] == judged, step

@@ -30,6 +30,7 @@ class TFLiteJob:
     # top-1 points the int8 model may disagree with the float one on the calibration samples before ops are kept in
     # float (tflite_mixed; float-I/O, per-channel int8 only); None: all int8, whatever it costs
     fallback_tolerance: float | None = None
+    fallback_from: int = 0  # the first calibration sample the fallback judges on: those before trained the weights
 
 
 def run_job(job: TFLiteJob) -> None:
@@ -55,7 +56,8 @@ def run_job(job: TFLiteJob) -> None:
 
         out = Path(job.output_dir)
         keep_ops_in_float(out, Path(job.calibration_npy), out / "model_float32.tflite",
-                          out / "model_integer_quant.tflite", job.fallback_tolerance, out / FALLBACK_REPORT)
+                          out / "model_integer_quant.tflite", job.fallback_tolerance, out / FALLBACK_REPORT,
+                          job.fallback_from)
 
 
 if __name__ == "__main__":

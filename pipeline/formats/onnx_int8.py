@@ -88,13 +88,14 @@ def build(plan, target) -> tuple[dict, str]:
                                                        scheme, exclude, quantized_bias)
         quantize([], out)
         inputs = np.load(plan.path(samples, "inputs"), mmap_mode="r")
+        judged = inputs[plan.untrained_from(model):]  # the fallback judges on samples the weights were not trained on
         reference = plan.path(export, export_key)
         errors = activation_errors(reference, out, "input", inputs[:SENSITIVITY_SAMPLES])
         # ONNX Runtime runs any op in float beside int8 ones (CPU and TensorRT alike): fall back where int8 costs most
         # at the output, as measured on the samples the sensitivity table uses
-        harmful = by_output_impact(quantize, reference, tmp / "impact_trial.onnx", inputs[:SENSITIVITY_SAMPLES],
+        harmful = by_output_impact(quantize, reference, tmp / "impact_trial.onnx", judged[:SENSITIVITY_SAMPLES],
                                    fallback_candidates(reference, errors))
-        fallback = keep_in_float(quantize, reference, out, inputs, harmful, target.accuracy_tolerance)
+        fallback = keep_in_float(quantize, reference, out, judged, harmful, target.accuracy_tolerance)
         (tmp / "impact_trial.onnx").unlink(missing_ok=True)
         if fallback.kept and fallback.reached:
             errors = activation_errors(reference, out, "input", inputs[:SENSITIVITY_SAMPLES])

@@ -52,13 +52,13 @@ def write_onnx2tf_sample(images_nhwc: np.ndarray, directory: Path) -> None:
 def convert_tflite(
     onnx_path: Path, calibration_inputs_nchw: np.ndarray, raw_images_nhwc: np.ndarray, out_dir: Path,
     quant_type: str, io_dtype: IODtype, layout: Layout, pseudo_ops: tuple[str, ...] = (), grouped_conv: bool = True,
-    fallback_tolerance: float | None = None,
+    fallback_tolerance: float | None = None, fallback_from: int = 0,
 ) -> dict[str, Path]:
     """Convert to TFLite; returns {"fp32", "fp16", "int8"} -> file in ``out_dir``. Each must hold builtin ops only
     (a one-line error names the first that does not, and its layer). With ``fallback_tolerance`` (for a float-I/O,
     per-channel int8 model only: the caller decides), ops of the int8 model may be kept in float until it is within
-    that many top-1 points of the float model on the calibration samples; "fallback" -> what was tried (JSON) is then
-    returned too."""
+    that many top-1 points of the float model on the calibration samples from ``fallback_from`` on; "fallback" -> what
+    was tried (JSON) is then returned too."""
     out_dir = out_dir.resolve()  # onnx2tf runs in its own working directory
     work = out_dir / "onnx2tf"
     work.mkdir(parents=True, exist_ok=True)
@@ -71,7 +71,7 @@ def convert_tflite(
         onnx_path=str(model_copy), output_dir=str(work / "tf"), calibration_npy=str(work / "calibration.npy"),
         channels=int(calibration_inputs_nchw.shape[1]), quant_type=quant_type, io_dtype=io_dtype.value,
         keep_nchw=layout is Layout.NCHW, pseudo_ops=tuple(pseudo_ops), grouped_conv=grouped_conv,
-        fallback_tolerance=fallback_tolerance,
+        fallback_tolerance=fallback_tolerance, fallback_from=fallback_from,
     )
     (work / "job.json").write_text(json.dumps(asdict(job)))
     env = dict(os.environ)
@@ -165,7 +165,8 @@ def conversion_step(plan, target, int8: bool) -> dict:
     def produce(tmp: Path) -> dict:
         outputs = convert_tflite(plan.path(model, onnx_key), np.load(plan.path(samples, "inputs"), mmap_mode="r"),
                                  np.load(plan.path(samples, "images"), mmap_mode="r"), tmp, scheme.granularity.value,
-                                 scheme.io_dtype, target.input_layout, pseudo_ops, grouped_conv, fallback)
+                                 scheme.io_dtype, target.input_layout, pseudo_ops, grouped_conv, fallback,
+                                 plan.untrained_from(model))
         mixed = {}
         if "fallback" in outputs:
             tried = outputs.pop("fallback")

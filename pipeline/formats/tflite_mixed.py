@@ -69,10 +69,10 @@ def candidates(int8_path: Path) -> list[tuple[str, list[str]]]:
 
 
 def keep_ops_in_float(saved_model: Path, calibration_npy: Path, float_path: Path, int8_path: Path,
-                      tolerance: float, report: Path) -> None:
+                      tolerance: float, report: Path, judged_from: int = 0) -> None:
     """``int8_path`` with its most harmful tensors in float, if that reaches ``tolerance`` top-1 points of
-    disagreement with ``float_path`` on the calibration samples (else left as it is); what was tried goes to
-    ``report`` (JSON)."""
+    disagreement with ``float_path`` on the calibration samples from ``judged_from`` on (else left as it is); what
+    was tried goes to ``report`` (JSON)."""
     import tensorflow as tf
 
     inputs = np.load(calibration_npy, mmap_mode="r")
@@ -94,8 +94,9 @@ def keep_ops_in_float(saved_model: Path, calibration_npy: Path, float_path: Path
         path.write_bytes(debugger.get_nondebug_quantized_model())
 
     trial = int8_path.with_name("impact_trial.tflite")
-    harmful = by_output_impact(quantize, float_path, trial, inputs[:SEARCH_SAMPLES], candidates(int8_path),
+    judged = inputs[judged_from:]
+    harmful = by_output_impact(quantize, float_path, trial, judged[:SEARCH_SAMPLES], candidates(int8_path),
                                runtime=LITERT)
-    fallback = keep_in_float(quantize, float_path, int8_path, inputs, harmful, tolerance, runtime=LITERT)
+    fallback = keep_in_float(quantize, float_path, int8_path, judged, harmful, tolerance, runtime=LITERT)
     trial.unlink(missing_ok=True)
     report.write_text(json.dumps(fallback.to_json()))
