@@ -157,12 +157,13 @@ def pipeline_onnx(fp32: Path, out: Path, calib: np.ndarray, work: Path) -> tuple
 def pipeline_tuned(fp32: Path, gptq: Path, gptq_int8: Path, ranges, calib: np.ndarray, out: Path) -> tuple[Path, Path, str]:
     """The pipeline's default: GPTQ's weights tuned through their int8 model's rounding (its tuning step), then
     quantized with the same ranges."""
+    from pipeline.calibration import CalibrationOptions
     from pipeline.calibration.tuning import tune_weights
     from pipeline.calibration.weights import apply_weights
     from pipeline.formats.onnx_int8 import quantize_int8
     from pipeline.targets import load_target
 
-    result = tune_weights(fp32, gptq, gptq_int8, calib, 80)
+    result = tune_weights(fp32, gptq, gptq_int8, calib, CalibrationOptions().tuning_steps)
     if result.chosen is None:
         return gptq_int8, gptq, "tuning not kept"
     grid = out.with_name("tuned-grid.onnx")

@@ -116,16 +116,27 @@ def activation_grids(qdq_path: Path) -> dict[str, ActivationGrid]:
     return grids
 
 
+def _grid_rows(weight, layer: Layer, per_channel: bool):
+    """``weight`` as rows of one scale each (output channels, or one row per tensor), with the converters' scales and
+    live rows, and a function giving such rows back in the weight's own layout."""
+    matrix = weight.T if layer.transposed else weight
+    rows = matrix.reshape(matrix.shape[0] if per_channel else 1, -1)
+    scale, live = grid_scale(rows.detach().abs().amax(1, keepdim=True))
+
+    def back(values):
+        values = values.reshape(matrix.shape)
+        return values.T if layer.transposed else values
+
+    return rows, scale, live, back
+
+
 def _round_weight(weight, layer: Layer, per_channel: bool):
     """``weight`` on the converters' symmetric int8 grid (per output channel or per tensor), with a straight-through
     gradient; the scale follows the weight as it trains."""
     import torch
 
-    matrix = weight.T if layer.transposed else weight
-    rows = matrix.reshape(matrix.shape[0] if per_channel else 1, -1)
-    scale, live = grid_scale(rows.detach().abs().amax(1, keepdim=True))
-    rounded = (rows + (torch.round(rows / scale) * scale * live - rows).detach()).reshape(matrix.shape)
-    return rounded.T if layer.transposed else rounded
+    rows, scale, live, back = _grid_rows(weight, layer, per_channel)
+    return back(rows + (torch.round(rows / scale) * scale * live - rows).detach())
 
 
 class GraphModule:
@@ -185,11 +196,8 @@ class GraphModule:
 
         values, scales, biases = {}, {}, {}
         for name, layer in self.layers.items():
-            matrix = state[name].T if layer.transposed else state[name]
-            rows = matrix.reshape(matrix.shape[0] if self.per_channel else 1, -1)
-            scale, live = grid_scale(rows.abs().amax(1, keepdim=True))
-            q = (torch.round(rows / scale) * live).to(torch.int8).reshape(matrix.shape)
-            values[name] = (q.T if layer.transposed else q).contiguous().numpy()
+            rows, scale, live, back = _grid_rows(state[name], layer, self.per_channel)
+            values[name] = back((torch.round(rows / scale) * live).to(torch.int8)).contiguous().numpy()
             scales[name] = scale.reshape(-1).numpy().astype(np.float32)
             if layer.bias:
                 biases[name] = state[layer.bias].numpy().astype(np.float32)
@@ -238,14 +246,14 @@ def tune_weights(reference_path: Path, model_path: Path, qdq_path: Path, inputs:
         with torch.no_grad():
             targets = {flip: torch.cat([teacher(_batch(train, i, flip)) for i in range(0, len(train), BATCH)])
                        for flip in (False, True)}
-            judged_target = torch.cat([teacher(judged[i : i + BATCH]) for i in range(0, len(judged), BATCH)])
+            judged_target = _batched(teacher, judged)
     except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # an op used in a way not supported here
         raise CannotTune(f"its graph does not run in torch here ({type(exc).__name__}: {str(exc)[:200]})") from None
     _check_parity(reference_path, judged[:PARITY_SAMPLES].numpy(), judged_target[:PARITY_SAMPLES].numpy())
 
     def sqnr() -> float:
         with torch.no_grad():
-            out = torch.cat([student(judged[i : i + BATCH]) for i in range(0, len(judged), BATCH)])
+            out = _batched(student, judged)
         return sqnr_db(float(judged_target.square().sum()), float((out - judged_target).square().sum()))
 
     optimizer = torch.optim.Adam(list(student.trained.values()), lr=LEARNING_RATE)
@@ -287,6 +295,13 @@ def _check_parity(reference_path: Path, inputs: np.ndarray, outputs: np.ndarray)
     parity = sqnr_db(float(np.square(expected).sum()), float(np.square(expected - outputs).sum()))
     if parity < PARITY_DB:
         raise CannotTune(f"its graph run in torch is {parity:.0f} dB from ONNX Runtime's outputs")
+
+
+def _batched(graph: GraphModule, x):
+    """``graph`` on ``x``, BATCH samples at a time."""
+    import torch
+
+    return torch.cat([graph(x[i : i + BATCH]) for i in range(0, len(x), BATCH)])
 
 
 def _batch(inputs: np.ndarray, picked, flip: bool):
