@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 
+INT8_MODEL = "model_int8.tflite"  # the int8 model the job makes from onnx2tf's saved model
 FALLBACK_REPORT = "int8_fallback.json"  # what the mixed-precision fallback tried, beside the models
+RANGES_REPORT = "int8_ranges.json"  # how many tensors took the pipeline's ranges
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,11 @@ class TFLiteJob:
     # float (tflite_mixed; float-I/O, per-channel int8 only); None: all int8, whatever it costs
     fallback_tolerance: float | None = None
     fallback_from: int = 0  # the first calibration sample the fallback judges on: those before trained the weights
+    int8: bool = True  # make the int8 model (else the float ones only)
+    # CalibrationRanges (JSON) of the ONNX model ``ranges_model`` (the one converted, as given) that the int8 model
+    # takes where its tensors match; None: the TFLite converter's own calibration
+    ranges_json: str | None = None
+    ranges_model: str | None = None
 
 
 def run_job(job: TFLiteJob) -> None:
@@ -40,24 +47,42 @@ def run_job(job: TFLiteJob) -> None:
     onnx2tf.convert(
         input_onnx_file_path=job.onnx_path,
         output_folder_path=job.output_dir,
-        output_integer_quantized_tflite=True,
-        quant_type=job.quant_type,
+        output_signaturedefs=True,  # the saved model the int8 model is made from
         # the calibration file already holds normalised inputs: mean 0, std 1
         custom_input_op_name_np_data_path=[["input", job.calibration_npy, zeros, zeros + 1.0]],
-        input_quant_dtype=job.io_dtype,
-        output_quant_dtype=job.io_dtype,
         keep_ncw_or_nchw_or_ncdhw_input_names=["input"] if job.keep_nchw else None,
         copy_onnx_input_output_names_to_tflite=True,
         replace_to_pseudo_operators=[op.lower() for op in job.pseudo_ops],  # onnx2tf matches lower-case names
         disable_group_convolution=not job.grouped_conv,
     )
+    if job.int8:
+        write_int8(job)
+
+
+def write_int8(job: TFLiteJob) -> None:
+    """The int8 model (``INT8_MODEL``) from onnx2tf's saved model: calibrated once on the job's samples, with the
+    pipeline's ranges where given, then quantized; then, with a tolerance, the fallback re-quantizes that same
+    calibrated model with ops left in float."""
+    from ..calibration.methods import CalibrationRanges
+    from .tflite_int8 import calibrate, quantize, set_ranges
+
+    out = Path(job.output_dir)
+    inputs = np.load(job.calibration_npy, mmap_mode="r")
+    calibrated = calibrate(out, inputs)
+    if job.ranges_json is not None:
+        ranges = {name: (r.low, r.high) for name, r in CalibrationRanges.load(Path(job.ranges_json)).ranges.items()}
+        calibrated, applied = set_ranges(calibrated, Path(job.ranges_model), ranges, inputs, job.keep_nchw)
+        (out / RANGES_REPORT).write_text(json.dumps(applied.to_json()))
+
+    def quantize_to(in_float: list[str], path: Path) -> None:
+        path.write_bytes(quantize(calibrated, job.quant_type == "per-channel", job.io_dtype, in_float))
+
+    quantize_to([], out / INT8_MODEL)
     if job.fallback_tolerance is not None:
         from .tflite_mixed import keep_ops_in_float
 
-        out = Path(job.output_dir)
-        keep_ops_in_float(out, Path(job.calibration_npy), out / "model_float32.tflite",
-                          out / "model_integer_quant.tflite", job.fallback_tolerance, out / FALLBACK_REPORT,
-                          job.fallback_from)
+        keep_ops_in_float(quantize_to, inputs, out / "model_float32.tflite", out / INT8_MODEL,
+                          job.fallback_tolerance, out / FALLBACK_REPORT, job.fallback_from)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 the network and whatever the PATH.
 
 onnx2tf runs in a child process (``python -m pipeline.formats.onnx2tf_job job.json``): it calls ``sys.exit``
-on errors, changes TensorFlow's global state and must run in a working directory of our choosing. The int8
-model's activation ranges come from the TensorFlow Lite converter's own calibration over the pipeline's
-calibration samples (onnx2tf takes inputs, not ranges), so ``calibration.method`` does not reach it.
+on errors, changes TensorFlow's global state and must run in a working directory of our choosing. It writes the
+float models and the saved model; the int8 model is made from that saved model in the same child process
+(``tflite_int8``): calibrated by the TensorFlow Lite converter over the pipeline's calibration samples, with the
+calibration step's ranges (those of onnx-int8) on every tensor that matches one of the ONNX model's.
 """
 from __future__ import annotations
 
@@ -21,13 +22,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..artifacts import QuantParams
+from ..calibration import CalibrationRanges
 from ..calibration.fallback import Fallback
 from ..calibration.sensitivity import tflite_activation_errors
 from ..compat import toolchain_of
 from ..errors import ConversionError
 from ..profile import Int8Granularity, IODtype, Layout
 from ..tflite_file import check_builtin_only, int8_constants, read_tflite
-from .onnx2tf_job import FALLBACK_REPORT, TFLiteJob
+from .onnx2tf_job import FALLBACK_REPORT, INT8_MODEL, RANGES_REPORT, TFLiteJob
 from .onnx_int8 import SENSITIVITY_SAMPLES
 from .registry import Format, register_format
 
@@ -52,13 +54,15 @@ def write_onnx2tf_sample(images_nhwc: np.ndarray, directory: Path) -> None:
 def convert_tflite(
     onnx_path: Path, calibration_inputs_nchw: np.ndarray, raw_images_nhwc: np.ndarray, out_dir: Path,
     quant_type: str, io_dtype: IODtype, layout: Layout, pseudo_ops: tuple[str, ...] = (), grouped_conv: bool = True,
-    fallback_tolerance: float | None = None, fallback_from: int = 0,
+    fallback_tolerance: float | None = None, fallback_from: int = 0, int8: bool = True,
+    ranges: CalibrationRanges | None = None,
 ) -> dict[str, Path]:
-    """Convert to TFLite; returns {"fp32", "fp16", "int8"} -> file in ``out_dir``. Each must hold builtin ops only
-    (a one-line error names the first that does not, and its layer). With ``fallback_tolerance`` (for a float-I/O,
-    per-channel int8 model only: the caller decides), ops of the int8 model may be kept in float until it is within
-    that many top-1 points of the float model on the calibration samples from ``fallback_from`` on; "fallback" -> what
-    was tried (JSON) is then returned too."""
+    """Convert to TFLite; returns {"fp32", "fp16"} and with ``int8`` "int8" -> file in ``out_dir``. Each must hold
+    builtin ops only (a one-line error names the first that does not, and its layer). The int8 model takes
+    ``ranges`` (of ``onnx_path``) where its tensors match, "ranges" -> how many did (JSON); without them, the TFLite
+    converter's own. With ``fallback_tolerance`` (for a float-I/O, per-channel int8 model only: the caller decides),
+    ops of the int8 model may be kept in float until it is within that many top-1 points of the float model on the
+    calibration samples from ``fallback_from`` on; "fallback" -> what was tried (JSON) is then returned too."""
     out_dir = out_dir.resolve()  # onnx2tf runs in its own working directory
     work = out_dir / "onnx2tf"
     work.mkdir(parents=True, exist_ok=True)
@@ -67,11 +71,15 @@ def convert_tflite(
     calib = calibration_inputs_nchw if layout is Layout.NCHW else calibration_inputs_nchw.transpose(0, 2, 3, 1)
     np.save(work / "calibration.npy", np.ascontiguousarray(calib, dtype=np.float32))
     write_onnx2tf_sample(raw_images_nhwc, work)
+    if ranges is not None:
+        ranges.save(work / "ranges.json")
     job = TFLiteJob(
         onnx_path=str(model_copy), output_dir=str(work / "tf"), calibration_npy=str(work / "calibration.npy"),
         channels=int(calibration_inputs_nchw.shape[1]), quant_type=quant_type, io_dtype=io_dtype.value,
         keep_nchw=layout is Layout.NCHW, pseudo_ops=tuple(pseudo_ops), grouped_conv=grouped_conv,
-        fallback_tolerance=fallback_tolerance, fallback_from=fallback_from,
+        fallback_tolerance=fallback_tolerance, fallback_from=fallback_from, int8=int8,
+        ranges_json=None if ranges is None else str(work / "ranges.json"),
+        ranges_model=None if ranges is None else str(Path(onnx_path).resolve()),
     )
     (work / "job.json").write_text(json.dumps(asdict(job)))
     env = dict(os.environ)
@@ -93,17 +101,17 @@ def convert_tflite(
                 bar.refresh()
         code = process.wait()
     outputs = {key: work / "tf" / name for key, name in ONNX2TF_OUTPUTS.items()}
-    outputs["int8"] = work / "tf" / (
-        "model_integer_quant.tflite" if io_dtype is IODtype.FLOAT32 else "model_full_integer_quant.tflite"
-    )
+    if int8:
+        outputs["int8"] = work / "tf" / INT8_MODEL
     missing = [p.name for p in outputs.values() if not p.is_file()]
     if code != 0 or missing:
         raise ConversionError(f"{onnx_path.name}: onnx2tf failed ({_last_error(log_path)}); full log: {log_path}")
     for key, path in outputs.items():
         if path.suffix == ".tflite":
             check_builtin_only(f"{onnx_path.name} as tflite-{key}", read_tflite(path))
-    if (work / "tf" / FALLBACK_REPORT).is_file():
-        outputs["fallback"] = work / "tf" / FALLBACK_REPORT
+    for key, report in (("fallback", FALLBACK_REPORT), ("ranges", RANGES_REPORT)):
+        if (work / "tf" / report).is_file():
+            outputs[key] = work / "tf" / report
     final = {}
     for key, path in outputs.items():
         final[key] = out_dir / (f"model_{key}.tflite" if path.suffix == ".tflite" else path.name)
@@ -157,39 +165,49 @@ def conversion_step(plan, target, int8: bool) -> dict:
     # (float-I/O, per-channel int8: the quantization debugger re-quantizes with the converter's default scheme)
     fallback = target.accuracy_tolerance if serves_int8 and toolchain_of(target).float_ops_in_int8 and \
         scheme.io_dtype is IODtype.FLOAT32 and scheme.granularity is Int8Granularity.PER_CHANNEL else None
+    # the int8 model takes the ranges onnx-int8 has (and the weights were tuned through); a conversion that serves
+    # no int8 kind makes the float models only
+    ranges = plan.calibration_ranges(target) if serves_int8 else None
     variant = plan.variant(model)
     name = (f"convert-opset{model['data']['opset']}{variant}-{scheme.granularity.value}-{scheme.io_dtype.value}-"
             f"{target.input_layout.value}" + "".join(f"-{op}" for op in pseudo_ops)
-            + ("" if grouped_conv else "-no-grouped-conv") + ("" if fallback is None else f"-tol{fallback:g}"))
+            + ("" if grouped_conv else "-no-grouped-conv") + ("-float" if ranges is None else
+                                                               f"-{ranges['data']['method']}")
+            + ("" if fallback is None else f"-tol{fallback:g}"))
 
     def produce(tmp: Path) -> dict:
         outputs = convert_tflite(plan.path(model, onnx_key), np.load(plan.path(samples, "inputs"), mmap_mode="r"),
                                  np.load(plan.path(samples, "images"), mmap_mode="r"), tmp, scheme.granularity.value,
                                  scheme.io_dtype, target.input_layout, pseudo_ops, grouped_conv, fallback,
-                                 plan.untrained_from(model))
-        mixed = {}
-        if "fallback" in outputs:
-            tried = outputs.pop("fallback")
-            mixed = {"fallback": json.loads(tried.read_text())}
-            tried.unlink()
+                                 plan.untrained_from(model), int8=serves_int8,
+                                 ranges=CalibrationRanges.load(plan.path(ranges, "ranges")) if serves_int8 else None)
+        reports = {key: json.loads(outputs.pop(key).read_text()) for key in ("fallback", "ranges") if key in outputs}
+        record = {"files": {k: p.name for k, p in outputs.items()}, "io": {k: tflite_io(p) for k, p in outputs.items()}}
+        if not serves_int8:
+            return record
         weights, kept = plan.weights_note(model, int8_constants(outputs["int8"]), "tflite")
-        sensitivity = {}
-        if serves_int8:
-            inputs = np.load(plan.path(samples, "inputs"), mmap_mode="r")[:SENSITIVITY_SAMPLES]
-            errors = tflite_activation_errors(plan.path(reference, "fp32") if separate else outputs["fp32"],
-                                              outputs["int8"], inputs, target.input_layout is Layout.NHWC)
-            sensitivity = {"sensitivity": {"samples": len(inputs), "tensors": [e.to_json() for e in errors]}}
-        return {"files": {k: p.name for k, p in outputs.items()}, "io": {k: tflite_io(p) for k, p in outputs.items()},
-                "calibration": {"int8": "; ".join(n for n in (
-                    f"the TensorFlow Lite converter's own calibration (onnx2tf) on the same "
-                    f"{samples['data']['num_samples']} samples (calibration.method does not reach it)", weights,
+        inputs = np.load(plan.path(samples, "inputs"), mmap_mode="r")[:SENSITIVITY_SAMPLES]
+        errors = tflite_activation_errors(plan.path(reference, "fp32") if separate else outputs["fp32"],
+                                          outputs["int8"], inputs, target.input_layout is Layout.NHWC)
+        mixed = {"fallback": reports["fallback"]} if "fallback" in reports else {}
+        return {**record, "calibration": {"int8": "; ".join(n for n in (
+                    ranges_set_note(ranges["data"], reports["ranges"], samples["data"]["num_samples"]), weights,
                     Fallback(**mixed["fallback"]).note(fallback) if mixed else "") if n)},
-                "weights_kept": list(kept), **sensitivity, **mixed}
+                "weights_kept": list(kept), "ranges_set": reports["ranges"],
+                "sensitivity": {"samples": len(inputs), "tensors": [e.to_json() for e in errors]}, **mixed}
 
     params = {"granularity": scheme.granularity.value, "io": scheme.io_dtype.value, "layout": target.input_layout.value,
               "pseudo_ops": list(pseudo_ops), **({} if grouped_conv else {"grouped_conv": False}),
               **({} if fallback is None else {"fallback_tolerance": fallback})}
-    return plan.shared_step(name, "convert", params, [model, samples, *([reference] if separate else [])], produce)
+    needs = [model, samples, *([reference] if separate else []), *([ranges] if ranges is not None else [])]
+    return plan.shared_step(name, "convert", params, needs, produce)
+
+
+def ranges_set_note(ranges: dict, applied: dict, num_samples: int) -> str:
+    """Where the int8 TFLite model's activation ranges come from."""
+    return (f"{ranges['label']} ranges of the calibration step (as onnx-int8) on {applied['from_pipeline']} of the "
+            f"{applied['tensors']} tensors the TensorFlow Lite converter quantizes, its own calibration on the same "
+            f"{num_samples} samples on the others")
 
 
 def recorded_io(record: dict, key: str, target, input_shape: tuple[int, ...]) -> dict:

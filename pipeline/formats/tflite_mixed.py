@@ -3,15 +3,15 @@ disagrees with the float TFLite model on more calibration samples than the toler
 rounding adds most noise at the output are kept in float, with the ops that write and read them, as for ONNX
 Runtime (``calibration.fallback``: the same search and stopping rule).
 
-The TFLite converter quantizes a calibrated float model; its quantization debugger re-quantizes that calibrated
-model with chosen ops left in float (``denylisted_nodes``, named by the tensors they write) in well under a second,
-so the calibration runs once. The int8 model onnx2tf wrote stays the one judged first; a model with ops in float
-replaces it only when it reaches the tolerance.
+Each trial re-quantizes the calibrated model the int8 model was made from (``tflite_int8.quantize``, with ops named
+by the tensors they write left in float) in well under a second, so the calibration runs once. The int8 model
+stays the one judged first; a model with ops in float replaces it only when it reaches the tolerance.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -68,31 +68,11 @@ def candidates(int8_path: Path) -> list[tuple[str, list[str]]]:
     return found
 
 
-def keep_ops_in_float(saved_model: Path, calibration_npy: Path, float_path: Path, int8_path: Path,
-                      tolerance: float, report: Path, judged_from: int = 0) -> None:
-    """``int8_path`` with its most harmful tensors in float, if that reaches ``tolerance`` top-1 points of
-    disagreement with ``float_path`` on the calibration samples from ``judged_from`` on (else left as it is); what
-    was tried goes to ``report`` (JSON)."""
-    import tensorflow as tf
-
-    inputs = np.load(calibration_npy, mmap_mode="r")
-    debugger = None
-
-    def quantize(ops: list[str], path: Path) -> None:
-        nonlocal debugger
-        options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(ops))
-        if debugger is None:  # calibrates once
-            converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = lambda: ([np.array(x[None], np.float32)] for x in inputs)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-            debugger = tf.lite.experimental.QuantizationDebugger(
-                converter=converter, debug_dataset=lambda: ([np.array(x[None], np.float32)] for x in inputs[:1]),
-                debug_options=options)
-        else:
-            debugger.options = options
-        path.write_bytes(debugger.get_nondebug_quantized_model())
-
+def keep_ops_in_float(quantize: Callable[[list[str], Path], None], inputs: np.ndarray, float_path: Path,
+                      int8_path: Path, tolerance: float, report: Path, judged_from: int = 0) -> None:
+    """``int8_path`` with its most harmful tensors in float (``quantize(ops, path)`` writes the int8 model with
+    those ops in float), if that reaches ``tolerance`` top-1 points of disagreement with ``float_path`` on the
+    calibration ``inputs`` from ``judged_from`` on (else left as it is); what was tried goes to ``report`` (JSON)."""
     trial = int8_path.with_name("impact_trial.tflite")
     judged = inputs[judged_from:]
     harmful = by_output_impact(quantize, float_path, trial, judged[:SEARCH_SAMPLES], candidates(int8_path),
