@@ -27,8 +27,10 @@ Variants (all full-integer, no float fallback):
   TensorRT): the pipeline's int8 ONNX with the 1 / up to 8 tensors whose rounding adds most noise to the logits
   (measured on the calibration crops, as its fallback orders them) kept in float, with the ops that write and read
   them;
-- ``onnx2tf-default`` / ``pipeline-tflite``: TFLite full-integer int8 from onnx2tf (-oiqt, per-channel) of the fp32
-  model / of the model with the chosen weights (the TFLite converter calibrates activations itself);
+- ``onnx2tf-default``: TFLite full-integer int8 of the fp32 model, per-channel, calibrated by the TFLite converter
+  itself (what onnx2tf -oiqt makes); ``pipeline-tflite-own-ranges``: the same of the model with the pipeline's
+  weights (the pipeline before it set its ranges in TFLite); ``pipeline-tflite``: this pipeline's TFLite int8 (its
+  default): those weights, with the same activation ranges as ``pipeline`` on every tensor they match;
   ``pipeline-tflite-fallback``: the latter with the pipeline's TFLite fallback at a 1-point tolerance (ops kept in
   float, most harmful first, only if that reaches the tolerance; the note says what was tried).
 No ImageNet labels exist for these photos, so top-1 against labels is not measured; agreement with fp32 is.
@@ -195,16 +197,19 @@ def pipeline_in_float(fp32: Path, int8: Path, grid: Path, ranges, calib: np.ndar
     return out, [harmful.tensor for harmful in found]
 
 
-def tflite_int8(onnx_path: Path, calib: np.ndarray, work: Path, fallback_tolerance: float | None = None
-                ) -> tuple[Path, str]:
+def tflite_int8(onnx_path: Path, calib: np.ndarray, work: Path, fallback_tolerance: float | None = None,
+                ranges=None) -> tuple[Path, str]:
     from pipeline.calibration.fallback import Fallback
     from pipeline.formats.tflite import convert_tflite
     from pipeline.profile import IODtype, Layout
 
     images = (calib.transpose(0, 2, 3, 1) * 128.0 + 127.0) / 255.0  # the crops as pixels in [0, 1], for onnx2tf
     made = convert_tflite(onnx_path, calib, images, work, "per-channel", IODtype.FLOAT32, Layout.NHWC,
-                          fallback_tolerance=fallback_tolerance)
+                          fallback_tolerance=fallback_tolerance, ranges=ranges)
     note = Fallback(**json.loads(made["fallback"].read_text())).note(fallback_tolerance) if "fallback" in made else ""
+    if "ranges" in made:
+        applied = json.loads(made["ranges"].read_text())
+        note = f"pipeline ranges on {applied['from_pipeline']}/{applied['tensors']} tensors" + (f"; {note}" if note else "")
     return made["int8"], note
 
 
@@ -279,9 +284,11 @@ def benchmark(name: str, count: int, calibration: int, work: Path, variants: lis
         "pipeline-float-1": lambda: _in_float(fp32, work, name, calib, made, 1),
         "pipeline-float-8": lambda: _in_float(fp32, work, name, calib, made, 8),
         "onnx2tf-default": lambda: tflite_int8(fp32, calib, work / f"{name}-tfl-default"),
-        "pipeline-tflite": lambda: tflite_int8(made["grid"], calib, work / f"{name}-tfl-pipeline"),
+        "pipeline-tflite-own-ranges": lambda: tflite_int8(made["grid"], calib, work / f"{name}-tfl-own"),
+        "pipeline-tflite": lambda: tflite_int8(made["grid"], calib, work / f"{name}-tfl-pipeline",
+                                               ranges=made["ranges"]),
         "pipeline-tflite-fallback": lambda: tflite_int8(made["grid"], calib, work / f"{name}-tfl-fallback",
-                                                        FALLBACK_TOLERANCE),
+                                                        FALLBACK_TOLERANCE, made["ranges"]),
     }
     for variant in variants:
         if variant.startswith(("pipeline-tflite", "pipeline-float")) and "grid" not in made:

@@ -171,6 +171,30 @@ def test_chosen_int8_weights_survive_both_converters_bit_exactly(tiny_run):
                 np.testing.assert_allclose(stored[f"{name}_scale"], chosen.scales[name], rtol=1e-6)
 
 
+def test_int8_tflite_takes_the_calibration_steps_ranges(tiny_run):
+    """Both targets' int8 TFLite (per channel with float I/O, per tensor with uint8 I/O) have the calibration step's
+    ranges, those of the Pi's onnx-int8, on every activation: each int8 tensor an op writes has the scale its
+    range gives (the two PAD outputs onnx2tf adds take their input's)."""
+    import json
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    run, _ = tiny_run
+    shared = run.out / "shared"
+    for target, granularity in (("raspberry-pi-4", "per-channel"), ("coral-edgetpu", "per-tensor")):
+        ranges = CalibrationRanges.load(shared / f"calibrate-opset17-gptq-{granularity}-auto-{granularity}-asym"
+                                        / "ranges.json")
+        scales = np.array([(max(r.high, 0.0) - min(r.low, 0.0)) / 255 for r in ranges.ranges.values()])
+        record = json.loads(next((run.out / ".state").glob(f"convert-opset17-tuned-{granularity}-*.json")).read_text())
+        assert record["data"]["ranges_set"] == {"tensors": 14, "from_pipeline": 14}, record["data"]["ranges_set"]
+        interpreter = Interpreter(model_path=str(run.out / target / "bundle" / "artifacts" / "tflite-int8.tflite"))
+        tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+        written = [tensors[int(op["outputs"][0])] for op in interpreter._get_ops_details()]
+        found = [t["quantization_parameters"]["scales"][0] for t in written if t["dtype"] == np.int8]
+        assert len(found) >= 10, found  # of 14 (a fallback may keep a few in float)
+        assert all(np.isclose(scales, s, rtol=1e-5).any() for s in found), (target, found)
+
+
 def test_auto_calibration_keeps_the_candidate_closest_on_held_out_samples(tiny_run):
     """The Pi's onnx-int8 ranges were chosen among five candidates by output SQNR on the last quarter of the 128
     samples (computed on the first three quarters); the report names the winner and every candidate's figure."""
@@ -242,5 +266,5 @@ def test_the_fallback_judges_on_samples_the_tuning_did_not_train_on(tiny_run):
     judged = tuned["tuning"]["held_out"] if tuned["tuning"]["kept"] else tuned["num_samples"]
     assert tuned["num_samples"] == 128 and tuned["tuning"]["held_out"] == 32
     for step in ("quantize-opset17-tuned-per-channel-auto-per-channel-asym-tol1",
-                 "convert-opset17-tuned-per-channel-per-channel-float32-NHWC-tol1"):
+                 "convert-opset17-tuned-per-channel-per-channel-float32-NHWC-auto-tol1"):
         assert json.loads((state / f"{step}.json").read_text())["data"]["fallback"]["samples"] == judged, step

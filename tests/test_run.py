@@ -82,9 +82,9 @@ def test_shared_stages_ran_once_for_two_targets(tiny_run):
     # different int8 schemes give different weights and conversions; the int8 kind converts the tuned weights
     assert ran.count("weights-opset17-gptq-per-channel") == ran.count("weights-opset17-gptq-per-tensor") == 1
     assert ran.count("weights-opset17-tuned-per-channel") == ran.count("weights-opset17-tuned-per-tensor") == 1
-    assert "convert-opset17-per-channel-float32-NHWC" in ran and "convert-opset17-per-tensor-uint8-NHWC" in ran
+    assert "convert-opset17-per-channel-float32-NHWC-float" in ran and "convert-opset17-per-tensor-uint8-NHWC-float" in ran
     # Coral's int8 model goes to the Edge TPU compiler, which refuses grouped convolutions (CONV_2D v6)
-    assert "convert-opset17-tuned-per-tensor-per-tensor-uint8-NHWC-no-grouped-conv" in ran
+    assert "convert-opset17-tuned-per-tensor-per-tensor-uint8-NHWC-no-grouped-conv-auto" in ran
     assert (run.out / "pipeline.yaml").is_file()
 
 
@@ -106,7 +106,8 @@ def test_changed_calibration_reruns_only_what_depends_on_it(tmp_path, small_conf
     Run(small_config(tmp_path, targets="raspberry-pi-4"), log=lines.append).execute(stages)
     lines.clear()
     # Another method: new ranges, weights tuned through their rounding and a new ONNX int8 model, the same samples
-    # and GPTQ weights; the float TFLite conversion is kept, the int8 one (of the tuned weights) is made again.
+    # and GPTQ weights; the float TFLite conversion is kept, the int8 one (of the tuned weights, with the new
+    # ranges) is made again.
     Run(small_config(tmp_path, targets="raspberry-pi-4", calibration={"num_samples": 128, "method": "percentile"}),
         log=lines.append).execute(stages)
     assert [line.split(":")[0] for line in lines] == [
@@ -114,8 +115,8 @@ def test_changed_calibration_reruns_only_what_depends_on_it(tmp_path, small_conf
         "[run ] calibrate-opset17-gptq-per-channel-percentile",
         "[run ] weights-opset17-tuned-per-channel",
         "[run ] quantize-opset17-tuned-per-channel-percentile-per-channel-asym-tol1",
-        "[skip] convert-opset17-per-channel-float32-NHWC",
-        "[run ] convert-opset17-tuned-per-channel-per-channel-float32-NHWC-tol1"]
+        "[skip] convert-opset17-per-channel-float32-NHWC-float",
+        "[run ] convert-opset17-tuned-per-channel-per-channel-float32-NHWC-percentile-tol1"]
     lines.clear()
     # Other samples: everything made from them again, the weights chosen and tuned on them too.
     Run(small_config(tmp_path, targets="raspberry-pi-4", calibration={"num_samples": 32, "method": "percentile"}),
@@ -137,13 +138,13 @@ def test_interrupted_run_resumes(tmp_path, small_config, monkeypatch):
     config = small_config(tmp_path, targets="coral-edgetpu", eval_samples=100, bench={"runs": 10, "warmup": 1})
     with pytest.raises(KeyboardInterrupt):
         Run(config).execute()
-    assert not list((tmp_path / "shared").glob(".*partial")) and not (tmp_path / "shared" / "convert-opset17-per-tensor-uint8-NHWC").exists()
+    assert not list((tmp_path / "shared").glob(".*partial")) and not (tmp_path / "shared" / "convert-opset17-per-tensor-uint8-NHWC-float").exists()
     monkeypatch.undo()
     lines: list[str] = []
     Run(config, log=lines.append).execute()
     assert lines[:3] == ["[skip] model: inputs unchanged", "[skip] export-opset17: inputs unchanged",
                          "[skip] calibration-samples: inputs unchanged"]
-    assert "[run ] convert-opset17-per-tensor-uint8-NHWC" in lines
+    assert "[run ] convert-opset17-per-tensor-uint8-NHWC-float" in lines
     assert (tmp_path / "coral-edgetpu" / "report.md").is_file()
 
 

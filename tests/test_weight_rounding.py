@@ -133,27 +133,37 @@ def test_fallback_keeps_in_float_the_tensors_that_cost_most_at_the_output_until_
         "of the output's int8 noise") == min(3, len(fallback.kept))
 
 
-def test_tflite_fallback_keeps_the_stem_in_float_first(lite0, tmp_path):
-    """The TFLite int8 model of Lite0 (onnx2tf's own calibration) with no tolerance: its fallback (in onnx2tf's child
-    process, through the TFLite quantization debugger) measures the same most harmful tensor as ONNX Runtime's, the
-    stem convolution's output, and keeps up to MAX_KEPT tensors in float until none of the calibration crops
-    disagree; a model that reaches it has those ops in float, one that does not is left all int8."""
+def test_tflite_int8_takes_the_pipeline_ranges_and_its_fallback_keeps_the_stem_in_float_first(lite0, tmp_path):
+    """The TFLite int8 model of Lite0 with the pipeline's ranges (min/max here) and no tolerance: every activation
+    the converter quantizes is matched to its ONNX tensor and takes that tensor's range (its int8 scale is the one
+    the range gives); its fallback (in onnx2tf's child process, re-quantizing the same calibrated model) measures the
+    same most harmful tensor as ONNX Runtime's, the stem convolution's output, and keeps up to MAX_KEPT tensors in
+    float until none of the calibration crops disagree; a model that reaches it has those ops in float, one that
+    does not is left all int8."""
     import json
 
     from ai_edge_litert.interpreter import Interpreter
 
+    from pipeline.calibration import CalibrationOptions, calibrate
     from pipeline.calibration.fallback import MAX_KEPT, Fallback
     from pipeline.formats.tflite import convert_tflite
     from pipeline.profile import IODtype, Layout
 
     crops = _crops(16)
     images = (crops.transpose(0, 2, 3, 1) * 128.0 + 127.0) / 255.0
+    ranges = calibrate(lite0, "input", crops, CalibrationOptions(method="minmax"))
     made = convert_tflite(lite0, crops, images, tmp_path, "per-channel", IODtype.FLOAT32, Layout.NHWC,
-                          fallback_tolerance=0.0)
+                          fallback_tolerance=0.0, ranges=ranges)
+    applied = json.loads(made["ranges"].read_text())
+    assert applied["from_pipeline"] == applied["tensors"] > 60, applied
     fallback = Fallback(**json.loads(made["fallback"].read_text()))
     interpreter = Interpreter(model_path=str(made["int8"]))
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     ops = [o for o in interpreter._get_ops_details() if o["op_name"] not in ("QUANTIZE", "DEQUANTIZE")]
+    range_scales = np.array([(max(r.high, 0.0) - min(r.low, 0.0)) / 255 for r in ranges.ranges.values()])
+    written = [tensors[int(i)] for op in interpreter._get_ops_details() for i in op["outputs"]]
+    int8_scales = [t["quantization_parameters"]["scales"][0] for t in written if t["dtype"] == np.int8]
+    assert len(int8_scales) > 50 and all(np.isclose(range_scales, s, rtol=1e-5).any() for s in int8_scales)
     stem = tensors[int(ops[0]["outputs"][0])]
     assert ops[0]["op_name"] == "CONV_2D" and fallback.kept[0] == stem["name"], (fallback.kept, stem["name"])
     assert 0.2 < fallback.noise_shares[0] <= 1.0 and 1 <= len(fallback.kept) <= MAX_KEPT

@@ -23,6 +23,9 @@ import numpy as np
 
 MATCH_SAMPLES = 2  # calibration samples the tensors are matched on
 MATCH_TOLERANCE = 1e-3  # largest difference of the statistics, relative to the tensor's mean absolute value
+# Ops that only move or pick values, which onnx2tf adds (an explicit PAD before a strided convolution, NCHW/NHWC
+# transposes): their output has no ONNX tensor, and takes the range of their input, as the quantizer would.
+SAME_RANGE_OPS = frozenset({"PAD", "PADV2", "RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "MAX_POOL_2D"})
 
 
 @dataclass(frozen=True)
@@ -122,19 +125,21 @@ def set_ranges(calibrated: bytes, onnx_path: Path, ranges: dict[str, tuple[float
     for name, found in onnx_found.items():
         by_size.setdefault(found[0][0], []).append(name)
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
-    tensors = from_pipeline = 0
-    for index, tensor in enumerate(model.subgraphs[0].tensors):
-        quantization = tensor.quantization
-        if quantization is None or quantization.min is None or len(quantization.min) != 1:
-            continue  # not an activation the converter calibrated
-        tensors += 1
-        if index not in tflite:
-            continue
+    graph = model.subgraphs[0]
+    calibrated_tensors = [i for i, t in enumerate(graph.tensors) if t.quantization is not None and
+                          t.quantization.min is not None and len(t.quantization.min) == 1]
+    chosen: dict[int, tuple[float, float]] = {}
+    for index in calibrated_tensors:
         match = next((name for name in by_size.get(tflite[index][0][0], [])
-                      if _same_values(tflite[index], onnx_found[name])), None)
+                      if _same_values(tflite[index], onnx_found[name])), None) if index in tflite else None
         if match is not None:
-            low, high = ranges[match]
-            quantization.min = np.array([low], np.float32)
-            quantization.max = np.array([high], np.float32)
-            from_pipeline += 1
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), RangesSet(tensors, from_pipeline)
+            chosen[index] = ranges[match]
+    for op in graph.operators:  # in execution order, so that a chain of such ops passes the range on
+        if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) in SAME_RANGE_OPS and op.inputs[0] in chosen:
+            chosen.setdefault(int(op.outputs[0]), chosen[op.inputs[0]])
+    for index in calibrated_tensors:
+        if index in chosen:
+            graph.tensors[index].quantization.min = np.array([chosen[index][0]], np.float32)
+            graph.tensors[index].quantization.max = np.array([chosen[index][1]], np.float32)
+    applied = RangesSet(len(calibrated_tensors), sum(index in chosen for index in calibrated_tensors))
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), applied
