@@ -16,6 +16,7 @@ import numpy as np
 INT8_MODEL = "model_int8.tflite"  # the int8 model the job makes from onnx2tf's saved model
 FALLBACK_REPORT = "int8_fallback.json"  # what the mixed-precision fallback tried, beside the models
 RANGES_REPORT = "int8_ranges.json"  # how many tensors took the pipeline's ranges
+PHASE = "pipeline-phase: "  # a log line that starts with it names what the job does now (shown in the progress bar)
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,10 @@ def write_int8(job: TFLiteJob) -> None:
 
     out = Path(job.output_dir)
     inputs = np.load(job.calibration_npy, mmap_mode="r")
+    print(f"{PHASE}int8: calibrating on {len(inputs)} samples", flush=True)
     calibrated = calibrate(out, inputs)
     if job.ranges_json is not None:
+        print(f"{PHASE}int8: setting the pipeline's ranges", flush=True)
         ranges = {name: (r.low, r.high) for name, r in CalibrationRanges.load(Path(job.ranges_json)).ranges.items()}
         calibrated, applied = set_ranges(calibrated, Path(job.ranges_model), ranges, inputs, job.keep_nchw)
         (out / RANGES_REPORT).write_text(json.dumps(applied.to_json()))
@@ -79,6 +82,7 @@ def write_int8(job: TFLiteJob) -> None:
 
     quantize_to([], out / INT8_MODEL)
     if job.fallback_tolerance is not None:
+        print(f"{PHASE}int8: fallback check", flush=True)
         from .tflite_mixed import keep_ops_in_float
 
         keep_ops_in_float(quantize_to, inputs, out / "model_float32.tflite", out / INT8_MODEL,
