@@ -32,7 +32,9 @@ Variants (all full-integer, no float fallback):
   weights (the pipeline before it set its ranges in TFLite); ``pipeline-tflite``: this pipeline's TFLite int8 (its
   default): those weights, with the same activation ranges as ``pipeline`` on every tensor they match;
   ``pipeline-tflite-fallback``: the latter with the pipeline's TFLite fallback at a 1-point tolerance (ops kept in
-  float, most harmful first, only if that reaches the tolerance; the note says what was tried).
+  float, most harmful first, only if that reaches the tolerance; the note says what was tried);
+  ``pipeline-coral``: Coral's TFLite int8 as this pipeline makes it (per-tensor weights, GPTQ then tuned through
+  the per-tensor rounding, uint8 I/O, no grouped convolution), run by the TFLite interpreter on this CPU.
 No ImageNet labels exist for these photos, so top-1 against labels is not measured; agreement with fp32 is.
 """
 from __future__ import annotations
@@ -135,8 +137,10 @@ def nncf_quantize(fp32: Path, out: Path, calib: np.ndarray, fast_bias_correction
     return out
 
 
-def pipeline_onnx(fp32: Path, out: Path, calib: np.ndarray, work: Path) -> tuple[Path, Path, object]:
-    """This pipeline's steps before tuning, called as its stages call them: GPTQ weights, then auto calibration."""
+def pipeline_onnx(fp32: Path, out: Path, calib: np.ndarray, work: Path, target: str = "raspberry-pi-4"
+                  ) -> tuple[Path, Path, object]:
+    """This pipeline's steps before tuning, called as its stages call them: GPTQ weights, then auto calibration, in
+    ``target``'s int8 scheme."""
     from pipeline.calibration import CalibrationOptions
     from pipeline.calibration.methods import candidate_ranges
     from pipeline.calibration.weights import apply_weights, choose_weights
@@ -144,9 +148,9 @@ def pipeline_onnx(fp32: Path, out: Path, calib: np.ndarray, work: Path) -> tuple
     from pipeline.stages.calibrate import judge_ranges
     from pipeline.targets import load_target
 
-    scheme = load_target("raspberry-pi-4").int8
-    chosen, _ = choose_weights(fp32, "input", calib)
-    grid = work / "grid.onnx"
+    scheme = load_target(target).int8
+    chosen, _ = choose_weights(fp32, "input", calib, _per_channel(target))
+    grid = out.with_name(f"{out.stem}-grid.onnx")
     apply_weights(fp32, chosen, grid)
     held_out = max(1, len(calib) // 4)
     candidates = candidate_ranges(grid, "input", calib[:-held_out], CalibrationOptions(num_samples=len(calib)))
@@ -156,7 +160,8 @@ def pipeline_onnx(fp32: Path, out: Path, calib: np.ndarray, work: Path) -> tuple
     return out, grid, best
 
 
-def pipeline_tuned(fp32: Path, gptq: Path, gptq_int8: Path, ranges, calib: np.ndarray, out: Path) -> tuple[Path, Path, str]:
+def pipeline_tuned(fp32: Path, gptq: Path, gptq_int8: Path, ranges, calib: np.ndarray, out: Path,
+                   target: str = "raspberry-pi-4") -> tuple[Path, Path, str]:
     """The pipeline's default: GPTQ's weights tuned through their int8 model's rounding (its tuning step), then
     quantized with the same ranges."""
     from pipeline.calibration import CalibrationOptions
@@ -165,12 +170,12 @@ def pipeline_tuned(fp32: Path, gptq: Path, gptq_int8: Path, ranges, calib: np.nd
     from pipeline.formats.onnx_int8 import quantize_int8
     from pipeline.targets import load_target
 
-    result = tune_weights(fp32, gptq, gptq_int8, calib, CalibrationOptions().tuning_steps)
+    result = tune_weights(fp32, gptq, gptq_int8, calib, CalibrationOptions().tuning_steps, _per_channel(target))
     if result.chosen is None:
         return gptq_int8, gptq, "tuning not kept"
-    grid = out.with_name("tuned-grid.onnx")
+    grid = out.with_name(f"{out.stem}-grid.onnx")
     apply_weights(gptq, result.chosen, grid)
-    quantize_int8(grid, ranges, out, load_target("raspberry-pi-4").int8)
+    quantize_int8(grid, ranges, out, load_target(target).int8)
     return out, grid, (f"tuning: held-out {result.start_sqnr_db:.1f} -> {result.best_sqnr_db:.1f} dB at step "
                        f"{result.best_step}")
 
@@ -198,13 +203,19 @@ def pipeline_in_float(fp32: Path, int8: Path, grid: Path, ranges, calib: np.ndar
 
 
 def tflite_int8(onnx_path: Path, calib: np.ndarray, work: Path, fallback_tolerance: float | None = None,
-                ranges=None) -> tuple[Path, str]:
+                ranges=None, target: str = "raspberry-pi-4") -> tuple[Path, str]:
+    """The TFLite int8 model in ``target``'s scheme (its granularity and I/O; no grouped convolution for an Edge TPU
+    compiler, as the pipeline converts)."""
     from pipeline.calibration.fallback import Fallback
+    from pipeline.compat import toolchain_of
     from pipeline.formats.tflite import convert_tflite
-    from pipeline.profile import IODtype, Layout
+    from pipeline.profile import Layout
+    from pipeline.targets import load_target
 
+    profile = load_target(target)
     images = (calib.transpose(0, 2, 3, 1) * 128.0 + 127.0) / 255.0  # the crops as pixels in [0, 1], for onnx2tf
-    made = convert_tflite(onnx_path, calib, images, work, "per-channel", IODtype.FLOAT32, Layout.NHWC,
+    made = convert_tflite(onnx_path, calib, images, work, profile.int8.granularity.value, profile.int8.io_dtype,
+                          Layout.NHWC, grouped_conv=toolchain_of(profile).grouped_conv,
                           fallback_tolerance=fallback_tolerance, ranges=ranges)
     note = Fallback(**json.loads(made["fallback"].read_text())).note(fallback_tolerance) if "fallback" in made else ""
     if "ranges" in made:
@@ -235,9 +246,22 @@ class TFLiteRunner:
         self.output = self.interpreter.get_output_details()[0]["index"]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        self.interpreter.set_tensor(self.input, np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+        """Float in, float out: an integer input is quantized and an integer output dequantized with their
+        parameters, as a caller of a full-integer model does."""
+        details = self.interpreter.get_input_details()[0]
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        if details["dtype"] != np.float32:
+            scale, zero_point = details["quantization"]
+            info = np.iinfo(details["dtype"])
+            x = np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(details["dtype"])
+        self.interpreter.set_tensor(self.input, x)
         self.interpreter.invoke()
-        return self.interpreter.get_tensor(self.output).copy()
+        out = self.interpreter.get_output_details()[0]
+        y = self.interpreter.get_tensor(self.output).copy()
+        if out["dtype"] != np.float32:
+            scale, zero_point = out["quantization"]
+            y = (y.astype(np.float32) - zero_point) * scale
+        return y
 
 
 def measure(runner, inputs: np.ndarray, reference: np.ndarray) -> dict:
@@ -287,6 +311,7 @@ def benchmark(name: str, count: int, calibration: int, work: Path, variants: lis
         "pipeline-tflite-own-ranges": lambda: tflite_int8(made["grid"], calib, work / f"{name}-tfl-own"),
         "pipeline-tflite": lambda: tflite_int8(made["grid"], calib, work / f"{name}-tfl-pipeline",
                                                ranges=made["ranges"]),
+        "pipeline-coral": lambda: _coral(fp32, work, name, calib),
         "pipeline-tflite-fallback": lambda: tflite_int8(made["grid"], calib, work / f"{name}-tfl-fallback",
                                                         FALLBACK_TOLERANCE, made["ranges"]),
     }
@@ -325,6 +350,23 @@ def _pipeline(fp32: Path, work: Path, name: str, calib: np.ndarray, made: dict) 
     made["int8"], made["grid"], note = pipeline_tuned(fp32, grid, int8, made["ranges"], calib,
                                                       work / f"{name}-pipeline.onnx")
     return made["int8"], f"{ranges_note}; {note} (GPTQ and ranges: {gptq_s:.0f} s)"
+
+
+def _coral(fp32: Path, work: Path, name: str, calib: np.ndarray) -> tuple[Path, str]:
+    """Coral's int8 TFLite as the pipeline makes it: per-tensor GPTQ weights, ranges chosen in that scheme, weights
+    tuned through its per-tensor rounding, converted with those ranges (uint8 I/O, no grouped convolution)."""
+    gptq_int8, grid, ranges = pipeline_onnx(fp32, work / f"{name}-coral-gptq.onnx", calib, work, "coral-edgetpu")
+    _, tuned, note = pipeline_tuned(fp32, grid, gptq_int8, ranges, calib, work / f"{name}-coral-tuned.onnx",
+                                    "coral-edgetpu")
+    path, ranges_note = tflite_int8(tuned, calib, work / f"{name}-tfl-coral", ranges=ranges, target="coral-edgetpu")
+    return path, f"ranges: {ranges.label}; {note}; {ranges_note}"
+
+
+def _per_channel(target: str) -> bool:
+    from pipeline.profile import Int8Granularity
+    from pipeline.targets import load_target
+
+    return load_target(target).int8.granularity is Int8Granularity.PER_CHANNEL
 
 
 def _in_float(fp32: Path, work: Path, name: str, calib: np.ndarray, made: dict, count: int) -> tuple[Path, str]:
