@@ -31,7 +31,7 @@ class TFLiteJob:
     pseudo_ops: tuple[str, ...] = ()  # ops onnx2tf writes as builtin approximations (its -rtpo), e.g. Erf
     grouped_conv: bool = True  # False: no grouped CONV_2D (version 6, which the Edge TPU compiler refuses)
     # top-1 points the int8 model may disagree with the float one on the calibration samples before ops are kept in
-    # float (tflite_mixed; float-I/O, per-channel int8 only); None: all int8, whatever it costs
+    # float (tflite_mixed; float-I/O int8 only); None: all int8, whatever it costs
     fallback_tolerance: float | None = None
     fallback_from: int = 0  # the first calibration sample the fallback judges on: those before trained the weights
     int8: bool = True  # make the int8 model (else the float ones only)

@@ -27,7 +27,7 @@ from ..calibration.fallback import Fallback
 from ..calibration.sensitivity import tflite_activation_errors
 from ..compat import toolchain_of
 from ..errors import ConversionError
-from ..profile import Int8Granularity, IODtype, Layout
+from ..profile import IODtype, Layout
 from ..tflite_file import check_builtin_only, int8_constants, read_tflite
 from .onnx2tf_job import FALLBACK_REPORT, INT8_MODEL, PHASE, RANGES_REPORT, TFLiteJob
 from .onnx_int8 import SENSITIVITY_SAMPLES
@@ -60,7 +60,7 @@ def convert_tflite(
     """Convert to TFLite; returns {"fp32", "fp16"} and with ``int8`` "int8" -> file in ``out_dir``. Each must hold
     builtin ops only (a one-line error names the first that does not, and its layer). The int8 model takes
     ``ranges`` (of ``onnx_path``) where its tensors match, "ranges" -> how many did (JSON); without them, the TFLite
-    converter's own. With ``fallback_tolerance`` (for a float-I/O, per-channel int8 model only: the caller decides),
+    converter's own. With ``fallback_tolerance`` (for a float-I/O int8 model only: the caller decides),
     ops of the int8 model may be kept in float until it is within that many top-1 points of the float model on the
     calibration samples from ``fallback_from`` on; "fallback" -> what was tried (JSON) is then returned too."""
     out_dir = out_dir.resolve()  # onnx2tf runs in its own working directory
@@ -166,9 +166,9 @@ def conversion_step(plan, target, int8: bool) -> dict:
     # CPU runs faster than their split into one convolution per group.
     grouped_conv = toolchain_of(target).grouped_conv or not int8
     # ops kept in float where the int8 model misses the tolerance, on boards whose runtime runs them beside int8 ones
-    # (float-I/O, per-channel int8: the quantization debugger re-quantizes with the converter's default scheme)
+    # (float-I/O int8: the fallback's trial runs feed the float calibration samples)
     fallback = target.accuracy_tolerance if serves_int8 and toolchain_of(target).float_ops_in_int8 and \
-        scheme.io_dtype is IODtype.FLOAT32 and scheme.granularity is Int8Granularity.PER_CHANNEL else None
+        scheme.io_dtype is IODtype.FLOAT32 else None
     # the int8 model takes the ranges onnx-int8 has (and the weights were tuned through); a conversion that serves
     # no int8 kind makes the float models only
     ranges = plan.calibration_ranges(target) if serves_int8 else None
