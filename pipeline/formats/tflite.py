@@ -184,8 +184,13 @@ def conversion_step(plan, target, int8: bool) -> dict:
                                  np.load(plan.path(samples, "images"), mmap_mode="r"), tmp, scheme.granularity.value,
                                  scheme.io_dtype, target.input_layout, pseudo_ops, grouped_conv, fallback,
                                  plan.untrained_from(model), int8=serves_int8,
-                                 ranges=CalibrationRanges.load(plan.path(ranges, "ranges")) if serves_int8 else None)
-        reports = {key: json.loads(outputs.pop(key).read_text()) for key in ("fallback", "ranges") if key in outputs}
+                                 ranges=None if ranges is None else CalibrationRanges.load(plan.path(ranges, "ranges")))
+        reports = {}
+        for key in ("fallback", "ranges"):  # what the int8 step reports goes into the record, not beside the models
+            if key in outputs:
+                report = outputs.pop(key)
+                reports[key] = json.loads(report.read_text())
+                report.unlink()
         record = {"files": {k: p.name for k, p in outputs.items()}, "io": {k: tflite_io(p) for k, p in outputs.items()}}
         if not serves_int8:
             return record
