@@ -97,11 +97,12 @@ def _onnx_statistics(onnx_path: Path, names: list[str], inputs_nchw: np.ndarray)
     graph_inputs = {i.name for i in model.graph.input}
     produced = {o for node in model.graph.node for o in node.output}
     session = ort_session(with_outputs(model, [name for name in names if name in produced]))
-    fetched = [o.name for o in session.get_outputs() if o.name in names]
+    wanted = set(names)
+    fetched = [o.name for o in session.get_outputs() if o.name in wanted]
     found: dict[str, list] = {}
     for x in inputs_nchw:
         values = dict(zip(fetched, session.run(fetched, {"input": np.ascontiguousarray(x[None], np.float32)})))
-        values.update({name: x for name in graph_inputs if name in names})
+        values.update({name: x for name in graph_inputs if name in wanted})
         for name, value in values.items():
             found.setdefault(name, []).append(_statistics(value))
     return found
