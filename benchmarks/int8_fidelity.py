@@ -33,13 +33,15 @@ Variants (all full-integer, no float fallback):
   default): those weights, with the same activation ranges as ``pipeline`` on every tensor they match;
   ``pipeline-tflite-fallback``: the latter with the pipeline's TFLite fallback at a 1-point tolerance (ops kept in
   float, most harmful first, only if that reaches the tolerance; the note says what was tried);
-  ``pipeline-coral``: Coral's TFLite int8 as this pipeline makes it (per-tensor weights, GPTQ then tuned through
-  the per-tensor rounding, uint8 I/O, no grouped convolution), run by the TFLite interpreter on this CPU.
+  ``pipeline-coral``: Coral's TFLite int8 as this pipeline makes it (its profile's per-channel-conv weights, GPTQ
+  then tuned through that rounding, uint8 I/O, no grouped convolution), run by the TFLite interpreter on this CPU;
+  ``pipeline-coral-per-tensor``: the same with per-tensor weights everywhere (Coral's scheme before).
 No ImageNet labels exist for these photos, so top-1 against labels is not measured; agreement with fp32 is.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import sys
@@ -137,7 +139,7 @@ def nncf_quantize(fp32: Path, out: Path, calib: np.ndarray, fast_bias_correction
     return out
 
 
-def pipeline_onnx(fp32: Path, out: Path, calib: np.ndarray, work: Path, target: str = "raspberry-pi-4"
+def pipeline_onnx(fp32: Path, out: Path, calib: np.ndarray, work: Path, target="raspberry-pi-4"
                   ) -> tuple[Path, Path, object]:
     """This pipeline's steps before tuning, called as its stages call them: GPTQ weights, then auto calibration, in
     ``target``'s int8 scheme."""
@@ -146,10 +148,9 @@ def pipeline_onnx(fp32: Path, out: Path, calib: np.ndarray, work: Path, target: 
     from pipeline.calibration.weights import apply_weights, choose_weights
     from pipeline.formats.onnx_int8 import quantize_int8
     from pipeline.stages.calibrate import judge_ranges
-    from pipeline.targets import load_target
 
-    scheme = load_target(target).int8
-    chosen, _ = choose_weights(fp32, "input", calib, _per_channel(target))
+    scheme = _profile(target).int8
+    chosen, _ = choose_weights(fp32, "input", calib, scheme.granularity)
     grid = out.with_name(f"{out.stem}-grid.onnx")
     apply_weights(fp32, chosen, grid)
     held_out = max(1, len(calib) // 4)
@@ -161,21 +162,21 @@ def pipeline_onnx(fp32: Path, out: Path, calib: np.ndarray, work: Path, target: 
 
 
 def pipeline_tuned(fp32: Path, gptq: Path, gptq_int8: Path, ranges, calib: np.ndarray, out: Path,
-                   target: str = "raspberry-pi-4") -> tuple[Path, Path, str]:
+                   target="raspberry-pi-4") -> tuple[Path, Path, str]:
     """The pipeline's default: GPTQ's weights tuned through their int8 model's rounding (its tuning step), then
     quantized with the same ranges."""
     from pipeline.calibration import CalibrationOptions
     from pipeline.calibration.tuning import tune_weights
     from pipeline.calibration.weights import apply_weights
     from pipeline.formats.onnx_int8 import quantize_int8
-    from pipeline.targets import load_target
 
-    result = tune_weights(fp32, gptq, gptq_int8, calib, CalibrationOptions().tuning_steps, _per_channel(target))
+    scheme = _profile(target).int8
+    result = tune_weights(fp32, gptq, gptq_int8, calib, CalibrationOptions().tuning_steps, scheme.granularity)
     if result.chosen is None:
         return gptq_int8, gptq, "tuning not kept"
     grid = out.with_name(f"{out.stem}-grid.onnx")
     apply_weights(gptq, result.chosen, grid)
-    quantize_int8(grid, ranges, out, load_target(target).int8)
+    quantize_int8(grid, ranges, out, scheme)
     return out, grid, (f"tuning: held-out {result.start_sqnr_db:.1f} -> {result.best_sqnr_db:.1f} dB at step "
                        f"{result.best_step}")
 
@@ -203,16 +204,15 @@ def pipeline_in_float(fp32: Path, int8: Path, grid: Path, ranges, calib: np.ndar
 
 
 def tflite_int8(onnx_path: Path, calib: np.ndarray, work: Path, fallback_tolerance: float | None = None,
-                ranges=None, target: str = "raspberry-pi-4") -> tuple[Path, str]:
+                ranges=None, target="raspberry-pi-4") -> tuple[Path, str]:
     """The TFLite int8 model in ``target``'s scheme (its granularity and I/O; no grouped convolution for an Edge TPU
     compiler, as the pipeline converts)."""
     from pipeline.calibration.fallback import Fallback
     from pipeline.compat import toolchain_of
     from pipeline.formats.tflite import convert_tflite
     from pipeline.profile import Layout
-    from pipeline.targets import load_target
 
-    profile = load_target(target)
+    profile = _profile(target)
     images = (calib.transpose(0, 2, 3, 1) * 128.0 + 127.0) / 255.0  # the crops as pixels in [0, 1], for onnx2tf
     made = convert_tflite(onnx_path, calib, images, work, profile.int8.granularity.value, profile.int8.io_dtype,
                           Layout.NHWC, grouped_conv=toolchain_of(profile).grouped_conv,
@@ -310,7 +310,8 @@ def benchmark(name: str, count: int, calibration: int, work: Path, variants: lis
         "pipeline-tflite-own-ranges": lambda: tflite_int8(made["grid"], calib, work / f"{name}-tfl-own"),
         "pipeline-tflite": lambda: tflite_int8(made["grid"], calib, work / f"{name}-tfl-pipeline",
                                                ranges=made["ranges"]),
-        "pipeline-coral": lambda: _coral(fp32, work, name, calib),
+        "pipeline-coral": lambda: _coral(fp32, work, name, calib, "coral-edgetpu"),
+        "pipeline-coral-per-tensor": lambda: _coral(fp32, work, name, calib, _coral_per_tensor()),
         "pipeline-tflite-fallback": lambda: tflite_int8(made["grid"], calib, work / f"{name}-tfl-fallback",
                                                         FALLBACK_TOLERANCE, made["ranges"]),
     }
@@ -351,21 +352,30 @@ def _pipeline(fp32: Path, work: Path, name: str, calib: np.ndarray, made: dict) 
     return made["int8"], f"{ranges_note}; {note} (GPTQ and ranges: {gptq_s:.0f} s)"
 
 
-def _coral(fp32: Path, work: Path, name: str, calib: np.ndarray) -> tuple[Path, str]:
-    """Coral's int8 TFLite as the pipeline makes it: per-tensor GPTQ weights, ranges chosen in that scheme, weights
-    tuned through its per-tensor rounding, converted with those ranges (uint8 I/O, no grouped convolution)."""
-    gptq_int8, grid, ranges = pipeline_onnx(fp32, work / f"{name}-coral-gptq.onnx", calib, work, "coral-edgetpu")
-    _, tuned, note = pipeline_tuned(fp32, grid, gptq_int8, ranges, calib, work / f"{name}-coral-tuned.onnx",
-                                    "coral-edgetpu")
-    path, ranges_note = tflite_int8(tuned, calib, work / f"{name}-tfl-coral", ranges=ranges, target="coral-edgetpu")
+def _coral(fp32: Path, work: Path, name: str, calib: np.ndarray, target) -> tuple[Path, str]:
+    """Coral's int8 TFLite as the pipeline makes it: GPTQ weights in the profile's granularity, ranges chosen in that
+    scheme, weights tuned through its rounding, converted with those ranges (uint8 I/O, no grouped convolution)."""
+    stem = f"{name}-coral-{_profile(target).int8.granularity.value}"
+    gptq_int8, grid, ranges = pipeline_onnx(fp32, work / f"{stem}-gptq.onnx", calib, work, target)
+    _, tuned, note = pipeline_tuned(fp32, grid, gptq_int8, ranges, calib, work / f"{stem}-tuned.onnx", target)
+    path, ranges_note = tflite_int8(tuned, calib, work / f"{stem}-tfl", ranges=ranges, target=target)
     return path, f"ranges: {ranges.label}; {note}; {ranges_note}"
 
 
-def _per_channel(target: str) -> bool:
+def _profile(target):
+    """``target``: a target's name, or a profile as loaded."""
+    from pipeline.targets import load_target
+
+    return load_target(target) if isinstance(target, str) else target
+
+
+def _coral_per_tensor():
+    """Coral's profile with per-tensor weights everywhere (its scheme before it took per-channel-conv)."""
     from pipeline.profile import Int8Granularity
     from pipeline.targets import load_target
 
-    return load_target(target).int8.granularity is Int8Granularity.PER_CHANNEL
+    coral = load_target("coral-edgetpu")
+    return dataclasses.replace(coral, int8=dataclasses.replace(coral.int8, granularity=Int8Granularity.PER_TENSOR))
 
 
 def _in_float(fp32: Path, work: Path, name: str, calib: np.ndarray, made: dict, count: int) -> tuple[Path, str]:

@@ -1,4 +1,6 @@
 """Calibration methods each give their own ranges, and the int8 QDQ graph is built from them."""
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -135,17 +137,23 @@ def test_chosen_weights_are_on_the_grid_and_beat_nearest_rounding(tiny_onnx, tmp
                                                                                        held_out)
 
 
-def test_chosen_int8_weights_survive_both_converters_bit_exactly(tiny_run):
-    """The int8 weights in the Pi's QDQ ONNX and in both targets' int8 TFLite (read by the TFLite interpreter itself)
-    are the ones the tuning step chose, per channel (Pi) and per tensor (Coral)."""
+def test_chosen_int8_weights_survive_both_converters_bit_exactly(tiny_run, tmp_path):
+    """The int8 weights in both targets' QDQ ONNX and int8 TFLite (read by the TFLite interpreter itself) are the ones
+    the tuning step chose: per channel on the Pi; on Coral per channel in convolutions and per tensor in fully
+    connected layers. Coral has no onnx-int8 artifact: its calibration step's QDQ model is made here as that step
+    makes it."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from pipeline.calibration.weights import ChosenWeights
+    from pipeline.calibration.weights import ChosenWeights, find_layers
+    from pipeline.targets import load_target
 
     run, _ = tiny_run
     shared = run.out / "shared"
-    for target, granularity in (("raspberry-pi-4", "per-channel"), ("coral-edgetpu", "per-tensor")):
-        chosen = ChosenWeights.load(shared / f"weights-opset17-tuned-{granularity}" / "chosen_weights.npz")
+    for target, granularity in (("raspberry-pi-4", "per-channel"), ("coral-edgetpu", "per-channel-conv")):
+        tuned = shared / f"weights-opset17-tuned-{granularity}"
+        chosen = ChosenWeights.load(tuned / "chosen_weights.npz")
+        per_tensor = {name for name, q in chosen.values.items() if chosen.scales[name].size == 1}
+        assert {chosen.values[name].ndim for name in per_tensor} == (set() if target == "raspberry-pi-4" else {2})
         bundle = run.out / target / "bundle" / "artifacts"
         interpreter = Interpreter(model_path=str(bundle / "tflite-int8.tflite"),
                                   experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
@@ -163,25 +171,33 @@ def test_chosen_int8_weights_survive_both_converters_bit_exactly(tiny_run):
             matches = [scales for values, scales in tflite.get(layout.shape, []) if np.array_equal(values, layout)]
             assert matches, f"{target}: {name}'s chosen int8 weights are not in the TFLite model"
             np.testing.assert_allclose(matches[0], chosen.scales[name], rtol=1e-6)
-        if target == "raspberry-pi-4":
-            graph = onnx.load(str(bundle / "onnx-int8.onnx")).graph
-            stored = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
-            for name, q in chosen.values.items():
-                np.testing.assert_array_equal(stored[f"{name}_quantized"], q)
-                np.testing.assert_allclose(stored[f"{name}_scale"], chosen.scales[name], rtol=1e-6)
+        qdq, in_float = bundle / "onnx-int8.onnx", set()
+        if target == "raspberry-pi-4":  # its fallback may keep a layer in float, with no int8 weight
+            record = json.loads(next((run.out / ".state").glob("quantize-opset17-tuned-*.json")).read_text())
+            in_float = set(record["data"]["fallback"]["nodes"])
+        else:
+            ranges = CalibrationRanges.load(shared / f"calibrate-opset17-gptq-{granularity}-auto-{granularity}-asym"
+                                            / "ranges.json")
+            qdq = tmp_path / "coral_int8.onnx"
+            quantize_int8(tuned / "model_int8_grid.onnx", ranges, qdq, load_target(target).int8)
+        stored = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(qdq)).graph.initializer}
+        nodes = {layer.weight: layer.node for layer in find_layers(onnx.load(str(tuned / "model_int8_grid.onnx"))).values()}
+        for name, q in chosen.values.items():
+            if nodes[name] in in_float:
+                continue
+            np.testing.assert_array_equal(stored[f"{name}_quantized"], q)
+            np.testing.assert_allclose(stored[f"{name}_scale"].reshape(-1), chosen.scales[name], rtol=1e-6)
 
 
 def test_int8_tflite_takes_the_calibration_steps_ranges(tiny_run):
-    """Both targets' int8 TFLite (per channel with float I/O, per tensor with uint8 I/O) have the calibration step's
+    """Both targets' int8 TFLite (per channel with float I/O; Coral's scheme with uint8 I/O) have the calibration step's
     ranges, those of the Pi's onnx-int8, on every activation: each int8 tensor an op writes has the scale its
     range gives (the two PAD outputs onnx2tf adds take their input's)."""
-    import json
-
     from ai_edge_litert.interpreter import Interpreter
 
     run, _ = tiny_run
     shared = run.out / "shared"
-    for target, granularity in (("raspberry-pi-4", "per-channel"), ("coral-edgetpu", "per-tensor")):
+    for target, granularity in (("raspberry-pi-4", "per-channel"), ("coral-edgetpu", "per-channel-conv")):
         ranges = CalibrationRanges.load(shared / f"calibrate-opset17-gptq-{granularity}-auto-{granularity}-asym"
                                         / "ranges.json")
         scales = np.array([(max(r.high, 0.0) - min(r.low, 0.0)) / 255 for r in ranges.ranges.values()])
@@ -198,8 +214,6 @@ def test_int8_tflite_takes_the_calibration_steps_ranges(tiny_run):
 def test_auto_calibration_keeps_the_candidate_closest_on_held_out_samples(tiny_run):
     """The Pi's onnx-int8 ranges were chosen among five candidates by output SQNR on the last quarter of the 128
     samples (computed on the first three quarters); the report names the winner and every candidate's figure."""
-    import json
-
     run, _ = tiny_run
     record = json.loads((run.out / ".state" / "calibrate-opset17-gptq-per-channel-auto-per-channel-asym.json").read_text())
     data = record["data"]
@@ -218,8 +232,6 @@ def test_auto_calibration_keeps_the_candidate_closest_on_held_out_samples(tiny_r
 def test_int8_report_ranks_layers_and_tensors(tiny_run):
     """The per-layer tables are in each report: weights (nearest vs chosen), and per int8 artifact its activations
     (alone vs accumulated, the output first) from ONNX Runtime's and from the TFLite interpreter's tensors."""
-    import json
-
     run, _ = tiny_run
     for target, kinds in (("raspberry-pi-4", {"onnx-int8", "tflite-int8"}), ("coral-edgetpu", {"tflite-int8"})):
         report = json.loads((run.out / target / "report.json").read_text())
@@ -238,8 +250,6 @@ def test_int8_report_ranks_layers_and_tensors(tiny_run):
 
 
 def test_an_int8_artifact_that_misses_the_tolerance_names_its_least_int8_friendly_tensors(tiny_run):
-    import json
-
     from pipeline.stages.evaluate import accuracy_gate, sensitive_tensors
 
     run, _ = tiny_run
@@ -258,8 +268,6 @@ def test_an_int8_artifact_that_misses_the_tolerance_names_its_least_int8_friendl
 def test_the_fallback_judges_on_samples_the_tuning_did_not_train_on(tiny_run):
     """The tuned weights fit the three quarters of the calibration samples they were trained on better than unseen
     data: both int8 fallbacks judge the tolerance on the held-out quarter."""
-    import json
-
     run, _ = tiny_run
     state = run.out / ".state"
     tuned = json.loads((state / "weights-opset17-tuned-per-channel.json").read_text())["data"]

@@ -78,13 +78,13 @@ def test_shared_stages_ran_once_for_two_targets(tiny_run):
     # quantized with them, and each scheme's weights are tuned through their rounding (Coral has no ONNX int8, but
     # its weights are tuned too)
     assert ran.count("calibrate-opset17-gptq-per-channel-auto-per-channel-asym") == 1
-    assert ran.count("calibrate-opset17-gptq-per-tensor-auto-per-tensor-asym") == 1
+    assert ran.count("calibrate-opset17-gptq-per-channel-conv-auto-per-channel-conv-asym") == 1
     # different int8 schemes give different weights and conversions; the int8 kind converts the tuned weights
-    assert ran.count("weights-opset17-gptq-per-channel") == ran.count("weights-opset17-gptq-per-tensor") == 1
-    assert ran.count("weights-opset17-tuned-per-channel") == ran.count("weights-opset17-tuned-per-tensor") == 1
-    assert "convert-opset17-per-channel-float32-NHWC-float" in ran and "convert-opset17-per-tensor-uint8-NHWC-float" in ran
+    assert ran.count("weights-opset17-gptq-per-channel") == ran.count("weights-opset17-gptq-per-channel-conv") == 1
+    assert ran.count("weights-opset17-tuned-per-channel") == ran.count("weights-opset17-tuned-per-channel-conv") == 1
+    assert "convert-opset17-per-channel-float32-NHWC-float" in ran and "convert-opset17-per-channel-conv-uint8-NHWC-float" in ran
     # Coral's int8 model goes to the Edge TPU compiler, which refuses grouped convolutions (CONV_2D v6)
-    assert "convert-opset17-tuned-per-tensor-per-tensor-uint8-NHWC-no-grouped-conv-auto" in ran
+    assert "convert-opset17-tuned-per-channel-conv-per-channel-conv-uint8-NHWC-no-grouped-conv-auto" in ran
     assert (run.out / "pipeline.yaml").is_file()
 
 
@@ -138,13 +138,13 @@ def test_interrupted_run_resumes(tmp_path, small_config, monkeypatch):
     config = small_config(tmp_path, targets="coral-edgetpu", eval_samples=100, bench={"runs": 10, "warmup": 1})
     with pytest.raises(KeyboardInterrupt):
         Run(config).execute()
-    assert not list((tmp_path / "shared").glob(".*partial")) and not (tmp_path / "shared" / "convert-opset17-per-tensor-uint8-NHWC-float").exists()
+    assert not list((tmp_path / "shared").glob(".*partial")) and not (tmp_path / "shared" / "convert-opset17-per-channel-conv-uint8-NHWC-float").exists()
     monkeypatch.undo()
     lines: list[str] = []
     Run(config, log=lines.append).execute()
     assert lines[:3] == ["[skip] model: inputs unchanged", "[skip] export-opset17: inputs unchanged",
                          "[skip] calibration-samples: inputs unchanged"]
-    assert "[run ] convert-opset17-per-tensor-uint8-NHWC-float" in lines
+    assert "[run ] convert-opset17-per-channel-conv-uint8-NHWC-float" in lines
     assert (tmp_path / "coral-edgetpu" / "report.md").is_file()
 
 

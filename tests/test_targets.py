@@ -69,7 +69,7 @@ def test_user_profile_by_path(tmp_path):
     [
         ("threads: 4", "threads: four", "field 'threads': bad value 'four', expected an integer >= 1"),
         ("granularity: per-channel", "granularity: per-row",
-         "field 'int8.granularity': bad value 'per-row', expected one of per-channel, per-tensor"),
+         "field 'int8.granularity': bad value 'per-row', expected one of per-channel, per-channel-conv, per-tensor"),
         ("tflite-int8]", "tflite-int4]", "field 'artifacts': bad value 'tflite-int4', expected one of torch-fp32"),
         ("runtimes: [litert, tflite-runtime, onnxruntime]", "runtimes: [onnxruntime]",
          "field 'artifacts': bad value 'tflite-fp32', expected a kind that one of the profile's runtimes "

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..profile import Int8Granularity
 from .runs import sqnr_db
 from .weights import ChosenWeights, Layer, find_layers, grid_scale
 
@@ -143,11 +144,12 @@ class GraphModule:
     """An ONNX graph run node by node in torch, its layers' weights and biases trainable. With ``grids``, every tensor
     they name is rounded as the int8 model rounds it, and every layer's weight is on the converters' int8 grid."""
 
-    def __init__(self, model, grids: dict[str, ActivationGrid] | None = None, per_channel: bool = True):
+    def __init__(self, model, grids: dict[str, ActivationGrid] | None = None,
+                 granularity: Int8Granularity = Int8Granularity.PER_CHANNEL):
         import torch
         from onnx import helper, numpy_helper
 
-        self.grids, self.per_channel = grids or {}, per_channel
+        self.grids, self.granularity = grids or {}, granularity
         self.layers = {layer.weight: layer for layer in find_layers(model).values()}
         trained = set(self.layers) | {layer.bias for layer in self.layers.values() if layer.bias}
         self.values, self.trained = {}, {}
@@ -183,7 +185,8 @@ class GraphModule:
         for op, inputs, output, attrs in self.nodes:
             args = [env[name] if name else None for name in inputs]
             if self.grids and len(inputs) > 1 and inputs[1] in self.layers:
-                args[1] = _round_weight(args[1], self.layers[inputs[1]], self.per_channel)
+                layer = self.layers[inputs[1]]
+                args[1] = _round_weight(args[1], layer, self.granularity.per_channel(layer.op))
             env[output] = self._round(output, self.ops[op](*args, **attrs))
         return env[self.output]
 
@@ -196,7 +199,7 @@ class GraphModule:
 
         values, scales, biases = {}, {}, {}
         for name, layer in self.layers.items():
-            rows, scale, live, back = _grid_rows(state[name], layer, self.per_channel)
+            rows, scale, live, back = _grid_rows(state[name], layer, self.granularity.per_channel(layer.op))
             values[name] = back((torch.round(rows / scale) * live).to(torch.int8)).contiguous().numpy()
             scales[name] = scale.reshape(-1).numpy().astype(np.float32)
             if layer.bias:
@@ -227,7 +230,7 @@ def not_tuned(reason: CannotTune) -> dict:
 
 
 def tune_weights(reference_path: Path, model_path: Path, qdq_path: Path, inputs: np.ndarray, steps: int,
-                 per_channel: bool = True, seed: int = 0) -> TuningResult:
+                 granularity: Int8Granularity = Int8Granularity.PER_CHANNEL, seed: int = 0) -> TuningResult:
     """``model_path``'s weights and biases trained for ``steps`` Adam steps so that, rounded as ``qdq_path`` (its int8
     model) rounds them, its outputs match ``reference_path``'s (the float model) on ``inputs`` (and their mirror
     images); the last quarter of ``inputs`` is held out and picks the best of the checkpoints taken along the way."""
@@ -240,7 +243,7 @@ def tune_weights(reference_path: Path, model_path: Path, qdq_path: Path, inputs:
     if not len(train):
         raise CannotTune("it needs at least 2 calibration samples")
     teacher = GraphModule(onnx.load(str(reference_path)))
-    student = GraphModule(onnx.load(str(model_path)), activation_grids(qdq_path), per_channel)
+    student = GraphModule(onnx.load(str(model_path)), activation_grids(qdq_path), granularity)
     generator = torch.Generator().manual_seed(seed)
     try:
         with torch.no_grad():

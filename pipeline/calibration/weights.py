@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..profile import Int8Granularity
 from .runs import ort_session, sqnr_db, with_outputs
 
 QMAX = 127  # symmetric int8 weights: [-127, 127] in ONNX Runtime and TFLite alike
@@ -207,10 +208,10 @@ def _keep_scale(q, rows, per_channel: bool) -> None:
         q.view(-1)[peak] = torch.sign(rows.reshape(-1)[peak]) * QMAX
 
 
-def choose_weights(model_path: Path, input_name: str, inputs: np.ndarray, per_channel: bool = True
-                   ) -> tuple[ChosenWeights, list[dict]]:
+def choose_weights(model_path: Path, input_name: str, inputs: np.ndarray,
+                   granularity: Int8Granularity = Int8Granularity.PER_CHANNEL) -> tuple[ChosenWeights, list[dict]]:
     """The int8 weights of every Conv/Gemm/MatMul, chosen on ``inputs`` (preprocessed, batch first), per output
-    channel or per tensor; and per layer the SQNR of its output with only its weights in int8, rounded to nearest
+    channel or per tensor as ``granularity`` has it for the layer's op; and per layer the SQNR of its output with only its weights in int8, rounded to nearest
     and as chosen (from the same input moments: ``dw^T E[p p^T] dw``, and ``dw^T Cov(p) dw`` after bias correction)."""
     import onnx
     import torch
@@ -224,6 +225,7 @@ def choose_weights(model_path: Path, input_name: str, inputs: np.ndarray, per_ch
     for name, layer in tqdm(layers.items(), "weight rounding: layers", unit="layer", delay=2.0, leave=False):
         weight = constants[layer.weight]
         grouped = layer.rows_by_group(weight)
+        per_channel = granularity.per_channel(layer.op)
         absmax = np.abs(grouped).max(-1, keepdims=True) if per_channel else np.full(
             grouped.shape[:-1] + (1,), np.abs(grouped).max(), np.float32)
         scale, live = grid_scale(torch.from_numpy(absmax))

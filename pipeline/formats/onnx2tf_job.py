@@ -25,7 +25,7 @@ class TFLiteJob:
     output_dir: str
     calibration_npy: str  # preprocessed inputs in the TFLite input layout
     channels: int
-    quant_type: str  # per-channel | per-tensor
+    quant_type: str  # an Int8Granularity value
     io_dtype: str  # dtype of the full-integer model's input and output
     keep_nchw: bool
     pseudo_ops: tuple[str, ...] = ()  # ops onnx2tf writes as builtin approximations (its -rtpo), e.g. Erf
@@ -65,6 +65,7 @@ def write_int8(job: TFLiteJob) -> None:
     pipeline's ranges where given, then quantized; then, with a tolerance, the fallback re-quantizes that same
     calibrated model with ops left in float."""
     from ..calibration.methods import CalibrationRanges
+    from ..profile import Int8Granularity
     from .tflite_int8 import calibrate, quantize, set_ranges
 
     out = Path(job.output_dir)
@@ -78,7 +79,7 @@ def write_int8(job: TFLiteJob) -> None:
         (out / RANGES_REPORT).write_text(json.dumps(applied.to_json()))
 
     def quantize_to(in_float: list[str], path: Path) -> None:
-        path.write_bytes(quantize(calibrated, job.quant_type == "per-channel", job.io_dtype, in_float))
+        path.write_bytes(quantize(calibrated, Int8Granularity(job.quant_type), job.io_dtype, in_float))
 
     quantize_to([], out / INT8_MODEL)
     if job.fallback_tolerance is not None:

@@ -40,9 +40,14 @@ def quantize_int8(model_path: Path, ranges: CalibrationRanges, out_path: Path, s
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
     model = load_model_with_shape_infer(Path(model_path))
+    # per-channel-conv keeps the weights of fully connected layers per tensor: a per-tensor override on each
+    constants = {i.name for i in model.graph.initializer}
+    dense = [node.input[1] for node in model.graph.node if node.op_type in ("Gemm", "MatMul")
+             and len(node.input) > 1 and node.input[1] in constants] \
+        if scheme.granularity is Int8Granularity.PER_CHANNEL_CONV else []
     quantizer = QDQQuantizer(
         model,
-        scheme.granularity is Int8Granularity.PER_CHANNEL,  # per_channel
+        scheme.granularity is not Int8Granularity.PER_TENSOR,  # per_channel
         False,  # reduce_range: int8 kernels on ARM and x86-VNNI need no 7-bit weights
         QuantType.QInt8,  # weights
         QuantType.QInt8 if scheme.activation_symmetric else QuantType.QUInt8,  # activations
@@ -50,7 +55,8 @@ def quantize_int8(model_path: Path, ranges: CalibrationRanges, out_path: Path, s
         [],  # nodes_to_quantize: all
         list(exclude),  # nodes_to_exclude
         sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
-        {"ActivationSymmetric": scheme.activation_symmetric, "WeightSymmetric": True, "QuantizeBias": quantized_bias},
+        {"ActivationSymmetric": scheme.activation_symmetric, "WeightSymmetric": True, "QuantizeBias": quantized_bias,
+         **({"TensorQuantOverrides": {name: [{"symmetric": True}] for name in dense}} if dense else {})},
     )
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs a pre-processing hint per call
     try:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..profile import Int8Granularity
+
 MATCH_SAMPLES = 2  # calibration samples the tensors are matched on
 MATCH_TOLERANCE = 1e-3  # largest difference of the statistics, relative to the tensor's mean absolute value
 # Ops that only move or pick values, which onnx2tf adds (an explicit PAD before a strided convolution, NCHW/NHWC
@@ -51,15 +53,18 @@ def calibrate(saved_model: Path, inputs: np.ndarray) -> bytes:
     return converter.convert()
 
 
-def quantize(calibrated: bytes, per_channel: bool, io_dtype: str, in_float: list[str] | tuple[str, ...] = ()) -> bytes:
+def quantize(calibrated: bytes, granularity: Int8Granularity, io_dtype: str,
+             in_float: list[str] | tuple[str, ...] = ()) -> bytes:
     """The int8 model of a calibrated one, as the converter makes it, with the ops named in ``in_float`` (by the
     tensor each writes) left in float."""
     import tensorflow as tf
     from tensorflow.lite.python import convert
 
     io = tf.as_dtype(io_dtype)
-    return convert.mlir_quantize(calibrated, disable_per_channel=not per_channel, input_data_type=io,
-                                 output_data_type=io, denylisted_nodes=list(in_float) or None)
+    return convert.mlir_quantize(
+        calibrated, disable_per_channel=granularity is Int8Granularity.PER_TENSOR, input_data_type=io,
+        output_data_type=io, denylisted_nodes=list(in_float) or None,
+        disable_per_channel_for_dense_layers=not granularity.per_channel("Gemm"))
 
 
 def _statistics(values: np.ndarray) -> tuple[int, np.ndarray]:

@@ -98,8 +98,7 @@ def weights_step(plan, export: dict, key: str, granularity: Int8Granularity) -> 
 
     def produce(tmp: Path) -> dict:
         inputs = np.load(plan.path(samples, "inputs"), mmap_mode="r")
-        chosen, layers = choose_weights(plan.path(export, key), "input", inputs,
-                                        per_channel=granularity is Int8Granularity.PER_CHANNEL)
+        chosen, layers = choose_weights(plan.path(export, key), "input", inputs, granularity)
         chosen.save(tmp / "chosen_weights.npz")
         apply_weights(plan.path(export, key), chosen, tmp / "model_int8_grid.onnx")
         return {"files": {"onnx": "model_int8_grid.onnx", "chosen": "chosen_weights.npz"},
@@ -128,7 +127,7 @@ def tuning_step(plan, export: dict, key: str, model: dict, ranges: dict, scheme:
         quantize_int8(plan.path(model, "onnx"), CalibrationRanges.load(plan.path(ranges, "ranges")), rounding, scheme)
         try:
             result = tune_weights(plan.path(export, key), plan.path(model, "onnx"), rounding, inputs,
-                                  options.tuning_steps, scheme.granularity is Int8Granularity.PER_CHANNEL, options.seed)
+                                  options.tuning_steps, scheme.granularity, options.seed)
             record, chosen = result.to_json(), result.chosen
         except CannotTune as reason:
             record, chosen = not_tuned(reason), None
