@@ -225,11 +225,16 @@ def tflite_int8(onnx_path: Path, calib: np.ndarray, work: Path, fallback_toleran
 
 
 class OnnxRunner:
-    def __init__(self, path: Path):
+    """``unfused``: a QDQ model's int8 arithmetic run exactly, not in this host's int8 kernels (which saturate on x86
+    without VNNI: pipeline.calibration.runs.ort_session); its outputs are what a board's exact kernels give."""
+
+    def __init__(self, path: Path, unfused: bool = False):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = 1, 1, 3
+        if unfused:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -263,8 +268,10 @@ class TFLiteRunner:
         return y
 
 
-def measure(runner, inputs: np.ndarray, reference: np.ndarray) -> dict:
+def measure(runner, inputs: np.ndarray, reference: np.ndarray, timed=None) -> dict:
+    """Logit SQNR and top-1 agreement of ``runner`` against ``reference``; p50 of ``timed`` (default: ``runner``)."""
     logits = np.concatenate([runner(x[None]) for x in inputs]).astype(np.float64)
+    runner = timed or runner
     agree = logits.argmax(1) == reference.argmax(1)
     exp = np.exp(reference - reference.max(1, keepdims=True))
     confident = (exp / exp.sum(1, keepdims=True)).max(1) >= 0.5
@@ -326,9 +333,10 @@ def benchmark(name: str, count: int, calibration: int, work: Path, variants: lis
             print(f"{name} {variant}: FAILED {rows[-1]['error']}", file=sys.stderr, flush=True)
             continue
         make_s = time.perf_counter() - started
-        runner = TFLiteRunner(path) if path.suffix == ".tflite" else OnnxRunner(path)
+        runner, timed = (TFLiteRunner(path), None) if path.suffix == ".tflite" else (OnnxRunner(path, unfused=True),
+                                                                                     OnnxRunner(path))
         rows.append({"model": name, "variant": variant, "format": path.suffix[1:], "make_s": make_s, "note": note,
-                     **measure(runner, evaluated, reference)})
+                     **measure(runner, evaluated, reference, timed)})
         row = rows[-1]
         print(f"{name} {variant}: {row['sqnr_db']:.1f} dB, {row['agreement']:.1f}% ({row['agreement_confident']:.1f}% "
               f"of {row['confident']} confident), p50 {row['p50_ms']:.2f} ms, made in {make_s:.0f} s {note}",

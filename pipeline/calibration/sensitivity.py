@@ -52,8 +52,8 @@ def activation_errors(float_path: Path, qdq_path: Path, input_name: str, inputs:
     producers.update({name: "output" for name in outputs})
     names = sorted(grids)
     wanted = [n for n in names if n != input_name] + [n for n in outputs if n not in grids]
-    reference_session = ort_session(with_outputs(reference, wanted), every_tensor=True)
-    quantized_session = ort_session(with_outputs(quantized, [n + DEQUANTIZED for n in names]), every_tensor=True)
+    reference_session = ort_session(with_outputs(reference, wanted), unfused=True)
+    quantized_session = ort_session(with_outputs(quantized, [n + DEQUANTIZED for n in names]), unfused=True)
     sums = {name: np.zeros(3) for name in names + outputs}  # signal, own rounding noise, accumulated noise
     for sample in tqdm(inputs, "int8 sensitivity", unit="sample", delay=2.0, leave=False):
         feed = {input_name: np.array(sample[None], np.float32)}
