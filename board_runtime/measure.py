@@ -196,6 +196,7 @@ def bench(manifest: dict, base: Path, kind: str, threads: int, runs: int, warmup
         "runtime": model.session.runtime,
         "runtime_version": model.session.version,
         "accelerators": model.session.accelerators,
+        **({"qdq_unfused": True} if getattr(model.session, "exact_int8", False) else {}),
         "threads": threads,
         "load_ms": model.load_seconds * 1e3,
         "first_inference_ms": first * 1e3,

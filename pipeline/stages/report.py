@@ -52,7 +52,8 @@ def merge_rows(evaluations: list[dict] | None, benches: list[dict], size_budget_
             continue
         rows.append({
             **e, "label": FORMATS[e["kind"]].label,
-            "runtime": f"{b['runtime']} {b['runtime_version']}" + "".join(f" + {a}" for a in b["accelerators"]),
+            "runtime": f"{b['runtime']} {b['runtime_version']}" + "".join(f" + {a}" for a in b["accelerators"])
+            + (" (QDQ unfused: this CPU's int8 kernels saturate)" if b.get("qdq_unfused") else ""),
             **{k: b[k] for k in ("size_bytes", "latency_ms", "load_ms", "first_inference_ms", "peak_rss_mb",
                                  "rss_growth_mb", "throughput_per_s", "threads", "runs", "repeats", "spread", "noisy")},
             "fits_size_budget": size_budget_mb is None or b["size_bytes"] / 2**20 <= size_budget_mb,
