@@ -37,6 +37,8 @@ Variants (all full-integer, no float fallback):
   then tuned through that rounding, uint8 I/O, no grouped convolution), run by the TFLite interpreter on this CPU;
   ``pipeline-coral-per-tensor``: the same with per-tensor weights everywhere (Coral's scheme before).
 No ImageNet labels exist for these photos, so top-1 against labels is not measured; agreement with fp32 is.
+ONNX int8 outputs are computed with the QDQ arithmetic run exactly (unfused), p50 with ONNX Runtime's fused
+int8 kernels: those saturate on x86 without VNNI, which the boards' kernels do not.
 """
 from __future__ import annotations
 
