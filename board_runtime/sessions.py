@@ -7,6 +7,7 @@ custom op) and refuses any other, and a plain TFLite session never loads a deleg
 from __future__ import annotations
 
 import ctypes.util
+import functools
 import platform
 from pathlib import Path
 
@@ -87,6 +88,7 @@ class EdgeTPUSession(TFLiteSession):
         return [module.load_delegate(self.library)]
 
 
+@functools.lru_cache(maxsize=None)  # one read of /proc/cpuinfo per process, not one per session
 def int8_kernels_saturate() -> bool:
     """Whether ONNX Runtime's fused int8 kernels lose accuracy on this CPU: on x86 without VNNI they add pairs of
     uint8 x int8 products in 16 bits, which saturate (EfficientNet-Lite1's per-channel int8 model: 6.0 dB of logit

@@ -88,7 +88,7 @@ def timed_p50_ms(run: Callable[[], object], runs: int = 50) -> float:
 
 
 def _ort_outputs(path: Path, inputs: np.ndarray) -> np.ndarray:
-    session = ort_session(path, single_thread=True, unfused=True)  # exact int8 arithmetic, whatever this host's
+    session = ort_session(path, single_thread=True, unfused=True)  # exact int8, whatever this host's kernels
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: np.array(x[None], np.float32)})[0] for x in inputs])
 

@@ -211,8 +211,8 @@ def _keep_scale(q, rows, per_channel: bool) -> None:
 def choose_weights(model_path: Path, input_name: str, inputs: np.ndarray,
                    granularity: Int8Granularity = Int8Granularity.PER_CHANNEL) -> tuple[ChosenWeights, list[dict]]:
     """The int8 weights of every Conv/Gemm/MatMul, chosen on ``inputs`` (preprocessed, batch first), per output
-    channel or per tensor as ``granularity`` has it for the layer's op; and per layer the SQNR of its output with only its weights in int8, rounded to nearest
-    and as chosen (from the same input moments: ``dw^T E[p p^T] dw``, and ``dw^T Cov(p) dw`` after bias correction)."""
+    channel or per tensor as ``granularity`` has it for the layer's op; and per layer the SQNR of its output with only
+    its weights in int8, rounded to nearest and as chosen (from the same input moments: ``dw^T E[p p^T] dw``, and ``dw^T Cov(p) dw`` after bias correction)."""
     import onnx
     import torch
     from onnx import numpy_helper
