@@ -106,9 +106,10 @@ def test_bad_weight_rounding_is_rejected():
 
 
 def _output_sqnr_db(reference_path, path, inputs) -> float:
-    import onnxruntime as ort
+    from pipeline.calibration.runs import ort_session
 
-    run = lambda p: np.concatenate([ort.InferenceSession(str(p)).run(None, {"input": x[None]})[0] for x in inputs])  # noqa: E731
+    # exact int8 arithmetic, whatever this host's int8 kernels (see ort_session)
+    run = lambda p: np.concatenate([ort_session(p, unfused=True).run(None, {"input": x[None]})[0] for x in inputs])  # noqa: E731
     reference, other = run(reference_path), run(path)
     return float(10 * np.log10((reference**2).sum() / ((reference - other) ** 2).sum()))
 

@@ -3,10 +3,10 @@ ImageNet weights, on crops of scikit-image's photos. Rounded to nearest (what ON
 do), its weights alone cost about 16 dB of logit SQNR, most of it from one depthwise layer; chosen, about 32 dB."""
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
+from pipeline.calibration.runs import ort_session
 from pipeline.calibration.weights import ChosenWeights, QMAX, apply_weights, choose_weights
 from pipeline.formats.onnx_fp32 import export_onnx
 
@@ -42,7 +42,8 @@ def lite0(tmp_path_factory):
 
 
 def _logits(path, inputs) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    """Logits of an ONNX model, its int8 arithmetic exact whatever this host's int8 kernels (see ort_session)."""
+    session = ort_session(path, unfused=True)
     return np.concatenate([session.run(None, {"input": x[None]})[0] for x in inputs])
 
 
