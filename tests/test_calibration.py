@@ -250,6 +250,9 @@ def test_int8_report_ranks_layers_and_tensors(tiny_run):
         markdown = (run.out / target / "report.md").read_text()
         assert "## Int8 weights, layer by layer" in markdown
         assert all(f"## Int8 activations, tensor by tensor ({kind})" in markdown for kind in kinds)
+        for kind in kinds:  # and a plot of each: the lowest tensors, alone and accumulated
+            assert f"](int8_sensitivity_{kind}.png)" in markdown
+            assert (run.out / target / f"int8_sensitivity_{kind}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_an_int8_artifact_that_misses_the_tolerance_names_its_least_int8_friendly_tensors(tiny_run):

@@ -31,6 +31,35 @@ def _sensitivity_table(tensors: list[dict]) -> tuple[list[str], list[list[str]]]
     return header, body
 
 
+SENSITIVITY_PLOTTED = 20  # tensors in each sensitivity plot, the lowest accumulated SQNR first
+
+
+def sensitivity_figure(plt, kind: str, tensors: list[dict]):
+    """A bar chart of the tensors with the lowest accumulated SQNR (the table's order, the model's outputs left out),
+    each with its own rounding's SQNR beside it: a tensor low in both is where int8 costs most, one low only in
+    accumulated inherits its error from upstream."""
+    ranked = sorted((t for t in tensors if t["producer"] != "output"), key=lambda t: t["accumulated_db"])
+    shown = ranked[:SENSITIVITY_PLOTTED]
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(shown) + 1.6))
+    positions = range(len(shown))
+    ax.barh([p - 0.2 for p in positions], [t["accumulated_db"] for t in shown], height=0.4, color="#b5524a",
+            label="accumulated")
+    ax.barh([p + 0.2 for p in positions], [t["alone_db"] for t in shown], height=0.4, color="#4a7ab5",
+            label="alone (its own rounding)")
+    ax.set_yticks(list(positions), [t["tensor"] if len(t["tensor"]) <= 48 else "…" + t["tensor"][-47:] for t in shown],
+                  fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("SQNR against the float model (dB)")
+    fig.suptitle(f"{kind}: the {len(shown)} lowest of {len(ranked)} int8 activations", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    return fig
+
+
+def sensitivity_plot_name(kind: str) -> str:
+    return f"int8_sensitivity_{kind}.png"
+
+
 def int8_sections(layers: list[dict] | None, sensitivity: dict[str, dict] | None) -> list[tuple]:
     """(title, note, header, body) of each int8 table the run has data for."""
     sections = []

@@ -12,7 +12,7 @@ from ..engine import Step
 from ..formats import FORMATS
 from .bench import board_evaluation_sections
 from .compat import compat_results, compat_sections
-from .int8_report import int8_sections
+from .int8_report import int8_sections, sensitivity_figure, sensitivity_plot_name
 
 # How the model's FLOPs were counted, by the framework of the run's model.
 FLOP_COUNTERS = {"torch": "torch.utils.flop_counter", "onnx": "Conv, Gemm and MatMul nodes of the ONNX graph",
@@ -74,7 +74,7 @@ def recommend(rows: list[dict], tolerance: float, reference: str) -> dict | None
             "reason": f"fastest median latency among the {len(eligible)} artifacts {within}the size budget"}
 
 
-def _plots(rows: list[dict]) -> dict[str, bytes]:
+def _plots(rows: list[dict], sensitivity: dict[str, dict] | None) -> dict[str, bytes]:
     plt = pyplot()
     labels = [r["kind"] for r in rows]
     figures = {}
@@ -98,6 +98,9 @@ def _plots(rows: list[dict]) -> dict[str, bytes]:
         ax.invert_yaxis()
         ax.grid(axis="x", alpha=0.3)
         figures[name] = fig
+    for kind, errors in (sensitivity or {}).items():
+        if any(t["producer"] != "output" for t in errors["tensors"]):
+            figures[sensitivity_plot_name(kind)] = sensitivity_figure(plt, kind, errors["tensors"])
     return {name: png_bytes(fig) for name, fig in figures.items()}
 
 
@@ -180,7 +183,7 @@ def write_report(data: dict, directory: Path) -> list[str]:
     import json
 
     rows, target, reference = data["rows"], data["target"], data["reference"]["label"]
-    pngs = _plots(rows)
+    pngs = _plots(rows, data.get("int8_sensitivity"))
     for name, png in pngs.items():
         (directory / name).write_bytes(png)
     (directory / "report.json").write_text(json.dumps(data, indent=2, default=str))
