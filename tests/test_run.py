@@ -37,7 +37,8 @@ def test_report_has_a_row_per_artifact(tiny_run):
 def test_html_report_is_self_contained(tiny_run):
     run, _ = tiny_run
     page = (run.out / "raspberry-pi-4" / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3
+    # accuracy vs latency, size, latency, and the sensitivity plot of each int8 artifact (ONNX and TFLite)
+    assert page.count("data:image/png;base64,") == 5
     assert "src=\"http" not in page and "<link" not in page
 
 
