@@ -105,19 +105,11 @@ def test_bad_weight_rounding_is_rejected():
         CalibrationOptions(weight_rounding="adaround")
 
 
-def _output_sqnr_db(reference_path, path, inputs) -> float:
-    from pipeline.calibration.runs import ort_session
-
-    # exact int8 arithmetic, whatever this host's int8 kernels (see ort_session)
-    run = lambda p: np.concatenate([ort_session(p, unfused=True).run(None, {"input": x[None]})[0] for x in inputs])  # noqa: E731
-    reference, other = run(reference_path), run(path)
-    return float(10 * np.log10((reference**2).sum() / ((reference - other) ** 2).sum()))
-
-
 def test_chosen_weights_are_on_the_grid_and_beat_nearest_rounding(tiny_onnx, tmp_path):
     """Chosen on 64 samples, judged on 32 others: the float model with the chosen int8 weights is closer to the
     original than the one with nearest-rounded weights (the converters' own), layer by layer and at the output.
     (This net is untrained; tests/test_weight_rounding.py has the margin on a pretrained one.)"""
+    from pipeline.calibration.runs import output_sqnr_db
     from pipeline.calibration.weights import ChosenWeights, QMAX, apply_weights, choose_weights
 
     path, inputs = tiny_onnx
@@ -134,7 +126,7 @@ def test_chosen_weights_are_on_the_grid_and_beat_nearest_rounding(tiny_onnx, tmp
     apply_weights(path, chosen, tmp_path / "chosen.onnx")
     apply_weights(path, nearest, tmp_path / "nearest.onnx")
     held_out = inputs[64:]
-    assert _output_sqnr_db(path, tmp_path / "chosen.onnx", held_out) > _output_sqnr_db(path, tmp_path / "nearest.onnx",
+    assert output_sqnr_db(path, tmp_path / "chosen.onnx", held_out) > output_sqnr_db(path, tmp_path / "nearest.onnx",
                                                                                        held_out)
 
 

@@ -37,8 +37,10 @@ SENSITIVITY_PLOTTED = 20  # tensors in each sensitivity plot, the lowest accumul
 def sensitivity_figure(plt, kind: str, tensors: list[dict]):
     """A bar chart of the tensors with the lowest accumulated SQNR (the table's order, the model's outputs left out),
     each with its own rounding's SQNR beside it: a tensor low in both is where int8 costs most, one low only in
-    accumulated inherits its error from upstream."""
+    accumulated inherits its error from upstream. None when no activation is quantized."""
     ranked = sorted((t for t in tensors if t["producer"] != "output"), key=lambda t: t["accumulated_db"])
+    if not ranked:
+        return None
     shown = ranked[:SENSITIVITY_PLOTTED]
     fig, ax = plt.subplots(figsize=(8, 0.28 * len(shown) + 1.6))
     positions = range(len(shown))

@@ -99,8 +99,8 @@ def _plots(rows: list[dict], sensitivity: dict[str, dict] | None) -> dict[str, b
         ax.grid(axis="x", alpha=0.3)
         figures[name] = fig
     for kind, errors in (sensitivity or {}).items():
-        if any(t["producer"] != "output" for t in errors["tensors"]):
-            figures[sensitivity_plot_name(kind)] = sensitivity_figure(plt, kind, errors["tensors"])
+        if (fig := sensitivity_figure(plt, kind, errors["tensors"])) is not None:
+            figures[sensitivity_plot_name(kind)] = fig
     return {name: png_bytes(fig) for name, fig in figures.items()}
 
 
