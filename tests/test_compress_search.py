@@ -180,11 +180,14 @@ def test_a_latency_budget_is_met_by_the_chosen_student_and_an_unreachable_one_is
     from pipeline.compress.compressor import compress
     from pipeline.compress.latency import LatencyTable
     from pipeline.compress.options import Budget
-    from pipeline.stages.latency import on_this_host
+    from pipeline.stages.latency import roofline
 
     blocks, shapes, _, x, held_out = small_search
     teacher = _tiny_teacher(blocks)
-    table = LatencyTable(on_this_host(threads=1, opset=17, runs=50), "this host", tmp_path / "t.json")
+    # The board's roofline, not this host's clock: on a model this small a call's fixed cost can outweigh what a
+    # student saves, so that on some hosts no student is timed faster than 0.8 of the teacher (CI: at least 0.0347 ms
+    # against the teacher's 0.034). Host and board timing have their own tests above and below.
+    table = LatencyTable(roofline(load_target("raspberry-pi-4")), "roofline", tmp_path / "t.json")
     teacher_ms = table.measure([(teacher, (1, 1, 28, 28))])[0]
     labels = np.zeros(len(x), dtype=np.int64)
     source = {"model": "fmnist-tiny", "in_channels": 1, "num_classes": 10}
@@ -193,7 +196,8 @@ def test_a_latency_budget_is_met_by_the_chosen_student_and_an_unreachable_one_is
     _, report = compress(teacher, source, x[:1024].numpy(), labels[:1024], held_out.numpy(),
                          labels[: len(held_out)], options, tmp_path / "student", latency=table)
     latency = report["latency"]
-    assert latency["predicted_ms"] <= budget.max_latency_ms and latency["measured_ms"] > 0
+    assert latency["predicted_ms"] <= budget.max_latency_ms and 0 < latency["measured_ms"] < teacher_ms
+    assert latency["source"] == "roofline"
     assert report["budget"]["max_latency_ms"] == budget.max_latency_ms
     options = CompressOptions(budget=Budget(max_latency_ms=1e-4), blockwise_epochs=1, finetune_epochs=1)
     with pytest.raises(ConfigError, match=r"budget below the smallest possible student: .* ms of latency"):
