@@ -17,7 +17,17 @@ Variants (all full-integer, no float fallback):
 - ``ort-default``: ``onnxruntime.quantization.quantize_static`` with its defaults (QDQ, per-tensor weights, MinMax);
 - ``ort-per-channel``: the same with per-channel weights (this pipeline before its weight rounding);
 - ``nncf``: ``nncf.quantize`` with its defaults (MinMax, fast bias correction); ``nncf-bias-correction``: with full
-  bias correction;
+  bias correction; ``nncf-accuracy-control``: ``nncf.quantize_with_accuracy_control`` (full bias correction, then ops
+  reverted to float until the top-1 agreement with fp32 on the calibration crops is within FALLBACK_TOLERANCE
+  points: mixed precision, not full-integer);
+- ``aimet``: AIMET's ONNX QuantizationSimModel (its per-channel config, tf_enhanced ranges, int32 biases);
+  ``aimet-adaround``: the same with AdaRound weights (``--adaround-iterations`` per layer; AIMET recommends 10,000,
+  which takes hours on 2 cores). aimet-onnx 2.42 does not install beside this project's pins (its dependencies pull
+  numpy 2 and a CUDA torch); it runs beside them from a folder of its own on PYTHONPATH:
+  ``pip install --no-deps --target aimet aimet-onnx==2.42.0 bokeh==3.9.2 xyzservices tornado hvplot holoviews panel
+  param pyviz_comms colorcet linkify-it-py mdit-py-plugins uc-micro-py bleach nh3 jsonschema
+  jsonschema-specifications referencing rpds-py attrs pandas==3.0.6 osqp onnx2torch onnx-ir onnxscript`` then
+  ``PYTHONPATH=aimet python benchmarks/int8_fidelity.py --variants aimet aimet-adaround``;
 - ``pipeline-gptq``: weights chosen on the calibration crops layer by layer (GPTQ rounding on the converters' grid +
   bias correction), activation ranges chosen among minmax / percentile / entropy / MSE by held-out SQNR;
 - ``pipeline``: this pipeline's int8 ONNX (its default): those weights then tuned for 80 steps through the int8
@@ -122,10 +132,9 @@ def ort_static(fp32: Path, out: Path, calib: np.ndarray, per_channel: bool) -> P
     return out
 
 
-def nncf_quantize(fp32: Path, out: Path, calib: np.ndarray, fast_bias_correction: bool) -> Path:
+def _nncf():
     import typing
 
-    import onnx
     from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
     # nncf 3.4's ONNX backend evaluates the annotation `onnx.TensorProto.DataType | np.dtype` when it defines a
@@ -134,11 +143,64 @@ def nncf_quantize(fp32: Path, out: Path, calib: np.ndarray, fast_bias_correction
     EnumTypeWrapper.__or__ = lambda self, other: typing.Any
     import nncf
 
-    model = onnx.load(str(fp32))
+    return nncf
+
+
+def nncf_quantize(fp32: Path, out: Path, calib: np.ndarray, fast_bias_correction: bool) -> Path:
+    import onnx
+
+    nncf = _nncf()
     dataset = nncf.Dataset(list(calib), lambda x: {"input": x[None]})
-    quantized = nncf.quantize(model, dataset, subset_size=len(calib), fast_bias_correction=fast_bias_correction)
+    quantized = nncf.quantize(onnx.load(str(fp32)), dataset, subset_size=len(calib),
+                              fast_bias_correction=fast_bias_correction)
     onnx.save(quantized, str(out))
     return out
+
+
+def nncf_accuracy_control(fp32: Path, out: Path, calib: np.ndarray) -> tuple[Path, str]:
+    """``nncf.quantize_with_accuracy_control``: NNCF's int8 (full bias correction), then ops reverted to float, most
+    harmful first, until the top-1 agreement with fp32 on the calibration crops drops at most FALLBACK_TOLERANCE
+    points (the pipeline's fallback judges the same metric on held-out calibration crops)."""
+    import onnx
+    import onnxruntime as ort
+
+    nncf = _nncf()
+    reference = OnnxRunner(fp32)
+    labels = [int(reference(x[None]).argmax()) for x in calib]
+
+    def agreement(model: onnx.ModelProto, items) -> tuple[float, list[float]]:
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        hits = [float(session.run(None, {"input": x[None]})[0].argmax() == label) for x, label in items]
+        return float(np.mean(hits)), hits
+
+    calibration = nncf.Dataset(list(calib), lambda x: {"input": x[None]})
+    validation = nncf.Dataset(list(zip(calib, labels)))
+    quantized = nncf.quantize_with_accuracy_control(
+        onnx.load(str(fp32)), calibration, validation, agreement, max_drop=FALLBACK_TOLERANCE / 100,
+        subset_size=len(calib), fast_bias_correction=False)
+    onnx.save(quantized, str(out))
+    quantize_linear = sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
+    return out, f"{quantize_linear} QuantizeLinear left"
+
+
+def aimet_quantize(fp32: Path, out: Path, calib: np.ndarray, adaround_iterations: int) -> tuple[Path, str]:
+    """AIMET's ONNX QuantizationSimModel with its per-channel config and its SQNR-based ranges (tf_enhanced), weights
+    rounded by AdaRound when ``adaround_iterations`` > 0, exported as QDQ with int32 biases."""
+    import aimet_onnx
+    import onnx
+    from aimet_onnx.common import quantsim_config
+
+    config = Path(quantsim_config.__file__).parent / "default_config_per_channel.json"
+    sim = aimet_onnx.QuantizationSimModel(onnx.load(str(fp32)), param_type=aimet_onnx.int8,
+                                          activation_type=aimet_onnx.int8, quant_scheme="tf_enhanced",
+                                          config_file=str(config), providers=["CPUExecutionProvider"])
+    inputs = [{"input": x[None]} for x in calib]
+    if adaround_iterations:
+        aimet_onnx.apply_adaround(sim, inputs, num_iterations=adaround_iterations)
+    sim.compute_encodings(inputs)
+    onnx.save(sim.to_onnx_qdq(export_int32_bias=True, prequantize_constants=True), str(out))
+    return out, f"aimet-onnx {aimet_onnx.__version__}" + (f", AdaRound {adaround_iterations} iterations per layer"
+                                                          if adaround_iterations else "")
 
 
 def pipeline_onnx(fp32: Path, out: Path, calib: np.ndarray, work: Path, target="raspberry-pi-4"
@@ -291,7 +353,8 @@ def measure(runner, inputs: np.ndarray, reference: np.ndarray, timed=None) -> di
             "confident": int(confident.sum()), "p50_ms": float(1000 * np.median(times))}
 
 
-def benchmark(name: str, count: int, calibration: int, work: Path, variants: list[str]) -> list[dict]:
+def benchmark(name: str, count: int, calibration: int, work: Path, variants: list[str],
+              adaround_iterations: int = 500) -> list[dict]:
     import torch
 
     from pipeline.formats.onnx_fp32 import export_onnx
@@ -311,6 +374,10 @@ def benchmark(name: str, count: int, calibration: int, work: Path, variants: lis
         "ort-per-channel": lambda: (ort_static(fp32, work / f"{name}-ort-pc.onnx", calib, True), ""),
         "nncf": lambda: (nncf_quantize(fp32, work / f"{name}-nncf.onnx", calib, True), ""),
         "nncf-bias-correction": lambda: (nncf_quantize(fp32, work / f"{name}-nncf-bc.onnx", calib, False), ""),
+        "nncf-accuracy-control": lambda: nncf_accuracy_control(fp32, work / f"{name}-nncf-ac.onnx", calib),
+        "aimet": lambda: aimet_quantize(fp32, work / f"{name}-aimet.onnx", calib, 0),
+        "aimet-adaround": lambda: aimet_quantize(fp32, work / f"{name}-aimet-adaround.onnx", calib,
+                                                 adaround_iterations),
         "pipeline-gptq": lambda: _gptq(fp32, work, name, calib, made),
         "pipeline": lambda: _pipeline(fp32, work, name, calib, made),
         "pipeline-float-1": lambda: _in_float(fp32, work, name, calib, made, 1),
@@ -402,12 +469,14 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=["ort-default", "ort-per-channel", "nncf",
                                                           "nncf-bias-correction", "pipeline-gptq", "pipeline", "pipeline-float-1",
                                                           "pipeline-float-8", "onnx2tf-default", "pipeline-tflite"])
+    parser.add_argument("--adaround-iterations", type=int, default=500,
+                        help="AdaRound's steps per layer for the aimet-adaround variant (AIMET recommends 10000)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="int8-fidelity.") as work:
         for name in args.models:
-            rows += benchmark(name, args.crops, args.calibration, Path(work), args.variants)
+            rows += benchmark(name, args.crops, args.calibration, Path(work), args.variants, args.adaround_iterations)
     evaluated = args.crops - args.calibration
     print(f"\n{evaluated} evaluated crops per model (calibration: {args.calibration} others); latency: 1 thread, p50 of 100")
     print(f"{'model':6s} {'variant':22s} {'fmt':6s} {'SQNR dB':>8s} {'agree %':>8s} {'confident %':>12s} "
