@@ -83,3 +83,21 @@ def pretrained_cfg_net() -> nn.Module:
 def five_class_net() -> nn.Module:
     """A small RGB net with five outputs, for data that holds a few of its classes."""
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+
+
+class ResidualThenDepthwiseNet(nn.Module):
+    """The built-in student's layout: a residual block (its Add's output reaches onnx2tf in NCHW), then a separable
+    block whose depthwise convolution reads it."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+        self.shortcut = nn.Conv2d(8, 16, 1, 2)
+        self.separable = nn.Sequential(nn.Conv2d(16, 16, 5, 2, 2, groups=16), nn.ReLU(), nn.Conv2d(16, 24, 1),
+                                       nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(self.separable(torch.relu(self.body(x) + self.shortcut(x))))

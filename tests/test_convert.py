@@ -92,3 +92,31 @@ def test_pseudo_ops_are_onnx2tfs_names():
     assert build_config(tflite_pseudo_ops="Erf,GeLU").tflite_pseudo_ops == ("Erf", "GeLU")
     with pytest.raises(ConfigError, match="tflite_pseudo_ops: bad value 'erff', expected some of Asin, Acos"):
         build_config(tflite_pseudo_ops=["erff"])
+
+
+@pytest.mark.parametrize("grouped_conv", [True, False], ids=["grouped-conv", "no-grouped-conv"])
+def test_a_depthwise_convolution_after_a_residual_add_stays_depthwise(tmp_path, grouped_conv):
+    """onnx2tf 1.29 took it for a grouped convolution: a grouped CONV_2D, or (Coral: no grouped convolutions) one
+    CONV_2D per channel between a SPLIT and a CONCATENATION."""
+    from pipeline.tflite_file import read_graph
+    from tests.helpers import ResidualThenDepthwiseNet
+
+    torch.manual_seed(0)
+    images = np.random.default_rng(0).random((8, 28, 28, 1)).astype(np.float32)
+    inputs = PreprocessSpec.from_images(images).apply(images)
+    model = ResidualThenDepthwiseNet().eval()
+    export_onnx(model, (1, 1, 28, 28), tmp_path / "residual.onnx", 17)
+    files = convert_tflite(tmp_path / "residual.onnx", inputs, images, tmp_path / "tfl", "per-channel-conv",
+                           IODtype.UINT8, Layout.NHWC, grouped_conv=grouped_conv, int8=False)
+    ops = [op.name for op in read_graph(files["fp32"]).ops]
+    assert ops.count("DEPTHWISE_CONV_2D") == 1 and ops.count("CONV_2D") == 5, ops
+    assert "SPLIT" not in ops and "CONCATENATION" not in ops
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(files["fp32"]))
+    interpreter.allocate_tensors()
+    for x in inputs[:2]:
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x[None].transpose(0, 2, 3, 1).copy())
+        interpreter.invoke()
+        got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+        np.testing.assert_allclose(got, model(torch.from_numpy(x[None])).detach().numpy(), atol=1e-4)

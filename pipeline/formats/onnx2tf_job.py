@@ -41,9 +41,40 @@ class TFLiteJob:
     ranges_model: str | None = None
 
 
+def _depthwise_input_in_nhwc(make_node):
+    """Wraps onnx2tf 1.29's Conv ``make_node``, which tests for a depthwise convolution (group == input channels)
+    on the input's shape as it arrives, before transposing an input that arrives in ONNX's layout (NCHW: typically
+    the output of a residual Add) to NHWC. Such a depthwise convolution is taken for a grouped one: a grouped CONV_2D,
+    or with grouped convolutions disabled (Coral) one CONV_2D per channel between a SPLIT and a CONCATENATION, which
+    the int8 ranges and weights then do not match. onnx2tf 2.x tests after the transpose but needs Python 3.12. So
+    this hands such an input over already in NHWC, as onnx2tf would transpose it, and puts it back after."""
+    import tensorflow as tf
+
+    def wrapped(*, graph_node, tf_layers_dict, **kwargs):
+        source = tf_layers_dict.get(graph_node.inputs[0].name, {})
+        tensor = source.get("tf_node")
+        onnx_shape = [d if isinstance(d, int) else None for d in (graph_node.inputs[0].shape or [])]
+        depthwise_in_nchw = (
+            len(onnx_shape) == 4 and onnx_shape[1] == graph_node.attrs.get("group", 1) != 1
+            and not isinstance(tensor, (np.ndarray, type(None))) and list(tensor.shape) == onnx_shape
+            and len(set(onnx_shape[1:])) > 1  # onnx2tf leaves C == H == W alone
+        )
+        if not depthwise_in_nchw:
+            return make_node(graph_node=graph_node, tf_layers_dict=tf_layers_dict, **kwargs)
+        source["tf_node"] = tf.transpose(tensor, [0, 2, 3, 1])
+        try:
+            return make_node(graph_node=graph_node, tf_layers_dict=tf_layers_dict, **kwargs)
+        finally:
+            source["tf_node"] = tensor
+
+    return wrapped
+
+
 def run_job(job: TFLiteJob) -> None:
     import onnx2tf
+    import onnx2tf.ops.Conv  # onnx2tf looks each op's module up by name at every node
 
+    onnx2tf.ops.Conv.make_node = _depthwise_input_in_nhwc(onnx2tf.ops.Conv.make_node)
     zeros = np.zeros((1, 1, 1, job.channels) if not job.keep_nchw else (1, job.channels, 1, 1), np.float32)
     onnx2tf.convert(
         input_onnx_file_path=job.onnx_path,
