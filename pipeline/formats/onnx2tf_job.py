@@ -46,8 +46,9 @@ def _depthwise_input_in_nhwc(make_node):
     on the input's shape as it arrives, before transposing an input that arrives in ONNX's layout (NCHW: typically
     the output of a residual Add) to NHWC. Such a depthwise convolution is taken for a grouped one: a grouped CONV_2D,
     or with grouped convolutions disabled (Coral) one CONV_2D per channel between a SPLIT and a CONCATENATION, which
-    the int8 ranges and weights then do not match. onnx2tf 2.x tests after the transpose but needs Python 3.12. So
-    this hands such an input over already in NHWC, as onnx2tf would transpose it, and puts it back after."""
+    the int8 ranges and weights then do not match. onnx2tf fixed it upstream (PR 959) after 1.29.24, the last
+    release for Python 3.11. So this hands such an input over already in NHWC, as onnx2tf would transpose it, and
+    puts it back after."""
     import tensorflow as tf
 
     def wrapped(*, graph_node, tf_layers_dict, **kwargs):
