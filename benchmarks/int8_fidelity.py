@@ -420,9 +420,10 @@ def measure(runner, inputs: np.ndarray, reference: np.ndarray, labels: np.ndarra
 def benchmark(name: str, subject: Subject, work: Path, variants: list[str], adaround_iterations: int = 500
               ) -> list[dict]:
     fp32, calib, evaluated, pixels = subject.fp32, subject.calib, subject.evaluated, subject.to_pixels
-    reference = np.concatenate([OnnxRunner(fp32)(x[None]) for x in evaluated]).astype(np.float64)
+    float_runner = OnnxRunner(fp32)  # one session: a session per sample holds its memory until collected
+    reference = np.concatenate([float_runner(x[None]) for x in evaluated]).astype(np.float64)
     rows = [{"model": name, "variant": "fp32", "format": "onnx", "make_s": 0.0, "note": "",
-             **measure(OnnxRunner(fp32), evaluated, reference, subject.labels)}]
+             **measure(float_runner, evaluated, reference, subject.labels)}]
     made: dict[str, Path] = {}
     makers = {
         "ort-default": lambda: (ort_static(fp32, work / f"{name}-ort-default.onnx", calib, False), ""),
