@@ -442,8 +442,8 @@ def benchmark(name: str, subject: Subject, work: Path, variants: list[str], adar
         "pipeline-tflite-own-ranges": lambda: tflite_int8(made["grid"], calib, pixels, work / f"{name}-tfl-own"),
         "pipeline-tflite": lambda: tflite_int8(made["grid"], calib, pixels, work / f"{name}-tfl-pipeline",
                                                ranges=made["ranges"]),
-        "pipeline-coral": lambda: _coral(fp32, work, name, subject, "coral-edgetpu"),
-        "pipeline-coral-per-tensor": lambda: _coral(fp32, work, name, subject, _coral_per_tensor()),
+        "pipeline-coral": lambda: _coral(subject, work, name, "coral-edgetpu"),
+        "pipeline-coral-per-tensor": lambda: _coral(subject, work, name, _coral_per_tensor()),
         "pipeline-tflite-fallback": lambda: tflite_int8(made["grid"], calib, pixels, work / f"{name}-tfl-fallback",
                                                         FALLBACK_TOLERANCE, made["ranges"]),
     }
@@ -485,11 +485,11 @@ def _pipeline(fp32: Path, work: Path, name: str, calib: np.ndarray, made: dict) 
     return made["int8"], f"{ranges_note}; {note} (GPTQ and ranges: {gptq_s:.0f} s)"
 
 
-def _coral(fp32: Path, work: Path, name: str, subject: Subject, target) -> tuple[Path, str]:
+def _coral(subject: Subject, work: Path, name: str, target) -> tuple[Path, str]:
     """Coral's int8 TFLite as the pipeline makes it: GPTQ weights in the profile's granularity, ranges chosen in that
     scheme, weights tuned through its rounding, converted with those ranges (uint8 I/O, no grouped convolution)."""
     stem = f"{name}-coral-{_profile(target).int8.granularity.value}"
-    calib = subject.calib
+    fp32, calib = subject.fp32, subject.calib
     gptq_int8, grid, ranges = pipeline_onnx(fp32, work / f"{stem}-gptq.onnx", calib, work, target)
     _, tuned, note = pipeline_tuned(fp32, grid, gptq_int8, ranges, calib, work / f"{stem}-tuned.onnx", target)
     path, ranges_note = tflite_int8(tuned, calib, subject.to_pixels, work / f"{stem}-tfl", ranges=ranges,

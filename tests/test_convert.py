@@ -35,15 +35,23 @@ def test_rgb_model_converts_offline_with_bare_path(tmp_path, offline_without_ven
     assert io["input_shape"] == (1, 16, 16, 3) and io["input_dtype"] == "int8" and io["input_quant"]["scale"] > 0
     assert tflite_io(files["fp32"])["input_dtype"] == "float32"
     # the fp32 TFLite model computes what PyTorch computes
+    x = spec.apply(images[:1])
+    np.testing.assert_allclose(float_tflite_outputs(files["fp32"], x), model(torch.from_numpy(x)).detach().numpy(),
+                               atol=1e-4)
+
+
+def float_tflite_outputs(path, inputs_nchw: np.ndarray) -> np.ndarray:
+    """A float TFLite model's outputs on NCHW inputs, one sample at a time."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(files["fp32"]))
+    interpreter = Interpreter(model_path=str(path))
     interpreter.allocate_tensors()
-    x = spec.apply(images[:1])
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x.transpose(0, 2, 3, 1).copy())
-    interpreter.invoke()
-    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-    np.testing.assert_allclose(got, model(torch.from_numpy(x)).detach().numpy(), atol=1e-4)
+    outputs = []
+    for x in inputs_nchw:
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x[None].transpose(0, 2, 3, 1).copy())
+        interpreter.invoke()
+        outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+    return np.concatenate(outputs)
 
 
 def test_op_the_exporter_cannot_handle(tmp_path):
@@ -111,12 +119,5 @@ def test_a_depthwise_convolution_after_a_residual_add_stays_depthwise(tmp_path, 
     ops = [op.name for op in read_graph(files["fp32"]).ops]
     assert ops.count("DEPTHWISE_CONV_2D") == 1 and ops.count("CONV_2D") == 5, ops
     assert "SPLIT" not in ops and "CONCATENATION" not in ops
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(files["fp32"]))
-    interpreter.allocate_tensors()
-    for x in inputs[:2]:
-        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x[None].transpose(0, 2, 3, 1).copy())
-        interpreter.invoke()
-        got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-        np.testing.assert_allclose(got, model(torch.from_numpy(x[None])).detach().numpy(), atol=1e-4)
+    np.testing.assert_allclose(float_tflite_outputs(files["fp32"], inputs[:2]),
+                               model(torch.from_numpy(inputs[:2])).detach().numpy(), atol=1e-4)
