@@ -1,4 +1,5 @@
-"""The built-in CNNs, by name: ``fmnist-resnet`` (the default teacher) and ``fmnist-tiny``."""
+"""The built-in CNNs, by name: ``fmnist-resnet`` (the default teacher), ``fmnist-tiny``, ``fmnist-mobilenetv2`` and
+the detector ``fmnist-detector``; each with its task (classify or detect)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -7,13 +8,15 @@ import torch
 from torch import nn
 
 BUILTINS: dict[str, Callable[..., nn.Module]] = {}
+BUILTIN_TASKS: dict[str, str] = {}  # name -> classify | detect
 
 
-def register_builtin(name: str):
+def register_builtin(name: str, task: str = "classify"):
     def wrap(factory):
         if name in BUILTINS:
             raise ValueError(f"built-in model '{name}' is registered twice")
         BUILTINS[name] = factory
+        BUILTIN_TASKS[name] = task
         return factory
 
     return wrap
@@ -137,3 +140,47 @@ def fmnist_mobilenetv2(in_channels: int = 1, num_classes: int = 10) -> nn.Module
     """MobileNetV2 in torchvision's layout for 28x28 inputs: width 0.5, a stride-1 stem and stages at strides
     1, 1, 2, 2, 1, 2, 1 (28 -> 14 -> 7 -> 4), last 1x1 to 640 channels."""
     return MobileNetV2(in_channels, num_classes, width=0.5, stem_stride=1, strides=(1, 1, 2, 2, 1, 2, 1), last=640)
+
+
+class DenseDetector(nn.Module):
+    """An anchor-free one-level detector (FCOS-style): ``features`` (a stride-8 ResNet backbone, cut into blocks like
+    the classifiers'), a ``head`` that predicts at every cell of the stride-8 grid the distances from the cell's
+    centre to the box's four sides and the class scores, and the decoding in the graph. It gives two outputs, so
+    that neither shares the other's int8 scale: ``boxes`` [1, N, 4] (x1, y1, x2, y2 in [0, 1] of the input) and
+    ``scores`` [1, N, C] (sigmoid), N = (H / 8) * (W / 8) cells, row-major (``board_runtime.detection``'s
+    boxes-scores decoder)."""
+
+    STRIDE = 8
+    DECODER = {"decoder": "boxes-scores"}
+
+    def __init__(self, in_channels: int, num_classes: int, widths: tuple[int, ...] = (16, 32, 48, 64),
+                 input_hw: tuple[int, int] = (96, 96), reach: float = 0.75):
+        super().__init__()
+        layers: list[nn.Module] = [conv_bn_relu(in_channels, widths[0], 3, 2)]
+        for index, width in enumerate(widths[1:]):
+            layers.append(BasicBlock(widths[index], width, stride=2 if index < 2 else 1))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(conv_bn_relu(widths[-1], widths[-1]), nn.Conv2d(widths[-1], 4 + num_classes, 1))
+        self.reach = reach  # the longest centre-to-side distance it can predict, as a share of the input's side
+        rows, cols = input_hw[0] // self.STRIDE, input_hw[1] // self.STRIDE
+        ys, xs = torch.meshgrid(torch.arange(rows) + 0.5, torch.arange(cols) + 0.5, indexing="ij")
+        centres = torch.stack([xs / cols, ys / rows], dim=-1).reshape(1, -1, 2)
+        self.register_buffer("centres", torch.cat([centres, centres], dim=-1), persistent=False)
+        self.register_buffer("signs", torch.tensor([-1.0, -1.0, 1.0, 1.0]), persistent=False)
+        with torch.no_grad():  # start with rare, small boxes: the loss is not swamped by the empty cells
+            self.head[-1].bias[4:].fill_(-4.0)
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's output, [B, N, 4 + C]: distances to the four sides and class scores, before activation."""
+        return self.head(self.features(x)).flatten(2).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raw = self.raw(x)
+        boxes = self.centres + self.signs * torch.sigmoid(raw[..., :4]) * self.reach
+        return boxes, torch.sigmoid(raw[..., 4:])
+
+
+@register_builtin("fmnist-detector", task="detect")
+def fmnist_detector(in_channels: int = 1, num_classes: int = 10) -> nn.Module:
+    """The default detector: garments on 96 x 96 canvases (``data.detection.fashion_canvases``)."""
+    return DenseDetector(in_channels, num_classes)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -40,24 +40,53 @@ def evaluate_torch(model: nn.Module, inputs: np.ndarray, labels: np.ndarray, bat
     return top1(model, ((inputs[s : s + batch], labels[s : s + batch]) for s in range(0, len(labels), batch)))
 
 
+@dataclass(frozen=True)
+class Objective:
+    """What a training loop minimises and how it scores the held-out split, by task."""
+
+    loss: Callable[[nn.Module, torch.Tensor, np.ndarray, Compute], torch.Tensor]  # (model, inputs, labels, compute)
+    held_out: Callable[[nn.Module, Iterable[tuple[np.ndarray, np.ndarray]]], float]  # percent
+    metric: str  # the held-out figure's name
+    key: str = "test_top1"  # its key in the training stats
+    flip: Callable[[np.ndarray, np.ndarray], np.ndarray] = lambda labels, flipped: labels  # labels of flipped images
+
+
+def classification_objective(options: TrainOptions) -> Objective:
+    def loss(model, inputs, labels, compute):
+        with compute.autocast():
+            logits = model(inputs)
+        return nn.functional.cross_entropy(logits.float(), compute.inputs(torch.from_numpy(labels)),
+                                           label_smoothing=options.label_smoothing)
+
+    return Objective(loss, top1, "top-1")
+
+
 def train_classifier(
     model: nn.Module, train: Dataset, test: Dataset, preprocess: PreprocessSpec, options: TrainOptions,
     cache_key_extra: dict, compute: Compute | None = None,
 ) -> tuple[nn.Module, dict]:
-    """Train ``model`` with cross-entropy (or load the cached result of the same training) and return it with stats,
+    """Train ``model`` with cross-entropy (or load the cached result of the same training)."""
+    return train_model(model, train, test, preprocess, options, cache_key_extra, classification_objective(options),
+                       compute)
+
+
+def train_model(
+    model: nn.Module, train: Dataset, test: Dataset, preprocess: PreprocessSpec, options: TrainOptions,
+    cache_key_extra: dict, objective: Objective, compute: Compute | None = None,
+) -> tuple[nn.Module, dict]:
+    """Train ``model`` on ``objective`` (or load the cached result of the same training) and return it with stats,
     on the CPU afterwards whichever device trained it."""
     compute = compute or resolve(ComputeOptions())
     key = sha256_json({"options": asdict(options), "precision": compute.precision, **cache_key_extra})[:16]
     cached = cache_dir() / "teachers" / f"{key}.pt"
     if cached.is_file():
         model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
-        stats = {"cached": str(cached), "test_top1": None, "seconds": 0.0}
+        stats = {"cached": str(cached), objective.key: None, "seconds": 0.0}
         return model.eval(), stats
 
     torch.manual_seed(options.seed)
     subset = train.take(options.train_subset, options.seed)  # read a batch at a time, never whole
-    y = torch.from_numpy(subset.labels)
-    steps_per_epoch = max(1, len(y) // options.batch_size)
+    steps_per_epoch = max(1, len(subset) // options.batch_size)
     with compute.training(model) as scaler:  # before the optimizer: its state lives beside the weights
         optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr / 2, weight_decay=options.weight_decay)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, options.lr, total_steps=options.epochs * steps_per_epoch)
@@ -71,18 +100,17 @@ def train_classifier(
             accuracy = saved["accuracy"]
         for epoch in range(saved["epoch"] if saved else 0, options.epochs):
             model.train()
-            order = torch.randperm(len(y), generator=generator)
+            order = torch.randperm(len(subset), generator=generator)
             bar = tqdm(range(steps_per_epoch), desc=f"train teacher epoch {epoch + 1}/{options.epochs}", unit="batch")
             for step in bar:
                 index = order[step * options.batch_size : (step + 1) * options.batch_size]
                 batch = torch.from_numpy(preprocess.apply(subset.subset(index.numpy()).read()))
+                labels = subset.labels[index.numpy()]
                 if options.hflip:
                     flip = torch.rand(len(index), generator=generator) < 0.5
                     batch = torch.where(flip[:, None, None, None], batch.flip(3), batch)
-                with compute.autocast():
-                    logits = model(compute.inputs(batch))
-                loss = nn.functional.cross_entropy(logits.float(), compute.inputs(y[index]),
-                                                   label_smoothing=options.label_smoothing)
+                    labels = objective.flip(labels, flip.numpy())
+                loss = objective.loss(model, compute.inputs(batch), labels, compute)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.backward(loss)
                 scaler.step(optimizer)
@@ -90,11 +118,11 @@ def train_classifier(
                 if step % 20 == 0:
                     bar.set_postfix(loss=f"{loss.item():.3f}")
             bar.close()
-            accuracy = top1(model, ((preprocess.apply(x), y) for x, y in test.batches(500)))
-            tqdm.write(f"epoch {epoch + 1}: test top-1 {accuracy:.2f}%")
+            accuracy = objective.held_out(model, ((preprocess.apply(x), y) for x, y in test.batches(500)))
+            tqdm.write(f"epoch {epoch + 1}: test {objective.metric} {accuracy:.2f}%")
             checkpoint.save(epoch + 1, model, optimizer, schedule, generator, accuracy=accuracy)
     model = model.cpu().eval()
-    stats = {"cached": None, "test_top1": accuracy, "seconds": round(time.perf_counter() - started, 1),
+    stats = {"cached": None, objective.key: accuracy, "seconds": round(time.perf_counter() - started, 1),
              **compute.describe()}
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(".tmp")

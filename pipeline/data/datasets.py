@@ -119,6 +119,8 @@ class DataSplits:
     test: Dataset
     classes: tuple[str, ...]
     source: str
+    task: str = "classify"  # detect: each label is an image's (k, 5) boxes (``data.detection``)
+    labelled: bool = True  # false for a folder of images alone (detection: the float model's boxes are the truth)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -137,7 +139,8 @@ class DataSplits:
             pixels.digest(digest)
         for split in (self.train, self.test):
             digest.update(split.rows.tobytes())
-            digest.update(split.labels.tobytes())
+            for labels in (split.labels if split.labels.dtype == object else [split.labels]):
+                digest.update(np.ascontiguousarray(labels).tobytes())
         return digest.hexdigest()
 
 
