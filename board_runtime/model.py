@@ -11,6 +11,10 @@ import numpy as np
 from .sessions import SESSIONS
 
 
+def dequantize(y: np.ndarray, q: dict | None) -> np.ndarray:
+    return (y.astype(np.float32) - q["zero_point"]) * q["scale"] if q else y.astype(np.float32)
+
+
 class Model:
     """An artifact of a manifest, fed with normalised NCHW float32 inputs and returning float logits."""
 
@@ -35,11 +39,23 @@ class Model:
         return np.ascontiguousarray(x.astype(a["input_dtype"]))
 
     def finish(self, y: np.ndarray) -> np.ndarray:
-        q = self.artifact["output_quant"]
-        return (y.astype(np.float32) - q["zero_point"]) * q["scale"] if q else y.astype(np.float32)
+        return dequantize(y, self.artifact["output_quant"])
+
+    def outputs(self, x_nchw: np.ndarray) -> list[np.ndarray]:
+        """Every output as float, in the reference model's output order (the manifest's ``outputs`` say where each
+        is among the file's own outputs and how it is quantized; a file with one output has none)."""
+        raw = self.session.outputs(self.prepare(x_nchw))
+        described = self.artifact.get("outputs") or [
+            {"index": i, "quant": self.artifact["output_quant"] if i == 0 else None} for i in range(len(raw))]
+        return [dequantize(raw[o["index"]], o["quant"]) for o in described]
 
     def predict(self, x_nchw: np.ndarray) -> np.ndarray:
         return self.finish(self.session.run(self.prepare(x_nchw)))
+
+    def outputs_each(self, inputs_nchw: np.ndarray) -> list[np.ndarray]:
+        """Every output of every sample, one sample at a time, stacked per output."""
+        per_sample = [self.outputs(sample[None]) for sample in inputs_nchw]
+        return [np.concatenate([s[i] for s in per_sample]).astype(np.float32) for i in range(len(per_sample[0]))]
 
     def predict_each(self, inputs_nchw: np.ndarray) -> np.ndarray:
         """Logits of every sample, one at a time (the artifacts have a static batch of 1)."""

@@ -1,6 +1,7 @@
 """One session class per way of running an artifact; a manifest's artifact names its session (``SESSIONS``).
 
-A session loads one model file and runs a prepared batch. ``accelerators`` lists only what really runs
+A session loads one model file and runs a prepared batch: ``outputs`` gives every output tensor in the file's own
+output order, ``run`` the first (a classifier's logits; what a timing calls). ``accelerators`` lists only what really runs
 the model: the Edge TPU session exists for models that ``edgetpu_compiler`` produced (they carry its
 custom op) and refuses any other, and a plain TFLite session never loads a delegate.
 """
@@ -47,6 +48,29 @@ def _tflite_interpreter_module():
     raise RuntimeError("no TFLite runtime: pip install ai-edge-litert (or tflite-runtime); " + "; ".join(errors))
 
 
+def tflite_output_names(interpreter) -> list[str]:
+    """The outputs' names in the interpreter's output order: its signature's names where it has one (converters
+    name the tensors themselves "PartitionedCall:0" and the like, and may order them differently), else the
+    tensors' own."""
+    details = interpreter.get_output_details()
+    try:
+        signatures = interpreter._get_full_signature_list() or {}
+    except (AttributeError, RuntimeError, ValueError):
+        signatures = {}
+    named = {index: name for name, index in next(iter(signatures.values()), {}).get("outputs", {}).items()}
+    return [named.get(detail["index"], detail["name"]) for detail in details]
+
+
+def output_order(names: list[str], wanted: list[str]) -> list[int] | None:
+    """Where each of ``wanted`` (the reference's output names, in its order) is among a file's outputs ``names``: by
+    name, else by the names a TensorFlow saved model gives the N-th output (output_0, output_1, ...: what the int8
+    converter keeps of onnx2tf's); None when neither matches."""
+    for expected in (list(wanted), [f"output_{i}" for i in range(len(wanted))]):
+        if sorted(names) == sorted(expected):
+            return [names.index(name) for name in expected]
+    return None
+
+
 class TFLiteSession:
     """A .tflite on the CPU, with the first TFLite runtime this machine has."""
 
@@ -58,7 +82,7 @@ class TFLiteSession:
                                               experimental_delegates=self._delegates(module) or None)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
+        self.output_details = self.interpreter.get_output_details()
 
     def _accelerators(self, path: str) -> list[str]:
         return []
@@ -66,10 +90,15 @@ class TFLiteSession:
     def _delegates(self, module) -> list:
         return []
 
+    def outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        self.interpreter.set_tensor(self.input["index"], x)
+        self.interpreter.invoke()
+        return [self.interpreter.get_tensor(detail["index"]) for detail in self.output_details]
+
     def run(self, x: np.ndarray) -> np.ndarray:
         self.interpreter.set_tensor(self.input["index"], x)
         self.interpreter.invoke()
-        return self.interpreter.get_tensor(self.output["index"])
+        return self.interpreter.get_tensor(self.output_details[0]["index"])
 
 
 class EdgeTPUSession(TFLiteSession):
@@ -119,8 +148,11 @@ class OnnxSession:
         self.accelerators = [p for p in self.session.get_providers() if p != "CPUExecutionProvider"]
         self.input_name = self.session.get_inputs()[0].name
 
+    def outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, {self.input_name: x})
+
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: x})[0]
+        return self.outputs(x)[0]
 
 
 class TorchSession:
@@ -133,9 +165,13 @@ class TorchSession:
         self.torch, self.runtime, self.version, self.accelerators = torch, "torch", torch.__version__, []
         self.module = torch.jit.load(path, map_location="cpu").eval()
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def outputs(self, x: np.ndarray) -> list[np.ndarray]:
         with self.torch.no_grad():
-            return self.module(self.torch.from_numpy(x)).numpy()
+            out = self.module(self.torch.from_numpy(x))
+        return [o.numpy() for o in (out if isinstance(out, (tuple, list)) else [out])]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.outputs(x)[0]
 
 
 SESSIONS = {"tflite": TFLiteSession, "edgetpu": EdgeTPUSession, "onnx": OnnxSession, "torch": TorchSession}

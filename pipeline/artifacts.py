@@ -38,6 +38,9 @@ class Artifact:
     sha256: str = ""
     size_bytes: int = 0
     calibration: str | None = None  # int8: what calibrated its ranges
+    # A file with several outputs: each as the reference model names it, in its order, with where it is among the
+    # file's own outputs ("index") and its quantization ("quant", None when float). Empty: the file's order.
+    outputs: tuple[dict, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

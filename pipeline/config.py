@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +75,21 @@ class BenchOptions:
             raise ConfigError(f"bench.noise_threshold: bad value {self.noise_threshold!r}, expected a ratio such as 0.1")
 
 
+class Task(str, Enum):
+    """What the model's outputs mean: class logits, or a detector's tensors that its decoder turns into boxes."""
+
+    CLASSIFY = "classify"
+    DETECT = "detect"
+
+
 @dataclass(frozen=True)
 class RunConfig:
     targets: tuple[str, ...] = ("raspberry-pi-4",)
     model: str = "fmnist-resnet"
+    task: Task | None = None  # None: the built-in model's own, else classify
+    # a detector's decoder and its options (``board_runtime.detection``): {"decoder": "ssd", "anchors": [...], ...};
+    # None: the built-in model's own
+    detect: dict | None = None
     weights: str | None = None
     data: str | None = None  # None: Fashion-MNIST from the Debian package
     out: str = "out"
@@ -98,6 +110,21 @@ class RunConfig:
     from_stage: str | None = None
 
     def __post_init__(self):
+        if self.task is not None:
+            try:
+                object.__setattr__(self, "task", Task(self.task))
+            except ValueError:
+                raise ConfigError(f"task: bad value {self.task!r}, expected one of "
+                                  f"{', '.join(t.value for t in Task)}") from None
+        if self.detect is not None:
+            from board_runtime.detection import check_options
+
+            if not isinstance(self.detect, dict):
+                raise ConfigError(f"detect: bad value {self.detect!r}, expected a mapping such as {{decoder: yolo}}")
+            try:
+                check_options(self.detect)
+            except ValueError as exc:
+                raise ConfigError(f"detect: {exc}") from None
         if isinstance(self.targets, str):
             object.__setattr__(self, "targets", tuple(t.strip() for t in self.targets.split(",") if t.strip()))
         if not self.targets:

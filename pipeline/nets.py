@@ -9,14 +9,17 @@ from torch import nn
 
 BUILTINS: dict[str, Callable[..., nn.Module]] = {}
 BUILTIN_TASKS: dict[str, str] = {}  # name -> classify | detect
+BUILTIN_DECODERS: dict[str, dict] = {}  # a built-in detector's decoder options (``board_runtime.detection``)
 
 
-def register_builtin(name: str, task: str = "classify"):
+def register_builtin(name: str, task: str = "classify", decoder: dict | None = None):
     def wrap(factory):
         if name in BUILTINS:
             raise ValueError(f"built-in model '{name}' is registered twice")
         BUILTINS[name] = factory
         BUILTIN_TASKS[name] = task
+        if decoder:
+            BUILTIN_DECODERS[name] = decoder
         return factory
 
     return wrap
@@ -151,7 +154,7 @@ class DenseDetector(nn.Module):
     boxes-scores decoder)."""
 
     STRIDE = 8
-    DECODER = {"decoder": "boxes-scores"}
+    OUTPUT_NAMES = ("boxes", "scores")  # as its exports name its outputs
 
     def __init__(self, in_channels: int, num_classes: int, widths: tuple[int, ...] = (16, 32, 48, 64),
                  input_hw: tuple[int, int] = (96, 96), reach: float = 0.75):
@@ -180,7 +183,7 @@ class DenseDetector(nn.Module):
         return boxes, torch.sigmoid(raw[..., 4:])
 
 
-@register_builtin("fmnist-detector", task="detect")
+@register_builtin("fmnist-detector", task="detect", decoder={"decoder": "boxes-scores"})
 def fmnist_detector(in_channels: int = 1, num_classes: int = 10) -> nn.Module:
     """The default detector: garments on 96 x 96 canvases (``data.detection.fashion_canvases``)."""
     return DenseDetector(in_channels, num_classes)

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 from .artifacts import Artifact, sha256_file
-from .config import RunConfig
+from .config import RunConfig, Task
+from .errors import ConfigError
 from .data import DataSplits, PreprocessSpec, load_dataset
 from .data.labels import map_classes, read_labels
 from .data.preprocess import PreprocessOptions, recipe_of
@@ -36,10 +37,38 @@ class Planner:
         return self.source.row.preprocessing(self.source)
 
     @cached_property
+    def task(self) -> Task:
+        """The configuration's task, else the built-in model's, else classify."""
+        from .nets import BUILTIN_TASKS
+
+        return self.config.task or Task(BUILTIN_TASKS.get(self.config.model, Task.CLASSIFY))
+
+    @cached_property
+    def decoder(self) -> dict | None:
+        """A detector's decoder options (``board_runtime.detection``), the configuration's or the built-in model's;
+        None for a classifier."""
+        if self.task is not Task.DETECT:
+            return None
+        from board_runtime.detection import check_options
+
+        from .nets import BUILTIN_DECODERS
+
+        decoder = self.config.detect or BUILTIN_DECODERS.get(self.config.model)
+        if decoder is None:
+            raise ConfigError(f"{self.config.model}: a detector needs its decoder: give 'detect: {{decoder: NAME, ...}}'"
+                              " in the configuration or --decoder NAME")
+        return check_options(decoder)
+
+    @cached_property
     def data(self) -> DataSplits | None:
         """The data; None for a model file benchmarked alone without ``--data`` (no Fashion-MNIST default then)."""
         if self.config.artifact_only and self.config.data is None:
             return None
+        if self.task is Task.DETECT:
+            from .data.detection import load_detection
+
+            return load_detection(self.config.data, self.config.image_size or (
+                tuple(self.config.input_shape[2:]) if self.config.input_shape else None))
         own = self.carried_preprocessing[0] if self.carried_preprocessing else PreprocessOptions()
         recipe = recipe_of(self.config.preprocess, own)
         data = load_dataset(self.config.data, self.config.image_size, recipe["resize"], recipe["crop"],

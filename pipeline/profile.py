@@ -63,6 +63,14 @@ class Budgets:
 
 
 @dataclass(frozen=True)
+class DetectionTolerance:
+    """What a detector's artifact may lose against the reference, in points."""
+
+    map50_95: float  # of mAP50-95 against the labels
+    reference_map50: float  # of mAP50 against the reference's own detections (the gate where there are no labels)
+
+
+@dataclass(frozen=True)
 class PeakGops:
     """Giga-operations per second at each precision, on the compute path the board's artifacts of that
     precision run on (GPU, NPU or CPU); None where the board has no such path."""
@@ -106,6 +114,7 @@ class TargetProfile:
     int8: Int8Scheme
     budgets: Budgets
     accuracy_tolerance: float  # top-1 points an artifact may lose against torch fp32
+    detection_tolerance: DetectionTolerance
     # runtime -> the shell command that installs it on the board; a dict is unhashable, so kept out of the hash
     install: dict[str, str] = field(hash=False)
     performance: Performance | None  # None: no roofline estimates for this board

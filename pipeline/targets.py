@@ -18,8 +18,8 @@ import yaml
 from .compat import get_toolchain, toolchain_of
 from .errors import ConfigError
 from .formats import FORMATS
-from .profile import (Board, Budgets, Int8Granularity, Int8Scheme, IODtype, Layout, PeakGops, Performance,
-                      TargetProfile, ToolchainSpec)
+from .profile import (Board, Budgets, DetectionTolerance, Int8Granularity, Int8Scheme, IODtype, Layout, PeakGops,
+                      Performance, TargetProfile, ToolchainSpec)
 from .units import parse_count
 
 
@@ -207,6 +207,7 @@ def _parse_profile(path: Path, data: Any) -> TargetProfile:
             max_model_size_mb=budgets.positive("max_model_size_mb", "number of megabytes", nullable=True),
         ),
         accuracy_tolerance=top.number("accuracy_tolerance"),
+        detection_tolerance=_parse_detection_tolerance(top),
         install=top.install_commands("install", runtimes),
         performance=_parse_performance(top),
         toolchain=_parse_toolchain(top),
@@ -220,6 +221,12 @@ def _parse_profile(path: Path, data: Any) -> TargetProfile:
     if path.parent == TARGETS_DIR and profile.name != path.stem:
         top.fail("name", profile.name, f"'{path.stem}' (the file name)")
     return profile
+
+
+def _parse_detection_tolerance(top: _Fields) -> DetectionTolerance:
+    section = top.sub("detection_tolerance")
+    section.check_keys([f.name for f in fields(DetectionTolerance)])
+    return DetectionTolerance(**{f.name: section.number(f.name) for f in fields(DetectionTolerance)})
 
 
 def _parse_toolchain(top: _Fields) -> ToolchainSpec:

@@ -64,6 +64,30 @@ def check_input(model: nn.Module, input_shape: tuple[int, ...], name: str, num_c
         raise not_logits(name, shape, num_classes)
 
 
+def check_detector(model: nn.Module, input_shape: tuple[int, ...], name: str, decoder: dict) -> list[str]:
+    """Run one forward pass and decode it, so that a detector its decoder cannot read fails here, clearly; the
+    names of its outputs (its ``OUTPUT_NAMES``, else output0, output1, ...)."""
+    from board_runtime.detection import postprocess
+
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(input_shape))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise ModelError(f"{name}: does not accept input of shape {list(input_shape)} from the data ({first})") from exc
+    outputs = list(out) if isinstance(out, (tuple, list)) else [out]
+    if not all(isinstance(o, torch.Tensor) and o.ndim >= 1 and o.shape[0] == 1 for o in outputs):
+        raise ModelError(f"{name}: a detector's outputs must be tensors with a batch dim of 1, got "
+                         f"{[list(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__ for o in outputs]}")
+    try:
+        postprocess([o.numpy() for o in outputs], tuple(input_shape[2:]), decoder)
+    except (ValueError, IndexError) as exc:
+        raise ModelError(f"{name}: decoder '{decoder['decoder']}' cannot read outputs "
+                         f"{[list(o.shape) for o in outputs]} ({exc})") from exc
+    names = list(getattr(model, "OUTPUT_NAMES", ()))
+    return names if len(names) == len(outputs) else [f"output{i}" for i in range(len(outputs))]
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -169,7 +169,7 @@ class GraphModule:
         if unknown:
             raise CannotTune(f"no torch op here for {', '.join(unknown)}")
         self.input = next(i.name for i in model.graph.input if i.name not in self.values)
-        self.output = model.graph.output[0].name
+        self.outputs = [o.name for o in model.graph.output]
 
     def _round(self, name: str, x):
         import torch
@@ -188,7 +188,8 @@ class GraphModule:
                 layer = self.layers[inputs[1]]
                 args[1] = _round_weight(args[1], layer, self.granularity.per_channel(layer.op))
             env[output] = self._round(output, self.ops[op](*args, **attrs))
-        return env[self.output]
+        # every output, flattened side by side: a detector's boxes and scores are both matched
+        return torch.cat([env[name].flatten(1) for name in self.outputs], dim=1)
 
     def state(self) -> dict:
         return {name: value.detach().clone() for name, value in self.trained.items()}
@@ -294,7 +295,8 @@ def _check_parity(reference_path: Path, inputs: np.ndarray, outputs: np.ndarray)
 
     session = ort_session(reference_path)
     name = session.get_inputs()[0].name
-    expected = np.concatenate([session.run(None, {name: x[None]})[0] for x in inputs]).astype(np.float64)
+    expected = np.concatenate([np.concatenate([o.reshape(1, -1) for o in session.run(None, {name: x[None]})], axis=1)
+                               for x in inputs]).astype(np.float64)
     parity = sqnr_db(float(np.square(expected).sum()), float(np.square(expected - outputs).sum()))
     if parity < PARITY_DB:
         raise CannotTune(f"its graph run in torch is {parity:.0f} dB from ONNX Runtime's outputs")

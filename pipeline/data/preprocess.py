@@ -105,6 +105,7 @@ class PreprocessSpec:
     crop: int | None = None
     interpolation: str = "bilinear"
     source: str = "statistics of the training images"  # where the recipe came from, as reports say it
+    letterbox: tuple[int, int] | None = None  # a detector's: images fitted into (H, W) on grey padding
 
     @classmethod
     def from_images(cls, images: np.ndarray, **recipe: Any) -> "PreprocessSpec":

@@ -14,7 +14,8 @@ from .registry import Format, float_io, register_format
 
 
 
-def export_onnx(model, input_shape: tuple[int, ...], path: Path, opset: int) -> None:
+def export_onnx(model, input_shape: tuple[int, ...], path: Path, opset: int,
+                output_names: list[str] | tuple[str, ...] = (OUTPUT_NAME,)) -> None:
     """Write ``model`` as a simplified, checked ONNX file with a static ``input_shape``."""
     import onnx
     import torch
@@ -26,7 +27,7 @@ def export_onnx(model, input_shape: tuple[int, ...], path: Path, opset: int) -> 
             # The TorchScript-based exporter: it needs no onnxscript and gives plain static graphs for CNNs.
             torch.onnx.export(
                 model, (example,), str(path), dynamo=False, opset_version=opset,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
+                input_names=[INPUT_NAME], output_names=list(output_names), do_constant_folding=True,
             )
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
@@ -47,21 +48,23 @@ def export_onnx(model, input_shape: tuple[int, ...], path: Path, opset: int) -> 
     onnx.save(graph, str(path))
 
 
-def onnx_parity(reference: Callable[[np.ndarray], np.ndarray], path: Path, inputs: np.ndarray, atol: float) -> float:
-    """Max absolute output difference between ``reference`` (a function of a numpy batch) and onnxruntime on
-    ``path``, sample by sample; raise beyond ``atol``."""
+def onnx_parity(reference: Callable[[np.ndarray], list[np.ndarray]], path: Path, inputs: np.ndarray,
+                atol: float) -> float:
+    """Max absolute difference, over every output, between ``reference`` (a function of a numpy batch giving the
+    outputs in order) and onnxruntime on ``path``, sample by sample; raise beyond ``atol``, naming the output."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    worst = 0.0
+    names = [o.name for o in session.get_outputs()]
+    worst = {name: 0.0 for name in names}
     for sample in inputs:
-        got = session.run(None, {INPUT_NAME: sample[None]})[0]
-        worst = max(worst, float(np.abs(reference(sample[None]) - got).max()))
-    if not worst <= atol:  # also catches NaN
-        raise AccuracyError(
-            f"{path.name}: ONNX output differs from the model by {worst:.3g} (max abs logit), over the tolerance {atol:g}"
-        )
-    return worst
+        for name, want, got in zip(names, reference(sample[None]), session.run(None, {INPUT_NAME: sample[None]})):
+            worst[name] = max(worst[name], float(np.abs(want - got).max()))
+    name = max(worst, key=lambda n: worst[n] if worst[n] == worst[n] else float("inf"))
+    if not worst[name] <= atol:  # also catches NaN
+        raise AccuracyError(f"{path.name}: ONNX output '{name}' differs from the model by {worst[name]:.3g} (max abs), "
+                            f"over the tolerance {atol:g}")
+    return worst[name]
 
 
 PARITY_SAMPLES = 64
@@ -80,11 +83,13 @@ def _from_torch(plan, path: Path, opset: int) -> float:
     import torch
 
     model = plan.load_torch()
-    export_onnx(model, tuple(plan.model_record["data"]["input_shape"]), path, opset)
+    data = plan.model_record["data"]
+    export_onnx(model, tuple(data["input_shape"]), path, opset, data.get("output_names", [OUTPUT_NAME]))
 
-    def reference(x: np.ndarray) -> np.ndarray:
+    def reference(x: np.ndarray) -> list[np.ndarray]:
         with torch.no_grad():
-            return model(torch.from_numpy(x)).numpy()
+            out = model(torch.from_numpy(x))
+        return [o.numpy() for o in (out if isinstance(out, (tuple, list)) else [out])]
 
     return onnx_parity(reference, path, parity_inputs(plan), plan.config.parity_atol)
 
@@ -106,7 +111,7 @@ def _from_onnx(plan, path: Path, opset: int) -> float:
                                   f"({str(exc).splitlines()[0][:200]})") from exc
     onnx.save(model, str(path))
     original = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
-    return onnx_parity(lambda x: original.run(None, {INPUT_NAME: x})[0], path, parity_inputs(plan),
+    return onnx_parity(lambda x: original.run(None, {INPUT_NAME: x}), path, parity_inputs(plan),
                        plan.config.parity_atol)
 
 

@@ -13,6 +13,7 @@ from ..calibration import CalibrationRanges
 from ..calibration.fallback import by_output_impact, keep_in_float
 from ..calibration.sensitivity import activation_errors, fallback_candidates
 from ..compat import toolchain_of
+from ..config import Task
 from ..errors import ConversionError
 from ..profile import Int8Granularity, Int8Scheme
 from .registry import Format, float_io, register_format
@@ -98,17 +99,21 @@ def build(plan, target) -> tuple[dict, str]:
         reference = plan.path(export, export_key)
         errors = activation_errors(reference, out, "input", inputs[:SENSITIVITY_SAMPLES])
         # ONNX Runtime runs any op in float beside int8 ones (CPU and TensorRT alike): fall back where int8 costs most
-        # at the output, as measured on the samples the sensitivity table uses
-        harmful = by_output_impact(quantize, reference, tmp / "impact_trial.onnx", judged[:SENSITIVITY_SAMPLES],
-                                   fallback_candidates(reference, errors))
-        fallback = keep_in_float(quantize, reference, out, judged, harmful, target.accuracy_tolerance)
-        (tmp / "impact_trial.onnx").unlink(missing_ok=True)
-        if fallback.kept and fallback.reached:
-            errors = activation_errors(reference, out, "input", inputs[:SENSITIVITY_SAMPLES])
+        # at the output, as measured on the samples the sensitivity table uses. The fallback judges by top-1
+        # agreement: a detector's int8 model is kept whole.
+        fallback = None
+        if plan.task is Task.CLASSIFY:
+            harmful = by_output_impact(quantize, reference, tmp / "impact_trial.onnx", judged[:SENSITIVITY_SAMPLES],
+                                       fallback_candidates(reference, errors))
+            fallback = keep_in_float(quantize, reference, out, judged, harmful, target.accuracy_tolerance)
+            (tmp / "impact_trial.onnx").unlink(missing_ok=True)
+            if fallback.kept and fallback.reached:
+                errors = activation_errors(reference, out, "input", inputs[:SENSITIVITY_SAMPLES])
         weights, kept = plan.weights_note(model, int8_weights(out), "onnx")
-        note = "; ".join(n for n in (ranges_note(ranges["data"]), weights, fallback.note(target.accuracy_tolerance)) if n)
+        note = "; ".join(n for n in (ranges_note(ranges["data"]), weights,
+                                     fallback.note(target.accuracy_tolerance) if fallback else "") if n)
         return {"files": {"onnx": "model_int8.onnx"}, "calibration": {"onnx": note}, "weights_kept": list(kept),
-                "fallback": fallback.to_json(),
+                "fallback": fallback.to_json() if fallback else None,
                 "sensitivity": {"samples": min(len(inputs), SENSITIVITY_SAMPLES), "tensors": [e.to_json() for e in errors]}}
 
     params = {"granularity": scheme.granularity.value, "symmetric": scheme.activation_symmetric,

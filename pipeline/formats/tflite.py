@@ -26,6 +26,7 @@ from ..calibration import CalibrationRanges
 from ..calibration.fallback import Fallback
 from ..calibration.sensitivity import tflite_activation_errors
 from ..compat import toolchain_of
+from ..config import Task
 from ..errors import ConversionError
 from ..profile import IODtype, Layout
 from ..tflite_file import check_builtin_only, int8_constants, read_tflite
@@ -130,22 +131,33 @@ def _last_error(log_path: Path) -> str:
     return (errors[-1] if errors else (lines[-1] if lines else "no output"))[:300]
 
 
-def tflite_io(path: Path) -> dict:
-    """Input name/shape/dtype and the I/O quantization of a .tflite file, read by the interpreter itself."""
+def tflite_io(path: Path, output_names: list[str] | None = None) -> dict:
+    """Input name/shape/dtype and the I/O quantization of a .tflite file, read by the interpreter itself; with
+    several outputs, each (by name, with its quantization) in the order of ``output_names`` (the reference's, which
+    the file's signature names), else in the file's order."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(path))
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    from board_runtime.sessions import output_order, tflite_output_names
 
-    def quant(details):
-        scale, zero_point = details["quantization"]
+    interpreter = Interpreter(model_path=str(path))
+    inp, details = interpreter.get_input_details()[0], interpreter.get_output_details()
+    names = tflite_output_names(interpreter)
+
+    def quant(detail):
+        scale, zero_point = detail["quantization"]
         return {"scale": float(scale), "zero_point": int(zero_point)} if scale else None
 
+    order = output_order(names, output_names) if output_names else None
+    if order is None:  # the file's own order and names
+        order, output_names = list(range(len(details))), names
+    first = details[order[0]]
     return {
         "input_name": inp["name"], "input_shape": tuple(int(d) for d in inp["shape"]),
-        "output_shape": [int(d) for d in out["shape"]],
-        "input_dtype": np.dtype(inp["dtype"]).name, "output_dtype": np.dtype(out["dtype"]).name,
-        "input_quant": quant(inp), "output_quant": quant(out),
+        "output_shape": [int(d) for d in first["shape"]],
+        "input_dtype": np.dtype(inp["dtype"]).name, "output_dtype": np.dtype(first["dtype"]).name,
+        "input_quant": quant(inp), "output_quant": quant(first),
+        "outputs": [{"name": name, "index": i, "quant": quant(details[i]), "shape": [int(d) for d in details[i]["shape"]]}
+                    for name, i in zip(output_names, order)] if len(details) > 1 else [],
     }
 
 
@@ -167,8 +179,9 @@ def conversion_step(plan, target, int8: bool) -> dict:
     grouped_conv = toolchain_of(target).grouped_conv or not int8
     # ops kept in float where the int8 model misses the tolerance, on boards whose runtime runs them beside int8 ones
     # (float-I/O int8: the fallback's trial runs feed the float calibration samples)
+    # (the fallback judges by top-1 agreement: a detector's int8 model is kept whole)
     fallback = target.accuracy_tolerance if serves_int8 and toolchain_of(target).float_ops_in_int8 and \
-        scheme.io_dtype is IODtype.FLOAT32 else None
+        scheme.io_dtype is IODtype.FLOAT32 and plan.task is Task.CLASSIFY else None
     # the int8 model takes the ranges onnx-int8 has (and the weights were tuned through); a conversion that serves
     # no int8 kind makes the float models only
     ranges = plan.calibration_ranges(target) if serves_int8 else None
@@ -191,7 +204,9 @@ def conversion_step(plan, target, int8: bool) -> dict:
                 report = outputs.pop(key)
                 reports[key] = json.loads(report.read_text())
                 report.unlink()
-        record = {"files": {k: p.name for k, p in outputs.items()}, "io": {k: tflite_io(p) for k, p in outputs.items()}}
+        names = plan.model_record["data"].get("output_names")
+        record = {"files": {k: p.name for k, p in outputs.items()},
+                  "io": {k: tflite_io(p, names) for k, p in outputs.items()}}
         if not serves_int8:
             return record
         weights, kept = plan.weights_note(model, int8_constants(outputs["int8"]), "tflite")
@@ -226,7 +241,7 @@ def recorded_io(record: dict, key: str, target, input_shape: tuple[int, ...]) ->
     return {"input_name": io["input_name"], "input_shape": tuple(io["input_shape"]),
             "input_layout": io.get("input_layout", target.input_layout.value), "input_dtype": io["input_dtype"],
             "output_dtype": io["output_dtype"], "input_quant": quant(io["input_quant"]),
-            "output_quant": quant(io["output_quant"])}
+            "output_quant": quant(io["output_quant"]), "outputs": tuple(io.get("outputs", ()))}
 
 
 # Where each TFLite kind comes from, by the framework of the run's model: converted from the ONNX export, or the

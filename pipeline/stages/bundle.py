@@ -41,6 +41,8 @@ def manifest_info(plan, target) -> dict:
     return {"model": {"source": plan.config.model, "params": data["params"], "flops": data["flops"]},
             "input": {"shape": data["input_shape"], "dtype": "float32", "scale": "pixels / 255"},
             "preprocess": data["preprocess"], "classes": data["classes"],
+            # what the outputs mean: a classifier's logits, or a detector's tensors and the decoder that reads them
+            "task": data.get("task", "classify"), **({"detect": data["decoder"]} if "decoder" in data else {}),
             # onnxruntime providers the board's runtimes bring, in its order of preference; CPU last
             "execution_providers": [EXECUTION_PROVIDERS[r] for r in target.runtimes if r in EXECUTION_PROVIDERS]
             + ["CPUExecutionProvider"]}

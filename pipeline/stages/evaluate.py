@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from board_runtime.model import Model
 
 from ..artifacts import Artifact
+from ..config import Task
 from ..calibration.fallback import with_shares
 from ..engine import Step
 from ..errors import AccuracyError
@@ -81,23 +82,28 @@ def sensitive_tensors(record: dict) -> str:
 
 
 def accuracy_gate(evaluations: list[dict] | None, tolerance: float, reference: str,
-                  sensitive: dict[str, str] | None = None) -> dict:
-    """Which artifacts fell more than ``tolerance`` top-1 points below the reference (the first), and what to try
-    (for an int8 one, with its ``sensitive`` tensors named); ``evaluated`` is false when there was no data."""
+                  sensitive: dict[str, str] | None = None, metric: str = "top1") -> dict:
+    """Which artifacts fell more than ``tolerance`` points of ``metric`` below the reference (the first), and what
+    to try (for an int8 one, with its ``sensitive`` tensors named); ``evaluated`` is false when there was no data."""
     def advice(kind: str) -> str:
         named = (sensitive or {}).get(kind)
         layers = f"; int8 rounding costs it most at {named}: keep those in higher precision where the board " \
                  "allows it" if named else ""
         return ADVICE[FORMATS[kind].precision] + layers
 
-    failing = [{"kind": e["kind"], "drop": e["drop"], "top1": e["top1"], "advice": advice(e["kind"])}
-               for e in evaluations or [] if e["drop"] > tolerance]
+    failing = [{"kind": e["kind"], "drop": e["drop"], "value": e[metric], "advice": advice(e["kind"])}
+               for e in evaluations or [] if not e["drop"] <= tolerance]
     return {"passed": not failing, "evaluated": evaluations is not None, "tolerance": tolerance,
-            "reference": FORMATS[reference].label, "failing": failing}
+            "reference": FORMATS[reference].label, "failing": failing, "metric": METRIC_LABELS[metric]}
+
+
+# How a gate names the figure it judges, by the evaluation's key.
+METRIC_LABELS = {"top1": "top-1", "map50_95": "mAP50-95", "reference_map50": "mAP50 against the reference's boxes"}
 
 
 def gate_message(gate: dict, target: str) -> str:
-    worst = ", ".join(f"{f['kind']} drops {f['drop']:.2f} points (top-1 {f['top1']:.2f}%)" for f in gate["failing"])
+    metric = gate.get("metric", "top-1")
+    worst = ", ".join(f"{f['kind']} drops {f['drop']:.2f} points ({metric} {f['value']:.2f}%)" for f in gate["failing"])
     return f"{target}: {worst}; the profile allows {gate['tolerance']:g} points below {gate['reference']}"
 
 
@@ -120,16 +126,35 @@ def evaluate_step(plan, target, built: list[tuple[Artifact, dict]]) -> dict:
     artifacts = [a for a, _ in built]
     threads = min(target.threads, os.cpu_count() or 1)  # for evaluation on this host
 
+    detect = plan.task is Task.DETECT
+
     def produce(tmp: Path) -> dict:
         if plan.data is None:
             return {"evaluations": None}
         test, spec = plan.data.test.take(plan.config.eval_samples), plan.preprocess()
         batches = ((spec.apply(images), labels) for images, labels in test.batches())
-        rows = evaluate_artifacts(artifacts, target_dir, batches, len(test), threads)
-        return {"evaluations": to_dicts(rows)}
+        if not detect:
+            return {"evaluations": to_dicts(evaluate_artifacts(artifacts, target_dir, batches, len(test), threads))}
+        from ..detection.evaluate import evaluate_detectors
+        from ..detection.picture import write_picture
+
+        data = plan.model_record["data"]
+        rows, found = evaluate_detectors(artifacts, target_dir, batches, len(test), threads, plan.decoder,
+                                         plan.data.labelled, len(data["classes"]), data["output_names"])
+        write_picture(tmp / PICTURE, test, found, plan.decoder["display_threshold"], data["classes"])
+        return {"evaluations": to_dicts(rows), "files": {"picture": PICTURE}}
 
     record = plan.run(Step(f"{target.name}/evaluate", "evaluate", {"samples": plan.config.eval_samples},
                            [plan.model_record, *[r for _, r in built]], target_dir / "evaluate", produce))
     sensitive = {a.kind: sensitive_tensors(r) for a, r in built if a.precision == "int8"}
-    gate = accuracy_gate(record["data"]["evaluations"], target.accuracy_tolerance, artifacts[0].kind, sensitive)
+    if detect:
+        labelled = plan.data is None or plan.data.labelled
+        tolerance = target.detection_tolerance.map50_95 if labelled else target.detection_tolerance.reference_map50
+        gate = accuracy_gate(record["data"]["evaluations"], tolerance, artifacts[0].kind, sensitive,
+                             "map50_95" if labelled else "reference_map50")
+    else:
+        gate = accuracy_gate(record["data"]["evaluations"], target.accuracy_tolerance, artifacts[0].kind, sensitive)
     return {**record, "gate": gate}
+
+
+PICTURE = "detections.png"  # a few held-out images with every artifact's boxes, for the report

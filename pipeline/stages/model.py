@@ -11,7 +11,9 @@ from ..artifacts import plain_data, sha256_file, write_json
 from ..data.labels import read_labels
 from ..data.preprocess import resolve
 from ..engine import Step
+from ..config import Task
 from ..errors import DataError, ModelError
+from ..onnxmodel import OUTPUT_NAME
 from ..units import format_count
 
 
@@ -29,8 +31,8 @@ def _torch_model(plan, tmp: Path, fingerprint: str) -> dict:
     import torch
 
     from ..sources import build_model
-    from ..torchmodel import check_input, count_flops, count_params, save_torchscript
-    from ..train import train_classifier
+    from ..torchmodel import check_detector, check_input, count_flops, count_params, save_torchscript
+    from ..train import classification_objective, train_model
 
     config, source, data = plan.config, plan.source, plan.data
     if data is None:
@@ -39,19 +41,33 @@ def _torch_model(plan, tmp: Path, fingerprint: str) -> dict:
     channels, num_classes = input_shape[1], len(data.classes)
     torch.manual_seed(config.train.seed)  # the same initial weights on every run
     model = build_model(source, channels, num_classes)
-    check_input(model, input_shape, config.model, num_classes)
     preprocess = resolve(config.preprocess, plan.carried_preprocessing, channels, data.train, config.model)
+    if plan.task is Task.DETECT:
+        from ..detection.train import detection_objective
+
+        output_names = check_detector(model, input_shape, config.model, plan.decoder)
+        preprocess, objective = replace(preprocess, letterbox=tuple(input_shape[2:])), detection_objective(plan.decoder)
+    else:
+        check_input(model, input_shape, config.model, num_classes)
+        output_names, objective = [OUTPUT_NAME], classification_objective(config.train)
     stats = None
     if source.needs_training:
-        model, stats = train_classifier(model, data.train, data.test, preprocess, config.train,
-                                        {"model": config.model, "data": fingerprint}, plan.compute)
+        model, stats = train_model(model, data.train, data.test, preprocess, config.train,
+                                   {"model": config.model, "data": fingerprint}, objective, plan.compute)
     files = {"torchscript": "model.torchscript.pt"}
     if source.row.keeps_weights:
         torch.save(model.state_dict(), tmp / "weights.pt")
         files["weights"] = "weights.pt"
     save_torchscript(model, input_shape, tmp / files["torchscript"])
     return {"files": files, "input_shape": list(input_shape), "preprocess": preprocess.to_dict(), "training": stats,
-            "params": count_params(model), "flops": count_flops(model, input_shape), "classes": list(data.classes)}
+            "params": count_params(model), "flops": count_flops(model, input_shape), "classes": list(data.classes),
+            **_task_fields(plan, output_names)}
+
+
+def _task_fields(plan, output_names: list[str]) -> dict:
+    """What the model's outputs mean, as the record (and every manifest) keeps it."""
+    return {"task": plan.task.value, "output_names": list(output_names),
+            **({"decoder": plan.decoder} if plan.decoder else {})}
 
 
 def file_input_shape(plan, declared: list[int | None]) -> tuple[int, ...]:
@@ -147,6 +163,8 @@ def compress_skip(plan) -> str | None:
     """Why the run keeps the model as it is (a model compression cannot take, or one that fits already), or None."""
     if plan.source.row.framework != "torch":
         return f"{plan.config.model} is not a PyTorch model; block-wise distillation needs a torch module"
+    if plan.task is Task.DETECT:
+        return "block-wise distillation of detectors is not built yet: the detector is deployed as it is"
     data = plan.model_record["data"]
     max_flops, max_params = compress_budget(plan).limits(data["flops"], data["params"])
     if data["flops"] <= (max_flops or data["flops"]) and data["params"] <= (max_params or data["params"]):

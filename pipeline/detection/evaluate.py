@@ -1,0 +1,73 @@
+"""Every artifact of a detector on the held-out images: decoded as the board decodes (``board_runtime.detection``),
+scored in COCO mAP against the labels and against the reference artifact's own detections (its confident boxes as
+the truth), with the recall and IoU of the reference's boxes and the SQNR of each raw output."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from board_runtime.detection import Detections, postprocess
+from board_runtime.model import Model
+
+from ..artifacts import Artifact
+from .metrics import agreement, coco_map, output_sqnr_db
+from .train import truth_of
+
+
+@dataclass(frozen=True)
+class DetectionEvaluation:
+    kind: str
+    samples: int
+    map50_95: float | None  # percent, against the labels (None without labels)
+    map50: float | None
+    reference_map50_95: float  # percent, against the reference's detections above its display threshold
+    reference_map50: float
+    recall: float  # percent of the reference's confident boxes this artifact finds (same class, IoU >= 0.5)
+    mean_iou: float  # of those matched boxes
+    sqnr_db: dict  # per raw output, against the reference's
+    drop: float  # points: mAP50-95 against the labels below the reference's; without labels, 100 - reference mAP50
+    detections: float  # mean confident detections per image
+
+
+def evaluate_detectors(artifacts: list[Artifact], base: Path, batches: Iterable[tuple[np.ndarray, np.ndarray]],
+                       total: int, threads: int, decoder: dict, labelled: bool, num_classes: int,
+                       output_names: list[str]) -> tuple[list[DetectionEvaluation], dict[str, list[Detections]]]:
+    """Run every artifact on each batch (one sample at a time: static batch 1); the first artifact is the reference.
+    Returns the evaluations and every artifact's detections per image."""
+    models = {artifact.kind: Model(artifact.to_dict(), base, threads) for artifact in artifacts}
+    raw: dict[str, list[list[np.ndarray]]] = {kind: [] for kind in models}
+    found: dict[str, list[Detections]] = {kind: [] for kind in models}
+    truth: list[Detections] = []
+    shape = None
+    with tqdm(total=total, desc=f"evaluate {len(models)} detectors", unit="img", mininterval=1.0) as bar:
+        for inputs, labels in batches:
+            shape = tuple(inputs.shape[2:])
+            for kind, model in models.items():
+                for sample in inputs:
+                    outputs = model.outputs(sample[None])
+                    raw[kind].append(outputs)
+                    found[kind].append(postprocess(outputs, shape, decoder))
+            truth += truth_of(labels)
+            bar.update(len(labels))
+    reference_kind = artifacts[0].kind
+    confident = [d.above(decoder["display_threshold"]) for d in found[reference_kind]]
+    by_labels = {kind: coco_map(truth, dets, num_classes, shape) for kind, dets in found.items()} if labelled else {}
+    results = []
+    for kind, dets in found.items():
+        versus = coco_map(confident, dets, num_classes, shape)
+        matched = agreement(found[reference_kind], dets, decoder["display_threshold"])
+        sqnr = {name: output_sqnr_db(np.stack([r[i] for r in raw[reference_kind]]), np.stack([r[i] for r in raw[kind]]))
+                for i, name in enumerate(output_names)}
+        labels = by_labels.get(kind)
+        drop = (by_labels[reference_kind].map50_95 - labels.map50_95) if labels else 100.0 - versus.map50
+        results.append(DetectionEvaluation(
+            kind=kind, samples=len(truth), map50_95=labels.map50_95 if labels else None,
+            map50=labels.map50 if labels else None, reference_map50_95=versus.map50_95, reference_map50=versus.map50,
+            recall=matched.recall, mean_iou=matched.mean_iou, sqnr_db=sqnr, drop=drop,
+            detections=float(np.mean([len(d.above(decoder["display_threshold"])) for d in dets])),
+        ))
+    return results, found
