@@ -41,6 +41,41 @@ def _write_json(path: Path, data: dict) -> str:
     return text
 
 
+def predict_detections(model: Model, x: np.ndarray, image_path: Path, manifest: dict, out_dir: Path | None) -> str:
+    """A detector on one image: its confident detections in the photo's pixels, one per line, and the photo with
+    them drawn (``<name>.detections.png``)."""
+    from .detection import postprocess
+    from .draw import draw_boxes
+    from .imaging import unletterbox
+
+    options, classes = manifest["detect"], manifest.get("classes") or []
+    found = postprocess(model.outputs(x), tuple(x.shape[2:]), options).above(options["display_threshold"])
+    if image_path.suffix.lower() == ".npy":
+        photo = None
+        height, width = x.shape[2:]
+        boxes = found.boxes * np.asarray([width, height, width, height], np.float32)
+    else:
+        from PIL import Image
+
+        with Image.open(image_path) as opened:
+            photo = opened.convert("RGB")
+        size = manifest["preprocess"].get("letterbox") or list(x.shape[2:])
+        boxes = unletterbox(found.boxes, photo.width, photo.height, tuple(size))
+    lines = [f"{image_path}: {len(found)} detections"]
+    for box, score, cls in zip(boxes, found.scores, found.classes):
+        name = classes[cls] if cls < len(classes) else str(cls)
+        lines.append(f"  {name} {score:.3f} at x1={box[0]:.0f} y1={box[1]:.0f} x2={box[2]:.0f} y2={box[3]:.0f}")
+    if photo is not None:
+        draw_boxes(photo, boxes, found.scores, found.classes, classes)
+        target = (out_dir or image_path.parent) / f"{image_path.stem}.detections.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        photo.save(tmp, format="PNG")
+        os.replace(tmp, target)
+        lines.append(f"  drawn: {target}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run_model.py", description="Run or time the models of a bundle")
     parser.add_argument("--manifest", type=Path, default=PACKAGE_PARENT / "manifest.json")
@@ -54,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     lg.add_argument("--artifacts", default="", help="comma-separated kinds (default: all in the manifest)")
     lg.add_argument("--threads", type=int, default=1)
     lg.add_argument("--json", type=Path, required=True)
-    p = sub.add_parser("predict", help="classify image files (PNG, JPEG) or raw images saved as .npy")
+    p = sub.add_parser("predict", help="classify image files (PNG, JPEG) or raw images saved as .npy; a detector "
+                                       "prints its detections and writes each photo with its boxes drawn")
     p.add_argument("--artifact", required=True)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out-dir", type=Path, help="where a detector's drawn photos go (default: beside each photo)")
     p.add_argument("images", nargs="+", type=Path)
     timing = argparse.ArgumentParser(add_help=False)
     timing.add_argument("--threads", type=int, default=1)
@@ -98,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
                              "benchmarked without data); give the pipeline its preprocessing to predict on images")
         for image_path in args.images:
             channels = manifest["input"]["shape"][1]
-            logits = model.predict(read_for_model(image_path, manifest["preprocess"], channels))[0]
+            x = read_for_model(image_path, manifest["preprocess"], channels)
+            if manifest.get("task") == "detect":
+                print(predict_detections(model, x, image_path, manifest, args.out_dir))
+                continue
+            logits = model.predict(x)[0]
             top = int(logits.argmax())
             print(f"{image_path}: {classes[top] if top < len(classes) else top} (class {top}, logit {logits[top]:.3f})")
     elif args.command == "logits":

@@ -41,6 +41,11 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     add("--model", help="built-in name, package.module:factory, a TorchScript (.pt) / torch.export (.pt2) / ONNX (.onnx) "
                         "file, or a compressed student's .json")
     add("--weights", help="state_dict checkpoint for a built-in or factory model")
+    add("--task", choices=["classify", "detect"],
+        help="what the model's outputs mean (default: the built-in model's own, else classify)")
+    add("--decoder", help="a detector's decoder: boxes-scores, yolo, ssd, grid or package.module:function (its options "
+                          "go in the configuration's detect: section)")
+    add("--image-size", help="H,W: the size detection images are letterboxed to (default: the model's input)")
     add("--data", help="directory of IDX files, image-folder tree, or .npz with x/y (default: Fashion-MNIST)")
     add("--out", help="run directory (default: out)")
     add("--input-shape", help="the model file's input N,C,H,W (e.g. 1,3,224,224) where its dims are dynamic "
@@ -109,6 +114,8 @@ def _config(args: argparse.Namespace, stage_command: bool):
         config_file = previous if previous.is_file() else None  # a stage continues the run it belongs to
     overrides = {
         "targets": args.targets, "model": args.model, "weights": args.weights, "data": args.data, "out": args.out,
+        "task": args.task, "detect": {"decoder": args.decoder} if args.decoder else None,
+        "image_size": _image_size(args.image_size),
         "labels": args.labels, "input_shape": args.input_shape, "artifact_only": _benched_alone(args) or None,
         "tflite_pseudo_ops": args.tflite_pseudo_ops,
         "eval_samples": args.eval_samples, "force": args.force, "from_stage": args.from_stage,
@@ -132,6 +139,16 @@ def _config(args: argparse.Namespace, stage_command: bool):
         overrides["force"] = bool(args.force)
         overrides["from_stage"] = args.from_stage
     return build_config(config_file, **overrides)
+
+
+def _image_size(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        height, width = (int(v) for v in value.split(","))
+    except ValueError:
+        raise ConfigError(f"--image-size: bad value {value!r}, expected H,W such as 320,320") from None
+    return height, width
 
 
 def _benched_alone(args: argparse.Namespace) -> bool:

@@ -206,7 +206,7 @@ def build_config(file: str | Path | None = None, **overrides: Any) -> RunConfig:
     for key, value in overrides.items():
         if value is None:
             continue
-        if key in _NESTED and isinstance(value, dict):
+        if isinstance(value, dict) and isinstance(data.get(key, {}), dict):  # a section: merged key by key
             data[key] = {**data.get(key, {}), **value}
         else:
             data[key] = value

@@ -57,6 +57,17 @@ def _reshape(x, shape, **_):
     return x.reshape([x.shape[i] if s == 0 else s for i, s in enumerate(shape)])
 
 
+def _slice(x, starts, ends, axes=None, steps=None, **_):
+    """ONNX Slice with its starts, ends, axes and steps as tensors (a detector's head split into boxes and scores)."""
+    index = [slice(None)] * x.dim()
+    axes = axes.tolist() if axes is not None else list(range(len(starts)))
+    steps = steps.tolist() if steps is not None else [1] * len(axes)
+    for start, end, axis, step in zip(starts.tolist(), ends.tolist(), axes, steps):
+        size = x.shape[axis]
+        index[axis] = slice(max(-size, min(int(start), size)), max(-size - 1, min(int(end), size)), int(step))
+    return x[tuple(index)]
+
+
 def _flatten(x, *, axis=1, **_):
     return x.reshape(int(np.prod(x.shape[:axis])), -1)
 
@@ -79,7 +90,8 @@ def _op_table():
         "MaxPool": lambda x, *, kernel_shape, strides=None, pads=(0, 0, 0, 0), ceil_mode=0, dilations=(1, 1), **_:
         F.max_pool2d(x, tuple(kernel_shape), tuple(strides or kernel_shape), tuple(pads[:2]), tuple(dilations),
                      bool(ceil_mode)),
-        "Reshape": _reshape, "Flatten": _flatten, "Identity": lambda x, **_: x,
+        "Reshape": _reshape, "Flatten": _flatten, "Identity": lambda x, **_: x, "Slice": _slice,
+        "Transpose": lambda x, *, perm, **_: x.permute(*perm),
         "Concat": lambda *xs, axis, **_: torch.cat(xs, axis),
         "Softmax": lambda x, *, axis=-1, **_: torch.softmax(x, axis),
     }
@@ -180,6 +192,8 @@ class GraphModule:
         return torch.fake_quantize_per_tensor_affine(x, grid.scale, grid.zero_point, grid.low, grid.high)
 
     def __call__(self, x):
+        import torch
+
         env = dict(self.values)
         env[self.input] = self._round(self.input, x)
         for op, inputs, output, attrs in self.nodes:

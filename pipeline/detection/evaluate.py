@@ -28,7 +28,7 @@ class DetectionEvaluation:
     reference_map50: float
     recall: float  # percent of the reference's confident boxes this artifact finds (same class, IoU >= 0.5)
     mean_iou: float  # of those matched boxes
-    sqnr_db: dict  # per raw output, against the reference's
+    sqnr_db: dict  # per raw output, against the reference's (None: identical)
     drop: float  # points: mAP50-95 against the labels below the reference's; without labels, 100 - reference mAP50
     detections: float  # mean confident detections per image
 
@@ -62,6 +62,7 @@ def evaluate_detectors(artifacts: list[Artifact], base: Path, batches: Iterable[
         matched = agreement(found[reference_kind], dets, decoder["display_threshold"])
         sqnr = {name: output_sqnr_db(np.stack([r[i] for r in raw[reference_kind]]), np.stack([r[i] for r in raw[kind]]))
                 for i, name in enumerate(output_names)}
+        sqnr = {name: value if np.isfinite(value) else None for name, value in sqnr.items()}
         labels = by_labels.get(kind)
         drop = (by_labels[reference_kind].map50_95 - labels.map50_95) if labels else 100.0 - versus.map50
         results.append(DetectionEvaluation(

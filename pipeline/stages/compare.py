@@ -56,7 +56,7 @@ def comparison(report_paths: list[Path]) -> dict:
         for r in report["rows"]:
             measured.append({
                 "board": board, "model": model, "measured_on": where, "artifact": r["kind"], "runtime": r["runtime"],
-                "top1": r["top1"], "drop": r["drop"], "latency_ms": r["latency_ms"], "spread": r["spread"],
+                "top1": r.get("top1"), "drop": r["drop"], "latency_ms": r["latency_ms"], "spread": r["spread"],
                 "noisy": r["noisy"], "peak_rss_mb": r["peak_rss_mb"], "size_bytes": r["size_bytes"],
                 "threads": r["threads"], "report": str(path),
             })

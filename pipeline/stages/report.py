@@ -41,6 +41,20 @@ def png_bytes(fig) -> bytes:
 NOT_EVALUATED = {"samples": None, "top1": None, "agreement": None, "max_logit_diff": None, "drop": None}
 
 
+def accuracy_of(row: dict) -> float | None:
+    """The figure an artifact's accuracy is read by: top-1 for a classifier; a detector's mAP50-95 against the
+    labels, else its mAP50 against the reference's boxes."""
+    if "top1" in row:
+        return row["top1"]
+    return row["map50_95"] if row.get("map50_95") is not None else row.get("reference_map50")
+
+
+def accuracy_name(row: dict) -> str:
+    if "top1" in row:
+        return "top-1"
+    return "mAP50-95" if row.get("map50_95") is not None else "mAP50 vs the reference"
+
+
 def merge_rows(evaluations: list[dict] | None, benches: list[dict], size_budget_mb: float | None) -> list[dict]:
     """One row per benchmarked artifact: its accuracy (None without data) next to its latency (a board's bundle has
     no PyTorch row)."""
@@ -70,7 +84,8 @@ def recommend(rows: list[dict], tolerance: float, reference: str) -> dict | None
         return None
     best = min(eligible, key=lambda r: r["latency_ms"]["p50"])
     within = f"within {tolerance:g} points of {FORMATS[reference].label} and " if evaluated else "(not evaluated) within "
-    return {"kind": best["kind"], "p50_ms": best["latency_ms"]["p50"], "top1": best["top1"], "drop": best["drop"],
+    return {"kind": best["kind"], "p50_ms": best["latency_ms"]["p50"], "accuracy": accuracy_of(best),
+            "metric": accuracy_name(best), "drop": best["drop"],
             "reason": f"fastest median latency among the {len(eligible)} artifacts {within}the size budget"}
 
 
@@ -79,14 +94,15 @@ def _plots(rows: list[dict], sensitivity: dict[str, dict] | None) -> dict[str, b
     labels = [r["kind"] for r in rows]
     figures = {}
     fig, ax = plt.subplots(figsize=(6, 4))
-    for r in (r for r in rows if r["top1"] is not None):
-        ax.scatter(r["latency_ms"]["p50"], r["top1"], s=40)
-        ax.annotate(r["kind"], (r["latency_ms"]["p50"], r["top1"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for r in (r for r in rows if accuracy_of(r) is not None):
+        ax.scatter(r["latency_ms"]["p50"], accuracy_of(r), s=40)
+        ax.annotate(r["kind"], (r["latency_ms"]["p50"], accuracy_of(r)), textcoords="offset points", xytext=(4, 4),
+                    fontsize=8)
     ax.set_xlabel("median latency (ms)")
-    ax.set_ylabel("top-1 (%)")
+    ax.set_ylabel(f"{accuracy_name(rows[0])} (%)")
     ax.set_title("accuracy vs latency")
     ax.grid(alpha=0.3)
-    if rows[0]["top1"] is not None:
+    if accuracy_of(rows[0]) is not None:
         figures["accuracy_vs_latency.png"] = fig
     else:
         plt.close(fig)
@@ -111,17 +127,33 @@ def spread_text(row: dict) -> str:
     return f"{row['spread']:.1%}" + (" NOISY" if row["noisy"] else "")
 
 
+def shown(value, form: str) -> str:
+    return "—" if value is None else format(value, form)  # — : not evaluated
+
+
+def _accuracy_columns(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The accuracy part of the main table, by task."""
+    if "top1" in rows[0]:
+        return (["top-1 (%)", "drop (pts)", "agreement (%)", "max logit diff"],
+                [[shown(r["top1"], ".2f"), shown(r["drop"], "+.2f"), shown(r["agreement"], ".2f"),
+                  shown(r["max_logit_diff"], ".4f")] for r in rows])
+    return (["mAP50-95 (%)", "mAP50 (%)", "drop (pts)", "mAP50-95 vs ref (%)", "mAP50 vs ref (%)", "ref boxes found (%)",
+             "their IoU"],
+            [[shown(r["map50_95"], ".2f"), shown(r["map50"], ".2f"), shown(r["drop"], "+.2f"),
+              shown(r["reference_map50_95"], ".2f"), shown(r["reference_map50"], ".2f"), shown(r["recall"], ".1f"),
+              shown(r["mean_iou"], ".3f")] for r in rows])
+
+
 def _table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    header = ["artifact", "runtime", "size (KiB)", "top-1 (%)", "drop (pts)", "agreement (%)", "max logit diff",
+    accuracy_header, accuracy_cells = _accuracy_columns(rows)
+    header = ["artifact", "runtime", "size (KiB)", *accuracy_header,
               "p50 (ms)", "p90 (ms)", "p99 (ms)", "mean ± std (ms)", "spread", "inferences/s", "load (ms)",
               "first (ms)", "peak RSS (MiB)", "RSS growth (MiB)"]
     body = []
-    shown = lambda value, form: "—" if value is None else format(value, form)  # noqa: E731  (— : not evaluated)
-    for r in rows:
+    for r, accuracy in zip(rows, accuracy_cells):
         lat = r["latency_ms"]
         body.append([
-            r["kind"], r["runtime"], f"{r['size_bytes'] / 1024:.1f}", shown(r["top1"], ".2f"), shown(r["drop"], "+.2f"),
-            shown(r["agreement"], ".2f"), shown(r["max_logit_diff"], ".4f"), f"{lat['p50']:.3f}", f"{lat['p90']:.3f}",
+            r["kind"], r["runtime"], f"{r['size_bytes'] / 1024:.1f}", *accuracy, f"{lat['p50']:.3f}", f"{lat['p90']:.3f}",
             f"{lat['p99']:.3f}", f"{lat['mean']:.3f} ± {lat['std']:.3f}", spread_text(r),
             f"{r['throughput_per_s']:.0f}", f"{r['load_ms']:.1f}", f"{r['first_inference_ms']:.2f}",
             f"{r['peak_rss_mb']:.0f}", f"{r['rss_growth_mb']:.0f}",
@@ -148,8 +180,8 @@ def gate_summary(gate: dict) -> str:
         return "not evaluated: no data given (--data)"
     if gate["passed"]:
         return f"passed: every artifact within {gate['tolerance']:g} points of {gate['reference']}"
-    return "; ".join(f"{f['kind']} drops {f['drop']:.2f} points (top-1 {f['top1']:.2f}%, tolerance "
-                     f"{gate['tolerance']:g}): {f['advice']}" for f in gate["failing"])
+    return "; ".join(f"{f['kind']} drops {f['drop']:.2f} points ({gate.get('metric', 'top-1')} {f['value']:.2f}%, "
+                     f"tolerance {gate['tolerance']:g}): {f['advice']}" for f in gate["failing"])
 
 
 def measured_on_text(measured: dict, threads: int, profile_threads: int, estimated: bool) -> str:
@@ -178,19 +210,32 @@ def conditions_text(measured: dict) -> str:
     return "; ".join(parts)
 
 
-def write_report(data: dict, directory: Path) -> list[str]:
-    """Write report.md, report.json, report.html and the plots into ``directory``; return the file names."""
+def detection_sections(rows: list[dict]) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    """A detector's raw outputs, each artifact's against the reference's."""
+    if not rows or "sqnr_db" not in rows[0]:
+        return []
+    names = list(rows[0]["sqnr_db"])
+    return [("Raw outputs against the reference", "SQNR (dB) of each output tensor over the held-out images, before "
+             "decoding; boxes and scores apart, as int8 quantizes them apart.",
+             ["artifact", *[f"{n} SQNR (dB)" for n in names], "confident boxes per image"],
+             [[r["kind"], *["identical" if r["sqnr_db"][n] is None else f"{r['sqnr_db'][n]:.1f}" for n in names],
+               f"{r['detections']:.2f}"] for r in rows])]
+
+
+def write_report(data: dict, directory: Path, pictures: dict[str, bytes] | None = None) -> list[str]:
+    """Write report.md, report.json, report.html and the plots (and ``pictures``, PNG by name) into ``directory``;
+    return the file names."""
     import json
 
     rows, target, reference = data["rows"], data["target"], data["reference"]["label"]
-    pngs = _plots(rows, data.get("int8_sensitivity"))
+    pngs = {**(pictures or {}), **_plots(rows, data.get("int8_sensitivity"))}
     for name, png in pngs.items():
         (directory / name).write_bytes(png)
     (directory / "report.json").write_text(json.dumps(data, indent=2, default=str))
     header, body = _table(rows)
     rec = data["recommendation"]
-    accuracy = lambda rec: "" if rec["top1"] is None else (  # noqa: E731
-        f", top-1 {rec['top1']:.2f}% ({rec['drop']:+.2f} points vs {reference})")
+    accuracy = lambda rec: "" if rec["accuracy"] is None else (  # noqa: E731
+        f", {rec['metric']} {rec['accuracy']:.2f}% ({rec['drop']:+.2f} points vs {reference})")
     rec_text = (f"**{rec['kind']}** — {rec['p50_ms']:.3f} ms median{accuracy(rec)}; {rec['reason']}." if rec
                 else "none: no artifact is within the accuracy tolerance and size budget.")
     model, bench = data["model"], data["bench"]
@@ -211,7 +256,8 @@ def write_report(data: dict, directory: Path) -> list[str]:
          else "none given (no data to preprocess)"),
         ("Budgets", data["budget_text"]),
         ("Evaluation", f"{rows[0]['samples']} held-out samples from {data['dataset']}; tolerance "
-                       f"{target['accuracy_tolerance']:g} points below {reference}" if rows[0]["samples"] is not None
+                       f"{data['accuracy_gate']['tolerance']:g} points of {data['accuracy_gate'].get('metric', 'top-1')} "
+                       f"below {reference}" + data.get("detection_note", "") if rows[0]["samples"] is not None
          else "none: no data given (--data); latency and memory only"),
         ("Accuracy gate", gate_text if data["accuracy_gate"]["passed"] else f"FAILED: {gate_text}"),
         ("Compatibility", "; ".join(f"{r['kind']}: {r['verdict']}" for r in data["compatibility"])
@@ -235,6 +281,7 @@ def write_report(data: dict, directory: Path) -> list[str]:
     if data["estimates"]:
         sections.append((ESTIMATE_TITLE, f"{ESTIMATE_NOTE} Board figures: {data['estimates'][0]['source']}",
                          *_estimate_table(data["estimates"])))
+    sections += detection_sections(rows)
     sections += int8_sections(data.get("int8_layers"), data.get("int8_sensitivity"))
     sections += compat_sections(data["compatibility"]) + board_evaluation_sections(data.get("board_evaluation"))
     for title, note, sec_header, sec_body in sections:
@@ -315,7 +362,7 @@ def report_step(plan, target, built: list, evaluation: dict, benched: dict, comp
         details = plan.model_record["files"].get("report")
         content = {
             "target": target.to_dict(), "rows": rows,
-            "recommendation": recommend(rows, target.accuracy_tolerance, reference),
+            "recommendation": recommend(rows, evaluation["gate"]["tolerance"], reference),
             "reference": {"kind": reference, "label": FORMATS[reference].label},
             "model": {"source": plan.config.model, "params": data["params"], "flops": data["flops"],
                       "input_shape": data["input_shape"], "teacher": data.get("teacher"),
@@ -339,7 +386,9 @@ def report_step(plan, target, built: list, evaluation: dict, benched: dict, comp
             "int8_sensitivity": {a.kind: r["data"]["sensitivity"] for a, r in built
                                  if a.precision == "int8" and "sensitivity" in r["data"]},
         }
-        return {"files": {n: n for n in write_report(content, tmp)}}
+        picture = evaluation["files"].get("picture")
+        pictures = {"detections.png": plan.path(evaluation, "picture").read_bytes()} if picture else None
+        return {"files": {n: n for n in write_report(content, tmp, pictures)}}
 
     params = {"profile": target.to_dict(), "accuracy_gate": evaluation["gate"]}  # a changed profile: a new report
     needs = [plan.model_record, *([export] if export else []), *([int8_model] if int8_model else []), evaluation,
