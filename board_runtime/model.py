@@ -42,12 +42,15 @@ class Model:
         return dequantize(y, self.artifact["output_quant"])
 
     def outputs(self, x_nchw: np.ndarray) -> list[np.ndarray]:
-        """Every output as float, in the reference model's output order (the manifest's ``outputs`` say where each
-        is among the file's own outputs and how it is quantized; a file with one output has none)."""
+        """Every output as float, in the reference model's output order and layout (the manifest's ``outputs`` say
+        where each is among the file's own outputs, how it is quantized and transposed; a file with one output has
+        none)."""
         raw = self.session.outputs(self.prepare(x_nchw))
         described = self.artifact.get("outputs") or [
             {"index": i, "quant": self.artifact["output_quant"] if i == 0 else None} for i in range(len(raw))]
-        return [dequantize(raw[o["index"]], o["quant"]) for o in described]
+        outputs = [dequantize(raw[o["index"]], o["quant"]) for o in described]
+        # a converter's NHWC output back in the reference's NCHW
+        return [y.transpose(o["transpose"]) if o.get("transpose") else y for y, o in zip(outputs, described)]
 
     def predict(self, x_nchw: np.ndarray) -> np.ndarray:
         return self.finish(self.session.run(self.prepare(x_nchw)))

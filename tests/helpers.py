@@ -101,3 +101,28 @@ class ResidualThenDepthwiseNet(nn.Module):
     def forward(self, x):
         x = self.stem(x)
         return self.head(self.separable(torch.relu(self.body(x) + self.shortcut(x))))
+
+
+class PNet(nn.Module):
+    """MTCNN's proposal network (Zhang et al., 2016) laid out as facenet-pytorch 2.6 names its state dict, so that its
+    published weights (``facenet_pytorch/data/pnet.pt``, shipped in the wheel) load as they are: a fully
+    convolutional face detector giving box regressions [1, 4, H', W'] and face probabilities [1, 2, H', W'] for
+    the 12 x 12 windows at stride 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.prelu1 = nn.Conv2d(3, 10, 3), nn.PReLU(10)
+        self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv2, self.prelu2 = nn.Conv2d(10, 16, 3), nn.PReLU(16)
+        self.conv3, self.prelu3 = nn.Conv2d(16, 32, 3), nn.PReLU(32)
+        self.conv4_1, self.softmax4_1 = nn.Conv2d(32, 2, 1), nn.Softmax(dim=1)
+        self.conv4_2 = nn.Conv2d(32, 4, 1)
+
+    def forward(self, x):
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
+        return self.conv4_2(x), self.softmax4_1(self.conv4_1(x))
+
+
+def pnet() -> nn.Module:
+    return PNet()

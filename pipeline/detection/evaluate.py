@@ -54,6 +54,8 @@ def evaluate_detectors(artifacts: list[Artifact], base: Path, batches: Iterable[
             truth += truth_of(labels)
             bar.update(len(labels))
     reference_kind = artifacts[0].kind
+    seen = [int(d.classes.max()) + 1 for d in (*truth, *(x for dets in found.values() for x in dets)) if len(d)]
+    num_classes = max([num_classes, *seen])  # an unlabelled folder names no classes: the decoder's say
     confident = [d.above(decoder["display_threshold"]) for d in found[reference_kind]]
     by_labels = {kind: coco_map(truth, dets, num_classes, shape) for kind, dets in found.items()} if labelled else {}
     results = []

@@ -131,10 +131,11 @@ def _last_error(log_path: Path) -> str:
     return (errors[-1] if errors else (lines[-1] if lines else "no output"))[:300]
 
 
-def tflite_io(path: Path, output_names: list[str] | None = None) -> dict:
+def tflite_io(path: Path, output_names: list[str] | None = None, output_shapes: list[list[int]] | None = None) -> dict:
     """Input name/shape/dtype and the I/O quantization of a .tflite file, read by the interpreter itself; with
     several outputs, each (by name, with its quantization) in the order of ``output_names`` (the reference's, which
-    the file's signature names), else in the file's order."""
+    the file's signature names), else in the file's order; one that onnx2tf turned from the reference's NCHW
+    ``output_shapes`` into NHWC says how to turn it back ("transpose")."""
     from ai_edge_litert.interpreter import Interpreter
 
     from board_runtime.sessions import output_order, tflite_output_names
@@ -151,14 +152,31 @@ def tflite_io(path: Path, output_names: list[str] | None = None) -> dict:
     if order is None:  # the file's own order and names
         order, output_names = list(range(len(details))), names
     first = details[order[0]]
+    described = [{"name": name, "index": i, "quant": quant(details[i]), "shape": [int(d) for d in details[i]["shape"]],
+                  **_layout_back(details[i]["shape"], output_shapes[position] if output_shapes else None)}
+                 for position, (name, i) in enumerate(zip(output_names, order))]
     return {
         "input_name": inp["name"], "input_shape": tuple(int(d) for d in inp["shape"]),
         "output_shape": [int(d) for d in first["shape"]],
         "input_dtype": np.dtype(inp["dtype"]).name, "output_dtype": np.dtype(first["dtype"]).name,
         "input_quant": quant(inp), "output_quant": quant(first),
-        "outputs": [{"name": name, "index": i, "quant": quant(details[i]), "shape": [int(d) for d in details[i]["shape"]]}
-                    for name, i in zip(output_names, order)] if len(details) > 1 else [],
+        "outputs": described if len(details) > 1 or any("transpose" in o for o in described) else [],
     }
+
+
+def _layout_back(shape, reference: list[int] | None) -> dict:
+    """{"transpose": [0, 3, 1, 2]} for a 4-D output that is the reference's NCHW one in NHWC, else nothing."""
+    shape = [int(d) for d in shape]
+    if reference is None or len(shape) != 4 or shape == list(reference):
+        return {}
+    return {"transpose": [0, 3, 1, 2]} if [shape[0], shape[3], shape[1], shape[2]] == list(reference) else {}
+
+
+def onnx_output_shapes(path: Path) -> list[list[int]]:
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    return [[d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.output]
 
 
 def conversion_step(plan, target, int8: bool) -> dict:
@@ -205,8 +223,9 @@ def conversion_step(plan, target, int8: bool) -> dict:
                 reports[key] = json.loads(report.read_text())
                 report.unlink()
         names = plan.model_record["data"].get("output_names")
+        shapes = onnx_output_shapes(plan.path(model, onnx_key))
         record = {"files": {k: p.name for k, p in outputs.items()},
-                  "io": {k: tflite_io(p, names) for k, p in outputs.items()}}
+                  "io": {k: tflite_io(p, names, shapes) for k, p in outputs.items()}}
         if not serves_int8:
             return record
         weights, kept = plan.weights_note(model, int8_constants(outputs["int8"]), "tflite")
