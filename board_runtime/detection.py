@@ -114,35 +114,38 @@ def postprocess(outputs: list[np.ndarray], input_hw: tuple[int, int], options: d
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4), xyxy: (N, M)."""
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0.0, None), axis=2)
-    area = lambda boxes: np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0.0, None), axis=1)  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
+    width = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    height = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = width * height
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-PRE_NMS = 3000  # candidates NMS considers, best first: bounds its cost at a near-zero threshold
+PRE_NMS = 3000  # candidates NMS considers, best first: bounds its cost at a near-zero score threshold
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, max_detections: int) -> np.ndarray:
-    """Indices kept by greedy class-aware NMS, best score first: a box suppresses only boxes of its own class."""
+    """Indices kept by greedy class-aware NMS, best score first: a box suppresses only boxes of its own class (so
+    each class is suppressed alone, with its own IoU matrix)."""
     order = np.argsort(-scores, kind="stable")[:PRE_NMS]
-    # boxes of different classes are moved apart so that they never overlap (boxes lie in [0, 1])
-    shifted = boxes[order] + 2.0 * classes[order, None].astype(np.float32)
-    keep: list[int] = []
-    alive = np.ones(len(order), bool)
-    for position in range(len(order)):
-        if not alive[position]:
-            continue
-        keep.append(order[position])
-        if len(keep) == max_detections:
-            break
-        rest = np.nonzero(alive[position + 1:])[0] + position + 1
-        if len(rest):
-            overlap = box_iou(shifted[position:position + 1], shifted[rest])[0]
-            alive[rest[overlap > iou]] = False
-    return np.asarray(keep, np.int64)
+    keep: list[np.ndarray] = []
+    for cls in np.unique(classes[order]):
+        members = order[classes[order] == cls]  # best first
+        overlaps = box_iou(boxes[members], boxes[members]) > iou
+        suppressed = np.zeros(len(members), bool)
+        kept = []
+        for position in range(len(members)):
+            if suppressed[position]:
+                continue
+            kept.append(position)
+            if len(kept) == max_detections:
+                break
+            suppressed |= overlaps[position]
+        keep.append(members[kept])
+    found = np.concatenate(keep) if keep else np.zeros(0, np.int64)
+    return found[np.argsort(-scores[found], kind="stable")][:max_detections].astype(np.int64)
 
 
 def _activate(scores: np.ndarray, activation: str) -> np.ndarray:
