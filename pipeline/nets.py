@@ -163,24 +163,30 @@ class DenseDetector(nn.Module):
         for index, width in enumerate(widths[1:]):
             layers.append(BasicBlock(widths[index], width, stride=2 if index < 2 else 1))
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(conv_bn_relu(widths[-1], widths[-1]), nn.Conv2d(widths[-1], 4 + num_classes, 1))
+        self.head = conv_bn_relu(widths[-1], widths[-1])
+        # boxes and scores from their own convolutions (as YOLOv8's and FCOS's heads): each its own int8 scale
+        self.box, self.score = nn.Conv2d(widths[-1], 4, 1), nn.Conv2d(widths[-1], num_classes, 1)
         self.reach = reach  # the longest centre-to-side distance it can predict, as a share of the input's side
         rows, cols = input_hw[0] // self.STRIDE, input_hw[1] // self.STRIDE
         ys, xs = torch.meshgrid(torch.arange(rows) + 0.5, torch.arange(cols) + 0.5, indexing="ij")
         centres = torch.stack([xs / cols, ys / rows], dim=-1).reshape(1, -1, 2)
         self.register_buffer("centres", torch.cat([centres, centres], dim=-1), persistent=False)
         self.register_buffer("signs", torch.tensor([-1.0, -1.0, 1.0, 1.0]), persistent=False)
-        with torch.no_grad():  # start with rare, small boxes: the loss is not swamped by the empty cells
-            self.head[-1].bias[4:].fill_(-4.0)
+        with torch.no_grad():  # start with rare scores: the loss is not swamped by the empty cells
+            self.score.bias.fill_(-4.0)
 
-    def raw(self, x: torch.Tensor) -> torch.Tensor:
-        """The head's output, [B, N, 4 + C]: distances to the four sides and class scores, before activation."""
-        return self.head(self.features(x)).flatten(2).transpose(1, 2)
+    def raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's outputs before activation: distances to the four sides [B, N, 4], class scores [B, N, C]."""
+        shared = self.head(self.features(x))
+        return self.box(shared).flatten(2).transpose(1, 2), self.score(shared).flatten(2).transpose(1, 2)
+
+    def decode(self, distances: torch.Tensor) -> torch.Tensor:
+        """Distances before activation -> boxes x1, y1, x2, y2 in [0, 1] of the input."""
+        return self.centres + self.signs * torch.sigmoid(distances) * self.reach
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raw = self.raw(x)
-        boxes = self.centres + self.signs * torch.sigmoid(raw[..., :4]) * self.reach
-        return boxes, torch.sigmoid(raw[..., 4:])
+        distances, scores = self.raw(x)
+        return self.decode(distances), torch.sigmoid(scores)
 
 
 @register_builtin("fmnist-detector", task="detect", decoder={"decoder": "boxes-scores"})

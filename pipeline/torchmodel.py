@@ -51,14 +51,19 @@ def load_state_dict(model: nn.Module, path: Path, model_name: str) -> None:
     model.load_state_dict(state)
 
 
-def check_input(model: nn.Module, input_shape: tuple[int, ...], name: str, num_classes: int) -> None:
-    """Run one forward pass so that a model that does not accept the data fails here, clearly."""
+def _forward(model: nn.Module, input_shape: tuple[int, ...], name: str):
+    """One forward pass on zeros; a model that does not accept the data's shape fails here, clearly."""
     try:
         with torch.no_grad():
-            out = model(torch.zeros(input_shape))
+            return model(torch.zeros(input_shape))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:200]
         raise ModelError(f"{name}: does not accept input of shape {list(input_shape)} from the data ({first})") from exc
+
+
+def check_input(model: nn.Module, input_shape: tuple[int, ...], name: str, num_classes: int) -> None:
+    """Run one forward pass so that a model that does not accept the data, or gives no logits, fails here."""
+    out = _forward(model, input_shape, name)
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != num_classes:
         shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise not_logits(name, shape, num_classes)
@@ -69,12 +74,7 @@ def check_detector(model: nn.Module, input_shape: tuple[int, ...], name: str, de
     names of its outputs (its ``OUTPUT_NAMES``, else output0, output1, ...)."""
     from board_runtime.detection import postprocess
 
-    try:
-        with torch.no_grad():
-            out = model(torch.zeros(input_shape))
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200]
-        raise ModelError(f"{name}: does not accept input of shape {list(input_shape)} from the data ({first})") from exc
+    out = _forward(model, input_shape, name)
     outputs = list(out) if isinstance(out, (tuple, list)) else [out]
     if not all(isinstance(o, torch.Tensor) and o.ndim >= 1 and o.shape[0] == 1 for o in outputs):
         raise ModelError(f"{name}: a detector's outputs must be tensors with a batch dim of 1, got "

@@ -77,7 +77,10 @@ def train_model(
     """Train ``model`` on ``objective`` (or load the cached result of the same training) and return it with stats,
     on the CPU afterwards whichever device trained it."""
     compute = compute or resolve(ComputeOptions())
-    key = sha256_json({"options": asdict(options), "precision": compute.precision, **cache_key_extra})[:16]
+    # the architecture is part of the key: a built-in whose layers changed never loads an older checkpoint
+    layout = [[name, list(value.shape)] for name, value in model.state_dict().items()]
+    key = sha256_json({"options": asdict(options), "precision": compute.precision, **cache_key_extra,
+                       "layout": layout})[:16]
     cached = cache_dir() / "teachers" / f"{key}.pt"
     if cached.is_file():
         model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))

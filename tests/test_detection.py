@@ -262,7 +262,9 @@ def test_the_builtin_detector_for_a_pi_and_a_coral(tmp_path, small_config):
 
 
 def _separate_int8_outputs(out: Path) -> None:
-    """Boxes and scores each have their own int8 scale: never one concatenated per-tensor-quantized tensor."""
+    """Boxes and scores each come from their own int8 tensor, with its own scale (never one concatenated
+    per-tensor-quantized tensor): walking up from each output, past the decoding kept in float, to the int8 tensor
+    it is computed from. On the Pi the decoding runs in float; on the Coral it is int8 to the outputs."""
     import onnx
     from ai_edge_litert.interpreter import Interpreter
     from onnx import numpy_helper
@@ -271,21 +273,29 @@ def _separate_int8_outputs(out: Path) -> None:
     graph = onnx.load(str(onnx_int8)).graph
     constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     writers = {o: n for n in graph.node for o in n.output}
-    scales = [float(constants[writers[o.name].input[1]]) for o in graph.output
-              if writers[o.name].op_type == "DequantizeLinear"]
+
+    def onnx_scale(tensor: str) -> float:
+        node = writers[tensor]
+        if node.op_type == "DequantizeLinear":
+            return float(constants[node.input[1]])
+        return onnx_scale(next(i for i in node.input if i in writers))  # the first non-constant input
+
+    scales = [onnx_scale(o.name) for o in graph.output]
     assert len(scales) == 2 and scales[0] != scales[1]
-    for tflite in (out / "raspberry-pi-4" / "bundle" / "artifacts" / "tflite-int8.tflite",
-                   out / "coral-edgetpu" / "bundle" / "artifacts" / "tflite-int8.tflite"):
-        interpreter = Interpreter(model_path=str(tflite))
+    assert writers[graph.output[0].name].op_type != "DequantizeLinear"  # the Pi's decoding is float
+    for board, float_decoding in (("raspberry-pi-4", True), ("coral-edgetpu", False)):
+        interpreter = Interpreter(model_path=str(out / board / "bundle" / "artifacts" / "tflite-int8.tflite"))
         details = {d["index"]: d for d in interpreter.get_tensor_details()}
+        writer = {int(o["outputs"][0]): o for o in interpreter._get_ops_details()}
+
+        def tflite_scale(index: int) -> float:
+            scale = details[index]["quantization"][0]
+            if scale:
+                return float(scale)
+            op = writer[index]
+            return tflite_scale(next(int(i) for i in op["inputs"] if int(i) in writer))
+
         outputs = interpreter.get_output_details()
-        quantized = [o["quantization"][0] or _producer_scale(interpreter, o, details) for o in outputs]
-        assert len(outputs) == 2 and all(quantized) and quantized[0] != quantized[1]
-
-
-def _producer_scale(interpreter, output: dict, details: dict) -> float:
-    """A float output's int8 scale: that of the int8 tensor its DEQUANTIZE reads."""
-    for op in interpreter._get_ops_details():
-        if output["index"] in op["outputs"] and op["op_name"] == "DEQUANTIZE":
-            return float(details[op["inputs"][0]]["quantization"][0])
-    return 0.0
+        found = [tflite_scale(o["index"]) for o in outputs]
+        assert len(found) == 2 and found[0] != found[1]
+        assert all(not o["quantization"][0] for o in outputs) == float_decoding

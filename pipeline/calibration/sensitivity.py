@@ -162,3 +162,39 @@ def tflite_activation_errors(float_path: Path, int8_path: Path, inputs: np.ndarr
     producers = {p[0]: p[0].split(";")[0].rsplit("/", 1)[-1] for p in pairs} | {name: "output" for name in outputs}
     errors = [TensorError(name, producers[name], sqnr_db(s[0], s[1]), sqnr_db(s[0], s[2])) for name, s in sums.items()]
     return sorted(errors, key=lambda e: e.accumulated_db)
+
+
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+TFLITE_COMPUTE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+
+
+def _tail(nodes: list[tuple[str, str, list[str], list[str]]], compute: tuple[str, ...]) -> list[str]:
+    """The names of the (name, op, inputs, outputs) nodes after the last compute op on every path: a detector's
+    decoding (activations, reshapes, box arithmetic), which int8 rounds at full output range."""
+    readers: dict[str, list[int]] = {}
+    for index, (_, _, inputs, _) in enumerate(nodes):
+        for tensor in inputs:
+            readers.setdefault(tensor, []).append(index)
+    feeds_compute = [False] * len(nodes)
+    for index in reversed(range(len(nodes))):  # nodes are in topological order
+        feeds_compute[index] = any(nodes[r][1] in compute or feeds_compute[r]
+                                   for tensor in nodes[index][3] for r in readers.get(tensor, []))
+    return [name for (name, op, _, _), feeds in zip(nodes, feeds_compute) if op not in compute and not feeds]
+
+
+def onnx_tail(path: Path) -> list[str]:
+    """The ONNX graph's nodes after its last convolution or matrix product (``_tail``), by name."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    return _tail([(n.name, n.op_type, list(n.input), list(n.output)) for n in graph.node], COMPUTE_OPS)
+
+
+def tflite_tail(path: Path) -> list[str]:
+    """The TFLite model's ops after its last convolution or fully connected op, each named by the tensor it writes
+    (as the converter's denylist names ops)."""
+    interpreter = _interpreter(path)
+    name = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    ops = [o for o in interpreter._get_ops_details() if o["op_name"] not in ("QUANTIZE", "DEQUANTIZE")]
+    return _tail([(name[int(o["outputs"][0])], o["op_name"], [str(i) for i in o["inputs"]],
+                   [str(i) for i in o["outputs"]]) for o in ops], TFLITE_COMPUTE_OPS)

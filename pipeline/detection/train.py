@@ -65,11 +65,9 @@ def assign(centres: torch.Tensor, truth: torch.Tensor, valid: torch.Tensor, grid
 
 def detection_loss(model: nn.Module, inputs: torch.Tensor, labels: np.ndarray, compute) -> torch.Tensor:
     with compute.autocast():
-        raw = model.raw(inputs)
-    raw = raw.float()
-    boxes = model.centres + model.signs * torch.sigmoid(raw[..., :4]) * model.reach
-    logits = raw[..., 4:]
-    truth, valid = padded(labels, raw.device)
+        distances, logits = model.raw(inputs)
+    boxes, logits = model.decode(distances.float()), logits.float()
+    truth, valid = padded(labels, logits.device)
     rows, cols = inputs.shape[2] // model.STRIDE, inputs.shape[3] // model.STRIDE
     owner = assign(model.centres, truth, valid, (rows, cols))
     positive = owner >= 0

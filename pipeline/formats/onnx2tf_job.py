@@ -16,6 +16,7 @@ import numpy as np
 INT8_MODEL = "model_int8.tflite"  # the int8 model the job makes from onnx2tf's saved model
 FALLBACK_REPORT = "int8_fallback.json"  # what the mixed-precision fallback tried, beside the models
 RANGES_REPORT = "int8_ranges.json"  # how many tensors took the pipeline's ranges
+TAIL_REPORT = "int8_float_tail.json"  # the ops of a detector's decoding left in float
 PHASE = "pipeline-phase: "  # a log line that starts with it names what the job does now (shown in the progress bar)
 
 
@@ -39,6 +40,7 @@ class TFLiteJob:
     # takes where its tensors match; None: the TFLite converter's own calibration
     ranges_json: str | None = None
     ranges_model: str | None = None
+    float_tail: bool = False  # a detector's decoding (the ops after the last convolution) left in float
 
 
 def _depthwise_input_in_nhwc(make_node):
@@ -110,10 +112,18 @@ def write_int8(job: TFLiteJob) -> None:
         calibrated, applied = set_ranges(calibrated, Path(job.ranges_model), ranges, inputs, job.keep_nchw)
         (out / RANGES_REPORT).write_text(json.dumps(applied.to_json()))
 
+    tail: list[str] = []
+
     def quantize_to(in_float: list[str], path: Path) -> None:
-        path.write_bytes(quantize(calibrated, Int8Granularity(job.quant_type), job.io_dtype, in_float))
+        path.write_bytes(quantize(calibrated, Int8Granularity(job.quant_type), job.io_dtype, [*tail, *in_float]))
 
     quantize_to([], out / INT8_MODEL)
+    if job.float_tail:
+        from ..calibration.sensitivity import tflite_tail
+
+        tail = tflite_tail(out / INT8_MODEL)
+        quantize_to([], out / INT8_MODEL)
+        (out / TAIL_REPORT).write_text(json.dumps(tail))
     if job.fallback_tolerance is not None:
         print(f"{PHASE}int8: fallback check", flush=True)
         from .tflite_mixed import keep_ops_in_float

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..calibration import CalibrationRanges
 from ..calibration.fallback import by_output_impact, keep_in_float
-from ..calibration.sensitivity import activation_errors, fallback_candidates
+from ..calibration.sensitivity import activation_errors, fallback_candidates, onnx_tail
 from ..compat import toolchain_of
 from ..config import Task
 from ..errors import ConversionError
@@ -29,6 +29,10 @@ def ranges_note(data: dict) -> str:
         return note
     scores = ", ".join(f"{c['ranges']} {c['sqnr_db']:.1f} dB" for c in data["candidates"])
     return f"{note}, chosen by the int8 model's output SQNR on {data['held_out']} held-out samples ({scores})"
+
+
+def tail_note(tail: list[str]) -> str:
+    return f"the {len(tail)} decoding ops after the last convolution kept in float" if tail else ""
 
 
 def quantize_int8(model_path: Path, ranges: CalibrationRanges, out_path: Path, scheme: Int8Scheme,
@@ -85,14 +89,18 @@ def build(plan, target) -> tuple[dict, str]:
     method = ranges["data"]["method"]
     variant = plan.variant(model)
     quantized_bias = toolchain_of(target).quantized_bias
+    # ONNX Runtime runs float ops beside int8 ones: a detector's decoding stays in float, as NNCF's YOLOv8 recipe
+    # keeps it (int8 would round its boxes and scores at the outputs' full range)
+    float_tail = plan.task is Task.DETECT
     name = (f"quantize-opset{model['data']['opset']}{variant}-{method}-{scheme.granularity.value}-"
             f"{'sym' if scheme.activation_symmetric else 'asym'}{'' if quantized_bias else '-float-bias'}"
-            f"-tol{target.accuracy_tolerance:g}")
+            f"-tol{target.accuracy_tolerance:g}" + ("-float-tail" if float_tail else ""))
 
     def produce(tmp: Path) -> dict:
         chosen_ranges, out = CalibrationRanges.load(plan.path(ranges, "ranges")), tmp / "model_int8.onnx"
+        tail = onnx_tail(plan.path(model, model_key)) if float_tail else []
         quantize = lambda exclude, path: quantize_int8(plan.path(model, model_key), chosen_ranges, path,  # noqa: E731
-                                                       scheme, exclude, quantized_bias)
+                                                       scheme, [*tail, *exclude], quantized_bias)
         quantize([], out)
         inputs = np.load(plan.path(samples, "inputs"), mmap_mode="r")
         judged = inputs[plan.untrained_from(model):]  # the fallback judges on samples the weights were not trained on
@@ -110,14 +118,15 @@ def build(plan, target) -> tuple[dict, str]:
             if fallback.kept and fallback.reached:
                 errors = activation_errors(reference, out, "input", inputs[:SENSITIVITY_SAMPLES])
         weights, kept = plan.weights_note(model, int8_weights(out), "onnx")
-        note = "; ".join(n for n in (ranges_note(ranges["data"]), weights,
+        note = "; ".join(n for n in (ranges_note(ranges["data"]), weights, tail_note(tail),
                                      fallback.note(target.accuracy_tolerance) if fallback else "") if n)
         return {"files": {"onnx": "model_int8.onnx"}, "calibration": {"onnx": note}, "weights_kept": list(kept),
                 "fallback": fallback.to_json() if fallback else None,
                 "sensitivity": {"samples": min(len(inputs), SENSITIVITY_SAMPLES), "tensors": [e.to_json() for e in errors]}}
 
     params = {"granularity": scheme.granularity.value, "symmetric": scheme.activation_symmetric,
-              "tolerance": target.accuracy_tolerance, **({} if quantized_bias else {"quantized_bias": False})}
+              "tolerance": target.accuracy_tolerance, **({} if quantized_bias else {"quantized_bias": False}),
+              **({"float_tail": True} if float_tail else {})}
     return plan.shared_step(name, "quantize", params, [export, model, samples, ranges], produce), "onnx"
 
 

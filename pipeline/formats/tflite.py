@@ -30,8 +30,8 @@ from ..config import Task
 from ..errors import ConversionError
 from ..profile import IODtype, Layout
 from ..tflite_file import check_builtin_only, int8_constants, read_tflite
-from .onnx2tf_job import FALLBACK_REPORT, INT8_MODEL, PHASE, RANGES_REPORT, TFLiteJob
-from .onnx_int8 import SENSITIVITY_SAMPLES
+from .onnx2tf_job import FALLBACK_REPORT, INT8_MODEL, PHASE, RANGES_REPORT, TAIL_REPORT, TFLiteJob
+from .onnx_int8 import SENSITIVITY_SAMPLES, tail_note
 from .registry import Format, register_format
 
 # onnx2tf validates any 4-D 3-channel input against this file and downloads it when it is not in
@@ -56,7 +56,7 @@ def convert_tflite(
     onnx_path: Path, calibration_inputs_nchw: np.ndarray, raw_images_nhwc: np.ndarray, out_dir: Path,
     quant_type: str, io_dtype: IODtype, layout: Layout, pseudo_ops: tuple[str, ...] = (), grouped_conv: bool = True,
     fallback_tolerance: float | None = None, fallback_from: int = 0, int8: bool = True,
-    ranges: CalibrationRanges | None = None,
+    ranges: CalibrationRanges | None = None, float_tail: bool = False,
 ) -> dict[str, Path]:
     """Convert to TFLite; returns {"fp32", "fp16"} and with ``int8`` "int8" -> file in ``out_dir``. Each must hold
     builtin ops only (a one-line error names the first that does not, and its layer). The int8 model takes
@@ -80,7 +80,7 @@ def convert_tflite(
         keep_nchw=layout is Layout.NCHW, pseudo_ops=tuple(pseudo_ops), grouped_conv=grouped_conv,
         fallback_tolerance=fallback_tolerance, fallback_from=fallback_from, int8=int8,
         ranges_json=None if ranges is None else str(work / "ranges.json"),
-        ranges_model=None if ranges is None else str(Path(onnx_path).resolve()),
+        ranges_model=None if ranges is None else str(Path(onnx_path).resolve()), float_tail=float_tail,
     )
     (work / "job.json").write_text(json.dumps(asdict(job)))
     env = dict(os.environ)
@@ -114,7 +114,7 @@ def convert_tflite(
             check_builtin_only(f"{onnx_path.name} as tflite-{key}", read_tflite(path))
     if code != 0 or not all(p.is_file() for p in outputs.values()):
         raise ConversionError(f"{onnx_path.name}: onnx2tf failed ({_last_error(log_path)}); full log: {log_path}")
-    for key, report in (("fallback", FALLBACK_REPORT), ("ranges", RANGES_REPORT)):
+    for key, report in (("fallback", FALLBACK_REPORT), ("ranges", RANGES_REPORT), ("tail", TAIL_REPORT)):
         if (work / "tf" / report).is_file():
             outputs[key] = work / "tf" / report
     final = {}
@@ -197,9 +197,10 @@ def conversion_step(plan, target, int8: bool) -> dict:
     grouped_conv = toolchain_of(target).grouped_conv or not int8
     # ops kept in float where the int8 model misses the tolerance, on boards whose runtime runs them beside int8 ones
     # (float-I/O int8: the fallback's trial runs feed the float calibration samples)
-    # (the fallback judges by top-1 agreement: a detector's int8 model is kept whole)
-    fallback = target.accuracy_tolerance if serves_int8 and toolchain_of(target).float_ops_in_int8 and \
-        scheme.io_dtype is IODtype.FLOAT32 and plan.task is Task.CLASSIFY else None
+    # (the fallback judges by top-1 agreement: a detector's int8 model keeps its decoding in float instead)
+    float_beside_int8 = serves_int8 and toolchain_of(target).float_ops_in_int8 and scheme.io_dtype is IODtype.FLOAT32
+    fallback = target.accuracy_tolerance if float_beside_int8 and plan.task is Task.CLASSIFY else None
+    float_tail = float_beside_int8 and plan.task is Task.DETECT
     # the int8 model takes the ranges onnx-int8 has (and the weights were tuned through); a conversion that serves
     # no int8 kind makes the float models only
     ranges = plan.calibration_ranges(target) if serves_int8 else None
@@ -208,16 +209,17 @@ def conversion_step(plan, target, int8: bool) -> dict:
             f"{target.input_layout.value}" + "".join(f"-{op}" for op in pseudo_ops)
             + ("" if grouped_conv else "-no-grouped-conv") + ("-float" if ranges is None else
                                                                f"-{ranges['data']['method']}")
-            + ("" if fallback is None else f"-tol{fallback:g}"))
+            + ("" if fallback is None else f"-tol{fallback:g}") + ("-float-tail" if float_tail else ""))
 
     def produce(tmp: Path) -> dict:
         outputs = convert_tflite(plan.path(model, onnx_key), np.load(plan.path(samples, "inputs"), mmap_mode="r"),
                                  np.load(plan.path(samples, "images"), mmap_mode="r"), tmp, scheme.granularity.value,
                                  scheme.io_dtype, target.input_layout, pseudo_ops, grouped_conv, fallback,
                                  plan.untrained_from(model), int8=serves_int8,
-                                 ranges=None if ranges is None else CalibrationRanges.load(plan.path(ranges, "ranges")))
+                                 ranges=None if ranges is None else CalibrationRanges.load(plan.path(ranges, "ranges")),
+                                 float_tail=float_tail)
         reports = {}
-        for key in ("fallback", "ranges"):  # what the int8 step reports goes into the record, not beside the models
+        for key in ("fallback", "ranges", "tail"):  # what the int8 step reports goes into the record, not beside the models
             if key in outputs:
                 report = outputs.pop(key)
                 reports[key] = json.loads(report.read_text())
@@ -235,13 +237,15 @@ def conversion_step(plan, target, int8: bool) -> dict:
         mixed = {"fallback": reports["fallback"]} if "fallback" in reports else {}
         return {**record, "calibration": {"int8": "; ".join(n for n in (
                     ranges_set_note(ranges["data"], reports["ranges"], samples["data"]["num_samples"]), weights,
-                    Fallback(**mixed["fallback"]).note(fallback) if mixed else "") if n)},
+                    tail_note(reports.get("tail", [])), Fallback(**mixed["fallback"]).note(fallback) if mixed else "")
+                    if n)},
                 "weights_kept": list(kept), "ranges_set": reports["ranges"],
                 "sensitivity": {"samples": len(inputs), "tensors": [e.to_json() for e in errors]}, **mixed}
 
     params = {"granularity": scheme.granularity.value, "io": scheme.io_dtype.value, "layout": target.input_layout.value,
               "pseudo_ops": list(pseudo_ops), **({} if grouped_conv else {"grouped_conv": False}),
-              **({} if fallback is None else {"fallback_tolerance": fallback})}
+              **({} if fallback is None else {"fallback_tolerance": fallback}),
+              **({"float_tail": True} if float_tail else {})}
     needs = [model, samples, *([reference] if separate else []), *([ranges] if ranges is not None else [])]
     return plan.shared_step(name, "convert", params, needs, produce)
 
