@@ -173,6 +173,24 @@ def time_models(models: list[dict], base: Path, threads: int, runs: int, warmup:
             "threads": threads, "median_ms": medians, "system": system_info()}
 
 
+POSTPROCESS_RUNS = 200  # timed runs of a detector's inference + decoding + NMS: a second figure, not the main one
+
+
+def _with_postprocess_ms(model: Model, manifest: dict, nchw: tuple, runs: int, warmup: int,
+                         max_seconds: float) -> dict | None:
+    """A detector's latency with its decoding and NMS (``detection.postprocess``, at the manifest's thresholds) after
+    each inference, on the seeded noise the network alone is timed on; None for a classifier."""
+    if manifest.get("task") != "detect":
+        return None
+    from .detection import check_options, postprocess
+
+    options = check_options(manifest["detect"])
+    x = np.random.default_rng(0).standard_normal(nchw).astype(np.float32)
+    times = timed_runs(lambda sample: postprocess(model.outputs(sample), tuple(nchw[2:]), options), x,
+                       min(runs, POSTPROCESS_RUNS), min(warmup, POSTPROCESS_RUNS), max_seconds / 4)
+    return {"p50": _percentile(times, 50), "p90": _percentile(times, 90)}
+
+
 def bench(manifest: dict, base: Path, kind: str, threads: int, runs: int, warmup: int, max_seconds: float) -> dict:
     """Load time, first inference, then ``runs`` timed inferences (or ``max_seconds``) after ``warmup``."""
     baseline_mb = _rss_mb()
@@ -185,6 +203,7 @@ def bench(manifest: dict, base: Path, kind: str, threads: int, runs: int, warmup
     model.session.run(x)
     first = time.perf_counter() - started
     times = timed_runs(model.session.run, x, runs, warmup, max_seconds)
+    decoded = _with_postprocess_ms(model, manifest, nchw, runs, warmup, max_seconds)
     peak_mb = _peak_rss_mb()
     mean = statistics.fmean(times)
     return {
@@ -208,6 +227,7 @@ def bench(manifest: dict, base: Path, kind: str, threads: int, runs: int, warmup
             "mean": mean, "std": statistics.pstdev(times), "min": min(times), "max": max(times),
         },
         "throughput_per_s": 1e3 / mean * n,
+        **({"latency_with_postprocess_ms": decoded} if decoded else {}),
         "peak_rss_mb": peak_mb,
         "baseline_rss_mb": baseline_mb,
         "rss_growth_mb": peak_mb - baseline_mb,
@@ -229,6 +249,9 @@ def aggregate(repeats: list[dict], noise_threshold: float) -> dict:
     return {
         **{k: v for k, v in last.items() if k != "system"},
         "latency_ms": {k: statistics.median(r["latency_ms"][k] for r in repeats) for k in last["latency_ms"]},
+        **({"latency_with_postprocess_ms": {k: statistics.median(r["latency_with_postprocess_ms"][k] for r in repeats)
+                                            for k in last["latency_with_postprocess_ms"]}}
+           if "latency_with_postprocess_ms" in last else {}),
         "runs": sum(r["runs"] for r in repeats),
         "load_ms": middle("load_ms"), "first_inference_ms": middle("first_inference_ms"),
         "throughput_per_s": middle("throughput_per_s"),

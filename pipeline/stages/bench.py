@@ -17,7 +17,7 @@ import board_runtime
 import numpy as np
 
 from ..artifacts import write_json
-from ..config import BenchOptions
+from ..config import BenchOptions, Task
 from ..engine import Step
 from ..errors import BenchmarkError
 from ..formats import FORMATS
@@ -118,7 +118,8 @@ def bench_step(plan, target, built: list, bundled: dict | None) -> dict:
             bundle = plan.path(bundled, "manifest").parent
             suite = remote_bench(ssh, bundle, target, runner_args(options, threads), out_json, options.timeout_s,
                                  plan.engine.log, install=options.install)
-            if plan.data is not None:  # the board's own outputs on held-out samples, against this host's
+            # the board's own outputs on held-out samples, against this host's (scored by top-1: classifiers only)
+            if plan.data is not None and plan.task is Task.CLASSIFY:
                 inputs, labels = board_samples(plan)
                 deployed = [(a, r) for a, r in built if FORMATS[a.kind].deployable]
                 board = remote_logits(ssh, bundle, target, inputs, [a.kind for a, _ in deployed], options.timeout_s,

@@ -70,6 +70,8 @@ def merge_rows(evaluations: list[dict] | None, benches: list[dict], size_budget_
             + (" (QDQ unfused: this CPU's int8 kernels saturate)" if b.get("qdq_unfused") else ""),
             **{k: b[k] for k in ("size_bytes", "latency_ms", "load_ms", "first_inference_ms", "peak_rss_mb",
                                  "rss_growth_mb", "throughput_per_s", "threads", "runs", "repeats", "spread", "noisy")},
+            **({"latency_with_postprocess_ms": b["latency_with_postprocess_ms"]}
+               if "latency_with_postprocess_ms" in b else {}),
             "fits_size_budget": size_budget_mb is None or b["size_bytes"] / 2**20 <= size_budget_mb,
         })
     return rows
@@ -138,10 +140,11 @@ def _accuracy_columns(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
                 [[shown(r["top1"], ".2f"), shown(r["drop"], "+.2f"), shown(r["agreement"], ".2f"),
                   shown(r["max_logit_diff"], ".4f")] for r in rows])
     return (["mAP50-95 (%)", "mAP50 (%)", "drop (pts)", "mAP50-95 vs ref (%)", "mAP50 vs ref (%)", "ref boxes found (%)",
-             "their IoU"],
+             "their IoU", "p50 + decoding and NMS (ms)"],
             [[shown(r["map50_95"], ".2f"), shown(r["map50"], ".2f"), shown(r["drop"], "+.2f"),
               shown(r["reference_map50_95"], ".2f"), shown(r["reference_map50"], ".2f"), shown(r["recall"], ".1f"),
-              shown(r["mean_iou"], ".3f")] for r in rows])
+              shown(r["mean_iou"], ".3f"), shown(r.get("latency_with_postprocess_ms", {}).get("p50"), ".3f")]
+             for r in rows])
 
 
 def _table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
