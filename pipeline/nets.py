@@ -186,7 +186,8 @@ class DenseDetector(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         distances, scores = self.raw(x)
-        return self.decode(distances), torch.sigmoid(scores)
+        # clamped to the image, so that a full-integer model's boxes output spends its 256 steps on [0, 1] alone
+        return self.decode(distances).clamp(0.0, 1.0), torch.sigmoid(scores)
 
 
 @register_builtin("fmnist-detector", task="detect", decoder={"decoder": "boxes-scores"})
