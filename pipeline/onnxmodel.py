@@ -21,30 +21,33 @@ def _load(path: Path):
         raise ModelError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0][:200]})") from exc
 
 
-def image_input(model, path: Path):
-    """The graph's one image input (older exporters also list the weights among the inputs)."""
+def image_input(model, path: Path, detector: bool = False):
+    """The graph's one image input (older exporters also list the weights among the inputs); a classifier has one
+    output, a detector any number."""
     weights = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in weights]
-    if len(inputs) != 1 or len(model.graph.output) != 1:
+    if len(inputs) != 1 or (len(model.graph.output) != 1 and not detector):
+        hint = "; a detector's outputs are read by its decoder: give --task detect" if len(inputs) == 1 else ""
         raise ModelError(f"{path}: expected one input and one output, found {len(inputs)} inputs "
-                         f"({', '.join(i.name for i in inputs)}) and {len(model.graph.output)} outputs")
+                         f"({', '.join(i.name for i in inputs)}) and {len(model.graph.output)} outputs{hint}")
     return inputs[0]
 
 
-def declared_shape(path: Path) -> list[int | None]:
+def declared_shape(path: Path, detector: bool = False) -> list[int | None]:
     """The image input's dims as the file declares them, None where a dim is dynamic."""
-    dims = image_input(_load(path), path).type.tensor_type.shape.dim
+    dims = image_input(_load(path), path, detector).type.tensor_type.shape.dim
     return [d.dim_value if d.HasField("dim_value") else None for d in dims]
 
 
-def fix_and_fold(path: Path, shape: tuple[int, ...], out: Path) -> None:
-    """Write ``path`` with its input fixed to ``shape`` (NCHW), input and output renamed as the pipeline names them,
-    constants folded into initializers and the graph simplified; a one-line error when the shapes disagree."""
+def fix_and_fold(path: Path, shape: tuple[int, ...], out: Path, detector: bool = False) -> None:
+    """Write ``path`` with its input fixed to ``shape`` (NCHW), input (and a classifier's output) renamed as the
+    pipeline names them, constants folded into initializers and the graph simplified; a one-line error when the
+    shapes disagree. A detector's outputs keep their names: its decoder may name them."""
     import onnx
     from onnxsim import simplify
 
     model = _load(path)
-    value = image_input(model, path)
+    value = image_input(model, path, detector)
     dims = value.type.tensor_type.shape.dim
     declared = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     if len(declared) != len(shape) or any(d is not None and d != s for d, s in zip(declared[1:], shape[1:])):
@@ -55,7 +58,8 @@ def fix_and_fold(path: Path, shape: tuple[int, ...], out: Path) -> None:
         dim.Clear()
         dim.dim_value = size
     _rename(model, value.name, INPUT_NAME)
-    _rename(model, model.graph.output[0].name, OUTPUT_NAME)
+    if not detector:
+        _rename(model, model.graph.output[0].name, OUTPUT_NAME)
     weights = {t.name for t in model.graph.initializer}  # older exporters list them as inputs too: not constants then
     kept = [i for i in model.graph.input if i.name not in weights]
     del model.graph.input[:]
@@ -65,7 +69,7 @@ def fix_and_fold(path: Path, shape: tuple[int, ...], out: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model, ok = simplify(model)
-            model = _flatten_output(model)
+            model = model if detector else _flatten_output(model)
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
         raise ModelError(f"{path}: cannot prepare the graph ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") \
@@ -102,6 +106,14 @@ def _rename(model, old: str, new: str) -> None:
             value.name = new
 
 
+def run_outputs(path: Path, shape: tuple[int, ...]) -> list[np.ndarray]:
+    """Every output of one inference on zeros."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {INPUT_NAME: np.zeros(shape, np.float32)})
+
+
 def run_once(path: Path, shape: tuple[int, ...], num_classes: int | None, name: str) -> int:
     """One inference on zeros: the output must be [1, num_classes] logits (or probabilities), or any [1, K] when the
     classes are not known; returns K."""
@@ -114,6 +126,12 @@ def run_once(path: Path, shape: tuple[int, ...], num_classes: int | None, name: 
     if out.ndim != 2 or out.shape[0] != 1:
         raise ModelError(f"{name}: output {list(out.shape)} is not [1, K] logits")
     return int(out.shape[1])
+
+
+def output_names(path: Path) -> list[str]:
+    import onnx
+
+    return [o.name for o in onnx.load(str(path)).graph.output]
 
 
 def count(path: Path) -> tuple[int, int]:

@@ -68,7 +68,7 @@ class Planner:
             from .data.detection import load_detection
 
             return load_detection(self.config.data, self.config.image_size or (
-                tuple(self.config.input_shape[2:]) if self.config.input_shape else None))
+                tuple(self.config.input_shape[2:]) if self.config.input_shape else self.source.row.input_hw(self.source)))
         own = self.carried_preprocessing[0] if self.carried_preprocessing else PreprocessOptions()
         recipe = recipe_of(self.config.preprocess, own)
         data = load_dataset(self.config.data, self.config.image_size, recipe["resize"], recipe["crop"],

@@ -126,3 +126,28 @@ class PNet(nn.Module):
 
 def pnet() -> nn.Module:
     return PNet()
+
+
+YUNET_STRIDES = (8, 16, 32)
+
+
+def decode_yunet(outputs: list, input_hw: tuple, options: dict) -> tuple:
+    """A user's decoder (``detect: {decoder: "tests.helpers:decode_yunet"}``) for OpenCV's YuNet face detector, whose
+    12 outputs are, per stride 8, 16, 32: class and objectness scores [1, N, 1] (after sigmoid), box offsets [1, N, 4]
+    (centre in cells from the cell's corner, log size in cells) and landmarks [1, N, 10] (unused), in the order
+    cls_*, obj_*, bbox_*, kps_*: boxes x1, y1, x2, y2 in [0, 1] and scores (N, 1) as OpenCV's FaceDetectorYN computes
+    them (the geometric mean of the two scores)."""
+    import numpy as np
+
+    height, width = input_hw
+    boxes, scores = [], []
+    for level, stride in enumerate(YUNET_STRIDES):
+        cls, obj, box = (np.asarray(outputs[level + 3 * k], np.float32)[0] for k in range(3))
+        cols = width // stride
+        cells = np.arange(len(box))
+        cx, cy = (cells % cols + box[:, 0]) * stride, (cells // cols + box[:, 1]) * stride
+        w, h = np.exp(box[:, 2]) * stride, np.exp(box[:, 3]) * stride
+        boxes.append(np.stack([(cx - w / 2) / width, (cy - h / 2) / height, (cx + w / 2) / width,
+                               (cy + h / 2) / height], axis=1))
+        scores.append(np.sqrt(np.clip(cls, 0, 1) * np.clip(obj, 0, 1)))
+    return np.concatenate(boxes), np.concatenate(scores)

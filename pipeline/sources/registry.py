@@ -47,6 +47,9 @@ class SourceKind:
     # The preprocessing the model carries, as (options, where from), or None: read before the data, whose image
     # files it may resize and crop.
     preprocessing: Callable[[ModelSource], tuple[Any, str] | None] = lambda source: None
+    # The static (H, W) of a model file's image input, or None: what a detector's images are letterboxed to when the
+    # configuration gives no size.
+    input_hw: Callable[[ModelSource], tuple[int, int] | None] = lambda source: None
 
 
 SOURCES: dict[str, SourceKind] = {}

@@ -41,15 +41,19 @@ def _torch_model(plan, tmp: Path, fingerprint: str) -> dict:
     channels, num_classes = input_shape[1], len(data.classes)
     torch.manual_seed(config.train.seed)  # the same initial weights on every run
     model = build_model(source, channels, num_classes)
-    preprocess = resolve(config.preprocess, plan.carried_preprocessing, channels, data.train, config.model)
-    if plan.task is Task.DETECT:
-        from ..detection.train import detection_objective
-
+    detector = plan.task is Task.DETECT
+    if detector:
         output_names = check_detector(model, input_shape, config.model, plan.decoder)
-        preprocess, objective = replace(preprocess, letterbox=tuple(input_shape[2:])), detection_objective(plan.decoder)
     else:
         check_input(model, input_shape, config.model, num_classes)
-        output_names, objective = [OUTPUT_NAME], classification_objective(config.train)
+        output_names = [OUTPUT_NAME]
+    preprocess = resolve(config.preprocess, plan.carried_preprocessing, channels, data.train, config.model)
+    if detector:
+        from ..detection.train import detection_objective
+
+        preprocess, objective = replace(preprocess, letterbox=tuple(input_shape[2:])), detection_objective(plan.decoder)
+    else:
+        objective = classification_objective(config.train)
     stats = None
     if source.needs_training:
         model, stats = train_model(model, data.train, data.test, preprocess, config.train,
@@ -86,7 +90,7 @@ def file_input_shape(plan, declared: list[int | None]) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _preprocess_and_classes(plan, channels: int, num_outputs: int) -> dict:
+def _preprocess_and_classes(plan, channels: int, num_outputs: int | None) -> dict:
     """The preprocessing (None for a file benchmarked alone that was given none) and the class names: the data's,
     else the labels file's, else the output indices."""
     config, data = plan.config, plan.data
@@ -97,24 +101,49 @@ def _preprocess_and_classes(plan, channels: int, num_outputs: int) -> dict:
         classes = data.classes
     elif config.labels:
         classes = read_labels(config.labels)
-        if len(classes) != num_outputs:
+        if num_outputs is not None and len(classes) != num_outputs:
             raise DataError(f"{config.labels}: {len(classes)} labels for a model with {num_outputs} outputs")
     else:
-        classes = tuple(str(i) for i in range(num_outputs))
+        classes = tuple(str(i) for i in range(num_outputs or 0))
     return {"preprocess": preprocess.to_dict() if preprocess else None, "classes": list(classes)}
 
 
 def _onnx_model(plan, tmp: Path, fingerprint: str) -> dict:
-    """An ONNX file: its input fixed to the data's shape, weights folded, run once and counted (no torch)."""
+    """An ONNX file: its input fixed to the data's shape, weights folded, run once and counted (no torch); a
+    detector's outputs decoded once, so that a decoder that cannot read them fails here."""
     from .. import onnxmodel
 
     config, data = plan.config, plan.data
-    shape = file_input_shape(plan, onnxmodel.declared_shape(Path(config.model)))
-    onnxmodel.fix_and_fold(Path(config.model), shape, tmp / "model.onnx")
-    outputs = onnxmodel.run_once(tmp / "model.onnx", shape, len(data.classes) if data else None, config.model)
+    detector = plan.task is Task.DETECT
+    shape = file_input_shape(plan, onnxmodel.declared_shape(Path(config.model), detector))
+    onnxmodel.fix_and_fold(Path(config.model), shape, tmp / "model.onnx", detector)
     params, flops = onnxmodel.count(tmp / "model.onnx")
-    return {"files": {"onnx": "model.onnx"}, "input_shape": list(shape), "training": None, "params": params,
-            "flops": flops, **_preprocess_and_classes(plan, shape[1], outputs)}
+    made = {"files": {"onnx": "model.onnx"}, "input_shape": list(shape), "training": None, "params": params,
+            "flops": flops}
+    if detector:
+        names = onnxmodel.output_names(tmp / "model.onnx")
+        _check_decoding(plan, onnxmodel.run_outputs(tmp / "model.onnx", shape), shape)
+        return {**made, **_letterboxed(_preprocess_and_classes(plan, shape[1], None), shape),
+                **_task_fields(plan, names)}
+    outputs = onnxmodel.run_once(tmp / "model.onnx", shape, len(data.classes) if data else None, config.model)
+    return {**made, **_preprocess_and_classes(plan, shape[1], outputs), **_task_fields(plan, [onnxmodel.OUTPUT_NAME])}
+
+
+def _letterboxed(fields: dict, shape: tuple[int, ...]) -> dict:
+    """A detector's preprocessing: images letterboxed to its input, as its data was."""
+    if fields["preprocess"] is not None:
+        fields["preprocess"] = {**fields["preprocess"], "letterbox": list(shape[2:])}
+    return fields
+
+
+def _check_decoding(plan, outputs: list[np.ndarray], shape: tuple[int, ...]) -> None:
+    from board_runtime.detection import postprocess
+
+    try:
+        postprocess(outputs, tuple(shape[2:]), plan.decoder)
+    except (ValueError, IndexError, KeyError) as exc:
+        raise ModelError(f"{plan.config.model}: decoder '{plan.decoder['decoder']}' cannot read outputs "
+                         f"{[list(o.shape) for o in outputs]} ({exc})") from exc
 
 
 def _tflite_model(plan, tmp: Path, fingerprint: str) -> dict:
@@ -134,10 +163,13 @@ def _tflite_model(plan, tmp: Path, fingerprint: str) -> dict:
     if ([shape[0], *shape[2:], shape[1]] if nhwc else list(shape)) != declared:
         raise ModelError(f"{config.model}: the file takes {declared} ({'NHWC' if nhwc else 'NCHW'}), not "
                          f"{list(shape)} (NCHW); resize or crop the images to its size (--resize/--crop)")
+    detector = plan.task is Task.DETECT
+    classes = _preprocess_and_classes(plan, shape[1], None if detector else io["output_shape"][-1])
+    names = [o["name"] for o in io["outputs"]] or ["output"]
     return {"files": {"tflite": "model.tflite"}, "input_shape": list(shape), "training": None,
             "params": contents.params, "flops": contents.flops, "reference_kind": f"tflite-{contents.precision}",
             "io": {"tflite": {**io, "input_layout": "NHWC" if nhwc else "NCHW"}},
-            **_preprocess_and_classes(plan, shape[1], io["output_shape"][-1])}
+            **(_letterboxed(classes, shape) if detector else classes), **_task_fields(plan, names)}
 
 
 # How the model step makes the model of each framework a source can be in.
