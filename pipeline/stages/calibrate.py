@@ -37,15 +37,14 @@ def samples_step(plan) -> dict:
             start += len(batch)
         images.flush()
         inputs.flush()
+        if plan.task is Task.DETECT and len(subset) < DETECTOR_CALIBRATION_IMAGES:
+            plan.engine.log(f"[warn] int8 calibration of a detector on {len(subset)} images: fewer than "
+                            f"{DETECTOR_CALIBRATION_IMAGES} can lose boxes (YOLO11n's TensorRT int8 on 4 images fell "
+                            "from 0.608 to 0.318 mAP50-95); give more training images or --calibration-samples")
         return {"files": {"inputs": "inputs.npy", "images": "images.npy"}, "num_samples": len(subset)}
 
     params = {"num_samples": options.num_samples, "seed": options.seed}  # the data: through the model record
-    record = plan.shared_step("calibration-samples", "quantize", params, [plan.model_record], produce)
-    if plan.task is Task.DETECT and record["data"]["num_samples"] < DETECTOR_CALIBRATION_IMAGES:
-        plan.engine.log(f"[warn] int8 calibration of a detector on {record['data']['num_samples']} images: fewer than "
-                        f"{DETECTOR_CALIBRATION_IMAGES} can lose boxes (YOLO11n's TensorRT int8 on 4 images fell from "
-                        "0.608 to 0.318 mAP50-95); give more training images or --calibration-samples")
-    return record
+    return plan.shared_step("calibration-samples", "quantize", params, [plan.model_record], produce)
 
 
 # Below this many calibration images a detector's int8 ranges are a guess (Ultralytics' int8 exports ask for ~300+).
