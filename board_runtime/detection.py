@@ -38,10 +38,6 @@ class Detections:
         keep = self.scores >= score
         return Detections(self.boxes[keep], self.scores[keep], self.classes[keep])
 
-    def to_json(self) -> dict:
-        return {"boxes": np.round(self.boxes, 5).tolist(), "scores": np.round(self.scores, 5).tolist(),
-                "classes": self.classes.tolist()}
-
 
 @dataclass(frozen=True)
 class Decoder:
@@ -49,7 +45,6 @@ class Decoder:
     decode: DecodeFn
     roles: tuple[str, ...]  # the outputs it reads, in this order unless the options' ``outputs`` maps them
     options: dict = field(default_factory=dict)  # its own options with their defaults
-    summary: str = ""
 
 
 DECODERS: dict[str, Decoder] = {}
@@ -191,7 +186,6 @@ def decode_boxes_scores(outputs: list[np.ndarray], input_hw: tuple[int, int], op
 register_decoder(Decoder(
     "boxes-scores", decode_boxes_scores, ("boxes", "scores"),
     {"box_format": "xyxy", "normalised": True, "score_activation": "none", "background": False},
-    "boxes [1, N, 4] and class scores [1, N, C] as two outputs (decoded in the graph)",
 ))
 
 
@@ -212,7 +206,6 @@ def decode_yolo(outputs: list[np.ndarray], input_hw: tuple[int, int], options: d
 register_decoder(Decoder(
     "yolo", decode_yolo, ("head",),
     {"objectness": False, "normalised": False, "score_activation": "none", "rows_are_boxes": False},
-    "one dense head [1, 4+C, N] or [1, N, 4(+1)+C]: centre, size, (objectness,) class scores",
 ))
 
 
@@ -260,7 +253,6 @@ register_decoder(Decoder(
     "ssd", decode_ssd, ("regression", "scores"),
     {"anchors": [], "scale": None, "variances": None, "order": "xywh", "score_activation": "sigmoid",
      "background": False},
-    "anchor-based regressions [1, N, >=4] and scores [1, N, C], anchors from levels (SSD, BlazeFace)",
 ))
 
 
@@ -283,5 +275,4 @@ def decode_grid(outputs: list[np.ndarray], input_hw: tuple[int, int], options: d
 register_decoder(Decoder(
     "grid", decode_grid, ("scores", "regression"),
     {"stride": 2, "cell": 12, "score_activation": "none", "background": 1},
-    "dense maps: scores [1, C, H, W] and window regressions [1, 4, H, W] (MTCNN P-Net)",
 ))

@@ -55,11 +55,6 @@ class Model:
     def predict(self, x_nchw: np.ndarray) -> np.ndarray:
         return self.finish(self.session.run(self.prepare(x_nchw)))
 
-    def outputs_each(self, inputs_nchw: np.ndarray) -> list[np.ndarray]:
-        """Every output of every sample, one sample at a time, stacked per output."""
-        per_sample = [self.outputs(sample[None]) for sample in inputs_nchw]
-        return [np.concatenate([s[i] for s in per_sample]).astype(np.float32) for i in range(len(per_sample[0]))]
-
     def predict_each(self, inputs_nchw: np.ndarray) -> np.ndarray:
         """Logits of every sample, one at a time (the artifacts have a static batch of 1)."""
         return np.stack([self.predict(sample[None])[0] for sample in inputs_nchw]).astype(np.float32)

@@ -141,8 +141,7 @@ def tflite_activation_errors(float_path: Path, int8_path: Path, inputs: np.ndarr
     order = output_order(tflite_output_names(quantized), names) or list(range(len(names)))
     reference_outputs = dict(zip(names, reference.get_output_details()))
     quantized_outputs = {name: quantized.get_output_details()[i] for name, i in zip(names, order)}
-    outputs = names
-    sums = {p[0]: np.zeros(3) for p in pairs} | {name: np.zeros(3) for name in outputs}
+    sums = {p[0]: np.zeros(3) for p in pairs} | {name: np.zeros(3) for name in names}
     for sample in tqdm(inputs, "int8 sensitivity (TFLite)", unit="sample", delay=2.0, leave=False):
         _feed(reference, np.asarray(sample, np.float32), nhwc)
         _feed(quantized, np.asarray(sample, np.float32), nhwc)
@@ -152,14 +151,14 @@ def tflite_activation_errors(float_path: Path, int8_path: Path, inputs: np.ndarr
             own = (np.clip(np.round(value / scale) + zero, info.min, info.max) - zero) * scale
             quant = (quantized.get_tensor(int8_index).astype(np.float64) - zero) * scale
             sums[name] += (np.square(value).sum(), np.square(value - own).sum(), np.square(value - quant).sum())
-        for name in outputs:
+        for name in names:
             value = reference.get_tensor(reference_outputs[name]["index"]).astype(np.float64)
             out = quantized_outputs[name]
             quant = quantized.get_tensor(out["index"]).astype(np.float64)
             if out["quantization"][0]:
                 quant = (quant - out["quantization"][1]) * out["quantization"][0]
             sums[name] += (np.square(value).sum(), 0.0, np.square(value - quant).sum())
-    producers = {p[0]: p[0].split(";")[0].rsplit("/", 1)[-1] for p in pairs} | {name: "output" for name in outputs}
+    producers = {p[0]: p[0].split(";")[0].rsplit("/", 1)[-1] for p in pairs} | {name: "output" for name in names}
     errors = [TensorError(name, producers[name], sqnr_db(s[0], s[1]), sqnr_db(s[0], s[2])) for name, s in sums.items()]
     return sorted(errors, key=lambda e: e.accumulated_db)
 

@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 from board_runtime.model import Model
 
 from ..artifacts import Artifact
-from ..config import Task
 from ..calibration.fallback import with_shares
+from ..config import Task
 from ..engine import Step
 from ..errors import AccuracyError
 from ..formats import FORMATS
