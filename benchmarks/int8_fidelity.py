@@ -195,7 +195,7 @@ def ort_static(fp32: Path, out: Path, calib: np.ndarray, per_channel: bool) -> P
     return out
 
 
-def _nncf():
+def import_nncf():
     import typing
 
     from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
@@ -212,7 +212,7 @@ def _nncf():
 def nncf_quantize(fp32: Path, out: Path, calib: np.ndarray, fast_bias_correction: bool) -> Path:
     import onnx
 
-    nncf = _nncf()
+    nncf = import_nncf()
     dataset = nncf.Dataset(list(calib), lambda x: {"input": x[None]})
     quantized = nncf.quantize(onnx.load(str(fp32)), dataset, subset_size=len(calib),
                               fast_bias_correction=fast_bias_correction)
@@ -227,7 +227,7 @@ def nncf_accuracy_control(fp32: Path, out: Path, calib: np.ndarray) -> tuple[Pat
     import onnx
     import onnxruntime as ort
 
-    nncf = _nncf()
+    nncf = import_nncf()
     reference = OnnxRunner(fp32)
     labels = [int(reference(x[None]).argmax()) for x in calib]
 

@@ -6,6 +6,7 @@
     python run_model.py bench    --artifact tflite-int8 --threads 4 --json result.json
     python run_model.py probe                              # this machine and its runtimes, as JSON
     python run_model.py logits --inputs inputs.npy --json logits.json   # every artifact's outputs on given inputs
+                                                           # (a detector's: its detections, decoded here)
     python run_model.py verify                             # check every file against its sha256
     python run_model.py time-models --threads 4 --json timings.json   # the median latency of each timed model
 
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("verify", help="check every file of the bundle against the manifest's sha256")
     sub.add_parser("probe", help="print this machine's facts and runtimes as JSON")
     lg = sub.add_parser("logits", help="every artifact's outputs on model inputs (N, C, H, W float32 .npy, as the "
-                                       "host evaluates), as JSON: the board's own evaluation")
+                                       "host evaluates), as JSON: the board's own evaluation; a detector's are its "
+                                       "detections, decoded and NMS'd here")
     lg.add_argument("--inputs", type=Path, required=True)
     lg.add_argument("--artifacts", default="", help="comma-separated kinds (default: all in the manifest)")
     lg.add_argument("--threads", type=int, default=1)
@@ -148,9 +150,15 @@ def main(argv: list[str] | None = None) -> int:
         outputs = {}
         for kind in chosen:
             model = Model(find_artifact(manifest, kind), base, args.threads, manifest.get("execution_providers", ()))
-            outputs[kind] = model.predict_each(inputs).tolist()
+            if manifest.get("task") == "detect":
+                from .detection import postprocess
+
+                outputs[kind] = [postprocess(model.outputs(x[None]), tuple(x.shape[1:]), manifest["detect"]).to_json()
+                                 for x in inputs]
+            else:
+                outputs[kind] = model.predict_each(inputs).tolist()
         _write_json(args.json, {"schema": LOGITS_SCHEMA, "machine": probe()["system"], "samples": len(inputs),
-                                "logits": outputs})
+                                "detections" if manifest.get("task") == "detect" else "logits": outputs})
     else:  # a timing: printed, and written to --json
         if args.command == "time-models":
             result = time_models(manifest.get("timed_models", []), base, args.threads, args.runs, args.warmup,

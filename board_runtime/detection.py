@@ -38,6 +38,14 @@ class Detections:
         keep = self.scores >= score
         return Detections(self.boxes[keep], self.scores[keep], self.classes[keep])
 
+    def to_json(self) -> dict:
+        return {"boxes": self.boxes.tolist(), "scores": self.scores.tolist(), "classes": self.classes.tolist()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Detections":
+        return cls(np.asarray(data["boxes"], np.float32).reshape(-1, 4), np.asarray(data["scores"], np.float32),
+                   np.asarray(data["classes"], np.int64))
+
 
 @dataclass(frozen=True)
 class Decoder:

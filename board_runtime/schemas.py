@@ -4,5 +4,5 @@ BUNDLE_SCHEMA = "embedded-pipeline/bundle/2"  # 2: every artifact names its form
 RESULT_SCHEMA = "embedded-pipeline/bench-result/2"
 SUITE_SCHEMA = "embedded-pipeline/bench-suite/1"
 PROBE_SCHEMA = "embedded-pipeline/probe/1"
-LOGITS_SCHEMA = "embedded-pipeline/logits/1"
+LOGITS_SCHEMA = "embedded-pipeline/logits/2"  # 2: a detector's artifacts give their detections, not logits
 TIMINGS_SCHEMA = "embedded-pipeline/model-timings/1"

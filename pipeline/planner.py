@@ -59,6 +59,20 @@ class Planner:
                               " in the configuration or --decoder NAME")
         return check_options(decoder)
 
+    def fallback_tolerance(self, target: TargetProfile) -> float:
+        """The points of agreement with the float model the int8 fallback lets an int8 model lose on the calibration
+        samples: top-1 points for a classifier, mAP50 against the float model's boxes for a detector."""
+        if self.task is Task.DETECT:
+            return target.detection_tolerance.reference_map50
+        return target.accuracy_tolerance
+
+    def fallback_judge(self, input_hw: tuple[int, int]):
+        """How the int8 fallback scores that agreement (``calibration.fallback.Judge``), on inputs of ``input_hw``."""
+        from .calibration.fallback import TOP1
+        from .detection.metrics import reference_map50_judge
+
+        return reference_map50_judge(self.decoder, input_hw) if self.task is Task.DETECT else TOP1
+
     @cached_property
     def data(self) -> DataSplits | None:
         """The data; None for a model file benchmarked alone without ``--data`` (no Fashion-MNIST default then)."""

@@ -304,7 +304,8 @@ def remote_bench(ssh: SSHTarget, bundle_dir: Path, profile: TargetProfile, runne
 def remote_logits(ssh: SSHTarget, bundle_dir: Path, profile: TargetProfile, inputs, kinds: list[str],
                   timeout_s: float = 1800, log: Callable[[str], None] = print) -> dict:
     """Every artifact of ``kinds`` run on the board on ``inputs`` (model inputs, N x C x H x W float32): the board's
-    own outputs, ``{kind: N x K logits}``, from ``run_model.py logits`` in the deployed bundle."""
+    own outputs from ``run_model.py logits`` in the deployed bundle, ``{kind: N x K logits}``; a detector's bundle
+    decodes them there: ``{kind: [Detections per sample]}``."""
     import numpy as np
 
     remote, _ = ensure_bundle(ssh, Path(bundle_dir), log, profile)
@@ -324,6 +325,10 @@ def remote_logits(ssh: SSHTarget, bundle_dir: Path, profile: TargetProfile, inpu
     _check_runner(ssh, result, f"{RUNNER} logits", profile)
     ssh_run(ssh, f"cd {q_remote} && rm -f {q_inputs}", what="cleanup")
     data = _fetch_json(ssh, f"{remote}/results/logits-{tag}.json", LOGITS_SCHEMA, f"{RUNNER} logits")
+    if "detections" in data:
+        from board_runtime.detection import Detections
+
+        return {kind: [Detections.from_json(d) for d in found] for kind, found in data["detections"].items()}
     return {kind: np.asarray(rows, np.float32) for kind, rows in data["logits"].items()}
 
 

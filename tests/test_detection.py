@@ -17,8 +17,11 @@ from board_runtime.imaging import letterbox, letterbox_boxes, unletterbox
 from pipeline.cli import main
 from pipeline.data.detection import load_detection
 from pipeline.detection.metrics import coco_map
+from tests import sshd
 from tests.helpers import pnet
 from tests.test_bench_file import blazeface  # noqa: F401  (a fixture: MediaPipe's face detector from its wheel)
+
+sshd_server = sshd.sshd_server  # a real OpenSSH server on 127.0.0.1 (tests/sshd.py): this machine as a board
 
 FACENET = "facenet-pytorch==2.6.0"  # its wheel ships MTCNN's weights as state dicts
 ASTRONAUT_FACE = (176, 60, 256, 165)  # pixels of skimage's astronaut photo (512 x 512)
@@ -80,6 +83,47 @@ def test_pnet_grid_decoding_finds_the_astronauts_face(pnet_weights):
     found = postprocess(outputs, PNET_SIZE, check_options(PNET_DECODER)).above(0.8)
     assert len(found) >= 1 and found.scores[0] > 0.99
     assert _face_iou(unletterbox(found.boxes[:1], 512, 512, PNET_SIZE))[0] > 0.6
+
+
+def test_the_int8_fallback_judges_a_detector_by_map50_against_its_float_boxes(pnet_weights, tmp_path):
+    """P-Net all in int8 loses some of its float boxes on crops of a photo it was not calibrated on; with no
+    tolerance the fallback, judged by mAP50 against the float model's boxes (not by output 0's top-1), keeps
+    tensors in float until it reaches 100 or MAX_KEPT, and says so."""
+    from pipeline.calibration import CalibrationOptions, calibrate
+    from pipeline.calibration.fallback import MAX_KEPT, ONNX_RUNTIME, by_output_impact, keep_in_float
+    from pipeline.calibration.sensitivity import activation_errors, fallback_candidates
+    from pipeline.detection.metrics import reference_map50_judge
+    from pipeline.formats.onnx_int8 import quantize_int8
+    from pipeline.targets import load_target
+
+    model = pnet()
+    model.load_state_dict(torch.load(pnet_weights, weights_only=True))
+    photo, crops = np.asarray(_astronaut()), []
+    for i in range(24):  # the face at several places and scales
+        top, left, size = (i * 7) % 90, (i * 11) % 120, 300 + 8 * i
+        crop = Image.fromarray(photo[top:top + size, left:left + size]).resize(PNET_SIZE, Image.BILINEAR)
+        crops.append((np.asarray(crop, np.float32).transpose(2, 0, 1) / 255 - 0.5) / (128 / 255))
+    crops = np.stack(crops)
+    float_path, int8_path = tmp_path / "pnet.onnx", tmp_path / "int8.onnx"
+    torch.onnx.export(model.eval(), torch.from_numpy(crops[:1]), str(float_path), input_names=["input"],
+                      output_names=["boxes", "faces"], dynamo=False)
+    ranges = calibrate(float_path, "input", crops[:8], CalibrationOptions(method="minmax"))
+    scheme = load_target("raspberry-pi-4").int8
+    quantize = lambda exclude, path: quantize_int8(float_path, ranges, path, scheme, exclude)  # noqa: E731
+    quantize([], int8_path)
+    judge = reference_map50_judge(PNET_DECODER, PNET_SIZE)
+    reference = ONNX_RUNTIME.outputs(float_path, crops[8:])
+    assert [o.shape[0] for o in reference] == [16, 16] and judge.points(reference, reference) == 100
+    errors = activation_errors(float_path, int8_path, "input", crops[:4])
+    harmful = by_output_impact(quantize, float_path, tmp_path / "trial.onnx", crops[8:],
+                               fallback_candidates(float_path, errors), trials=16)
+    fallback = keep_in_float(quantize, float_path, int8_path, crops[8:], harmful, 0.0, judge=judge)
+    assert fallback.agreement_int8 < 100 and fallback.judged_by == judge.what
+    left = fallback.agreement if fallback.reached else fallback.agreement_int8  # else back to all int8
+    assert left == judge.points(ONNX_RUNTIME.outputs(int8_path, crops[8:]), reference)
+    assert 1 <= len(fallback.kept) <= MAX_KEPT and fallback.reached == (fallback.agreement == 100)
+    assert f"mAP50 against the float model's boxes on 16 calibration samples {fallback.agreement_int8:.2f}%" \
+        in fallback.note(0.0)
 
 
 def test_blazeface_ssd_decoding_finds_the_astronauts_face(blazeface):
@@ -209,9 +253,10 @@ def _rows(out: Path, target: str) -> dict:
     return {r["kind"]: r for r in json.loads((out / target / "report.json").read_text())["rows"]}
 
 
-def test_pnet_through_the_pipeline_on_real_photos(pnet_weights, photo_folder, tmp_path, capsys):
+def test_pnet_through_the_pipeline_on_real_photos(pnet_weights, photo_folder, sshd_server, tmp_path, capsys):
     """A user's detector (P-Net, published weights) on a folder of photos without labels: every float artifact
-    reproduces its boxes, int8 keeps most of them, and the bundle draws them on a photo."""
+    reproduces its boxes, int8 keeps most of them, and the bundle draws them on a photo. Benchmarked on a board over
+    SSH, the bundle decodes each artifact's outputs there, and its detections are scored here against the host's."""
     config = tmp_path / "pnet.yaml"
     config.write_text(json.dumps({"task": "detect", "detect": PNET_DECODER, "image_size": list(PNET_SIZE),
                                   "preprocess": PNET_NORMALISATION}))
@@ -226,6 +271,15 @@ def test_pnet_through_the_pipeline_on_real_photos(pnet_weights, photo_folder, tm
     for kind in ("onnx-int8", "tflite-int8"):
         assert rows[kind]["reference_map50"] >= 80 and rows[kind]["sqnr_db"]["output1"] > 15
     assert rows["torch-fp32"]["map50_95"] is None  # no labels: only the float model's boxes are the truth
+    assert main(["bench", "--out", str(out), "--target", "host", *sshd_server.cli_options(), "--remote-python",
+                 sys.executable, "--bench-runs", "10", "--bench-repeats", "1"]) == 0, capsys.readouterr().err
+    evaluated = json.loads((out / "host" / "bench" / "bench.json").read_text())["board_evaluation"]
+    assert evaluated["task"] == "detect" and evaluated["samples"] > 0
+    assert {r["kind"] for r in evaluated["artifacts"]} == set(rows) - {"torch-fp32"}  # the bundle's artifacts
+    for row in evaluated["artifacts"]:  # the same runtime code on the same machine: the same boxes
+        assert row["same_detections"] == 100 and row["host_map50"] == 100 and row["board_map50_95"] is None, row
+    assert main(["report", "--out", str(out), "--target", "host"]) == 0
+    assert "On the board: detections from its own outputs" in (out / "host" / "report.md").read_text()
     bundle = out / "host" / "bundle"
     photo = tmp_path / "astronaut.png"
     _astronaut().save(photo)

@@ -123,9 +123,11 @@ def _feed(interpreter, sample_nchw: np.ndarray, nhwc: bool) -> None:
     interpreter.invoke()
 
 
-def tflite_activation_errors(float_path: Path, int8_path: Path, inputs: np.ndarray, nhwc: bool) -> list[TensorError]:
+def tflite_activation_errors(float_path: Path, int8_path: Path, inputs: np.ndarray, nhwc: bool,
+                             output_names: list[str] | None = None) -> list[TensorError]:
     """As ``activation_errors``, for a full-integer TFLite model against the float TFLite model of the same network:
-    tensors are matched by name (the converter names them after the same TensorFlow ops), inputs are NCHW."""
+    tensors are matched by name (the converter names them after the same TensorFlow ops), inputs are NCHW; the
+    outputs by the reference model's ``output_names`` (in its order: the int8 converter numbers them so)."""
     reference, quantized = _interpreter(float_path), _interpreter(int8_path)
     floats = {d["name"]: d for d in reference.get_tensor_details()}
     constants = {d["name"] for d in quantized.get_tensor_details() if d["name"].startswith(("tfl.pseudo", "arith"))}
@@ -137,10 +139,11 @@ def tflite_activation_errors(float_path: Path, int8_path: Path, inputs: np.ndarr
             pairs.append((name, floats[name]["index"], detail["index"], float(params["scales"][0]),
                           int(params["zero_points"][0]), detail["dtype"]))
     # the outputs, paired by name (the converters may order them differently)
-    names = tflite_output_names(reference)
-    order = output_order(tflite_output_names(quantized), names) or list(range(len(names)))
-    reference_outputs = dict(zip(names, reference.get_output_details()))
-    quantized_outputs = {name: quantized.get_output_details()[i] for name, i in zip(names, order)}
+    names = list(output_names or tflite_output_names(reference))
+    reference_outputs, quantized_outputs = (
+        {name: model.get_output_details()[i] for name, i in zip(names, output_order(tflite_output_names(model), names)
+                                                                or range(len(names)))}
+        for model in (reference, quantized))
     sums = {p[0]: np.zeros(3) for p in pairs} | {name: np.zeros(3) for name in names}
     for sample in tqdm(inputs, "int8 sensitivity (TFLite)", unit="sample", delay=2.0, leave=False):
         _feed(reference, np.asarray(sample, np.float32), nhwc)

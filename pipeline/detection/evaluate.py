@@ -74,3 +74,42 @@ def evaluate_detectors(artifacts: list[Artifact], base: Path, batches: Iterable[
             detections=float(np.mean([len(d.above(decoder["display_threshold"])) for d in dets])),
         ))
     return results, found
+
+
+SAME_BOX = 1e-4  # box coordinates (in [0, 1]) within this count as the same box: float rounding between machines
+
+
+def board_detection_evaluation(board: dict[str, list[Detections]], host: dict[str, list[Detections]],
+                               truth: list[Detections] | None, decoder: dict, num_classes: int,
+                               input_hw: tuple[int, int]) -> dict:
+    """Per artifact: mAP50-95 against the labels (``truth``; None without) of the detections the board decoded from its
+    own outputs and of this host's, mAP50 of the board's against the host's confident boxes, and the share of samples
+    where both found the same detections (same classes, boxes within ``SAME_BOX``)."""
+    every = [d for found in (*board.values(), *host.values(), truth or []) for d in found if len(d)]
+    num_classes = max([num_classes, *(int(d.classes.max()) + 1 for d in every)])  # unlabelled: the decoder's say
+    rows = []
+    for kind, found in board.items():
+        here = host[kind]
+        same = [len(a) == len(b) and np.array_equal(a.classes, b.classes) and np.allclose(a.boxes, b.boxes, atol=SAME_BOX)
+                for a, b in zip(found, here)]
+        confident = [d.above(decoder["display_threshold"]) for d in here]
+        labelled = truth is not None
+        rows.append({"kind": kind,
+                     "board_map50_95": coco_map(truth, found, num_classes, input_hw).map50_95 if labelled else None,
+                     "host_map50_95": coco_map(truth, here, num_classes, input_hw).map50_95 if labelled else None,
+                     "host_map50": coco_map(confident, found, num_classes, input_hw).map50,
+                     "same_detections": 100.0 * float(np.mean(same)) if same else float("nan")})
+    return {"task": "detect", "samples": len(next(iter(host.values()), [])), "artifacts": rows}
+
+
+def board_detection_sections(evaluation: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    """The report's section on the detections the board decoded from its own outputs."""
+    note = (f"Each artifact run by the bundle on the board on {evaluation['samples']} held-out images and decoded there "
+            "(its own decoding and NMS), the detections brought back and scored here, beside the same artifact run "
+            "and decoded on this host by the same runtime code.")
+    shown = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731
+    rows = [[r["kind"], shown(r["board_map50_95"]), shown(r["host_map50_95"]), f"{r['host_map50']:.2f}",
+             f"{r['same_detections']:.1f}"] for r in evaluation["artifacts"]]
+    return [("On the board: detections from its own outputs", note,
+             ["artifact", "board mAP50-95 %", "host mAP50-95 %", "board mAP50 vs host's boxes %",
+              "images with the host's detections %"], rows)]

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from board_runtime.detection import Detections, box_iou
+from board_runtime.detection import Detections, box_iou, check_options, postprocess
 
+from ..calibration.fallback import Judge
 from ..calibration.runs import sqnr_db
 
 
@@ -92,3 +93,22 @@ def output_sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
     """SQNR of ``other`` against ``reference`` (one output over all images), in dB (inf when equal)."""
     reference, other = reference.astype(np.float64), other.astype(np.float64)
     return sqnr_db(float(np.square(reference).sum()), float(np.square(reference - other).sum()))
+
+
+def reference_map50_judge(decoder: dict, input_hw: tuple[int, int]) -> Judge:
+    """The int8 fallback's judge for a detector: the mAP50 of a model's detections against the float model's
+    confident ones (the evaluation's "mAP50 vs float"), decoded as the board decodes them. Samples where the float
+    model finds nothing confident count as agreeing."""
+    decoder = check_options(decoder)
+
+    def points(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
+        def detections(raw: list[np.ndarray]) -> list[Detections]:
+            return [postprocess([o[i:i + 1] for o in raw], input_hw, decoder) for i in range(len(raw[0]))]
+
+        truth = [d.above(decoder["display_threshold"]) for d in detections(reference)]
+        found = detections(outputs)
+        classes = max([int(d.classes.max()) + 1 for d in (*truth, *found) if len(d)], default=1)
+        scored = coco_map(truth, found, classes, input_hw).map50
+        return 100.0 if np.isnan(scored) else scored
+
+    return Judge("mAP50 against the float model's boxes", points)

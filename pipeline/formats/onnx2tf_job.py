@@ -31,8 +31,9 @@ class TFLiteJob:
     keep_nchw: bool
     pseudo_ops: tuple[str, ...] = ()  # ops onnx2tf writes as builtin approximations (its -rtpo), e.g. Erf
     grouped_conv: bool = True  # False: no grouped CONV_2D (version 6, which the Edge TPU compiler refuses)
-    # top-1 points the int8 model may disagree with the float one on the calibration samples before ops are kept in
-    # float (tflite_mixed; float-I/O int8 only); None: all int8, whatever it costs
+    # points the int8 model may disagree with the float one on the calibration samples before ops are kept in float
+    # (tflite_mixed; float-I/O int8 only): top-1 points, or with ``detect`` mAP50 points against the float model's
+    # boxes; None: all int8, whatever it costs
     fallback_tolerance: float | None = None
     fallback_from: int = 0  # the first calibration sample the fallback judges on: those before trained the weights
     int8: bool = True  # make the int8 model (else the float ones only)
@@ -41,6 +42,7 @@ class TFLiteJob:
     ranges_json: str | None = None
     ranges_model: str | None = None
     float_tail: bool = False  # a detector's decoding (the ops after the last convolution) left in float
+    detect: dict | None = None  # a detector's decoder options (board_runtime.detection), for the fallback's judge
 
 
 def _depthwise_input_in_nhwc(make_node):
@@ -126,10 +128,16 @@ def write_int8(job: TFLiteJob) -> None:
         (out / TAIL_REPORT).write_text(json.dumps(tail))
     if job.fallback_tolerance is not None:
         print(f"{PHASE}int8: fallback check", flush=True)
+        from ..calibration.fallback import TOP1
         from .tflite_mixed import keep_ops_in_float
 
-        keep_ops_in_float(quantize_to, inputs, out / "model_float32.tflite", out / INT8_MODEL,
-                          job.fallback_tolerance, out / FALLBACK_REPORT, job.fallback_from)
+        judge = TOP1
+        if job.detect is not None:
+            from ..detection.metrics import reference_map50_judge
+
+            judge = reference_map50_judge(job.detect, inputs.shape[2:4] if job.keep_nchw else inputs.shape[1:3])
+        keep_ops_in_float(quantize_to, inputs, Path(job.onnx_path), out / "model_float32.tflite", out / INT8_MODEL,
+                          job.fallback_tolerance, judge, out / FALLBACK_REPORT, job.fallback_from)
 
 
 if __name__ == "__main__":

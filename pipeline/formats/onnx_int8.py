@@ -92,9 +92,10 @@ def build(plan, target) -> tuple[dict, str]:
     # ONNX Runtime runs float ops beside int8 ones: a detector's decoding stays in float, as NNCF's YOLOv8 recipe
     # keeps it (int8 would round its boxes and scores at the outputs' full range)
     float_tail = plan.task is Task.DETECT
+    tolerance = plan.fallback_tolerance(target)
     name = (f"quantize-opset{model['data']['opset']}{variant}-{method}-{scheme.granularity.value}-"
             f"{'sym' if scheme.activation_symmetric else 'asym'}{'' if quantized_bias else '-float-bias'}"
-            f"-tol{target.accuracy_tolerance:g}" + ("-float-tail" if float_tail else ""))
+            f"-tol{tolerance:g}" + ("-float-tail" if float_tail else ""))
 
     def produce(tmp: Path) -> dict:
         chosen_ranges, out = CalibrationRanges.load(plan.path(ranges, "ranges")), tmp / "model_int8.onnx"
@@ -107,25 +108,23 @@ def build(plan, target) -> tuple[dict, str]:
         reference = plan.path(export, export_key)
         errors = activation_errors(reference, out, "input", inputs[:SENSITIVITY_SAMPLES])
         # ONNX Runtime runs any op in float beside int8 ones (CPU and TensorRT alike): fall back where int8 costs most
-        # at the output, as measured on the samples the sensitivity table uses. The fallback judges by top-1
-        # agreement: a detector's int8 model is kept whole.
-        fallback = None
-        if plan.task is Task.CLASSIFY:
-            harmful = by_output_impact(quantize, reference, tmp / "impact_trial.onnx", judged[:SENSITIVITY_SAMPLES],
-                                       fallback_candidates(reference, errors))
-            fallback = keep_in_float(quantize, reference, out, judged, harmful, target.accuracy_tolerance)
-            (tmp / "impact_trial.onnx").unlink(missing_ok=True)
-            if fallback.kept and fallback.reached:
-                errors = activation_errors(reference, out, "input", inputs[:SENSITIVITY_SAMPLES])
+        # at the outputs, as measured on the samples the sensitivity table uses, judged by the task's agreement
+        harmful = by_output_impact(quantize, reference, tmp / "impact_trial.onnx", judged[:SENSITIVITY_SAMPLES],
+                                   fallback_candidates(reference, errors))
+        fallback = keep_in_float(quantize, reference, out, judged, harmful, tolerance,
+                                 judge=plan.fallback_judge(tuple(inputs.shape[2:])))
+        (tmp / "impact_trial.onnx").unlink(missing_ok=True)
+        if fallback.kept and fallback.reached:
+            errors = activation_errors(reference, out, "input", inputs[:SENSITIVITY_SAMPLES])
         weights, kept = plan.weights_note(model, int8_weights(out), "onnx")
-        note = "; ".join(n for n in (ranges_note(ranges["data"]), weights, tail_note(tail),
-                                     fallback.note(target.accuracy_tolerance) if fallback else "") if n)
+        note = "; ".join(n for n in (ranges_note(ranges["data"]), weights, tail_note(tail), fallback.note(tolerance))
+                         if n)
         return {"files": {"onnx": "model_int8.onnx"}, "calibration": {"onnx": note}, "weights_kept": list(kept),
-                "fallback": fallback.to_json() if fallback else None,
+                "fallback": fallback.to_json(),
                 "sensitivity": {"samples": min(len(inputs), SENSITIVITY_SAMPLES), "tensors": [e.to_json() for e in errors]}}
 
     params = {"granularity": scheme.granularity.value, "symmetric": scheme.activation_symmetric,
-              "tolerance": target.accuracy_tolerance, **({} if quantized_bias else {"quantized_bias": False}),
+              "tolerance": tolerance, **({} if quantized_bias else {"quantized_bias": False}),
               **({"float_tail": True} if float_tail else {})}
     return plan.shared_step(name, "quantize", params, [export, model, samples, ranges], produce), "onnx"
 

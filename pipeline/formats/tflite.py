@@ -56,14 +56,15 @@ def convert_tflite(
     onnx_path: Path, calibration_inputs_nchw: np.ndarray, raw_images_nhwc: np.ndarray, out_dir: Path,
     quant_type: str, io_dtype: IODtype, layout: Layout, pseudo_ops: tuple[str, ...] = (), grouped_conv: bool = True,
     fallback_tolerance: float | None = None, fallback_from: int = 0, int8: bool = True,
-    ranges: CalibrationRanges | None = None, float_tail: bool = False,
+    ranges: CalibrationRanges | None = None, float_tail: bool = False, detect: dict | None = None,
 ) -> dict[str, Path]:
     """Convert to TFLite; returns {"fp32", "fp16"} and with ``int8`` "int8" -> file in ``out_dir``. Each must hold
     builtin ops only (a one-line error names the first that does not, and its layer). The int8 model takes
     ``ranges`` (of ``onnx_path``) where its tensors match, "ranges" -> how many did (JSON); without them, the TFLite
     converter's own. With ``fallback_tolerance`` (for a float-I/O int8 model only: the caller decides),
-    ops of the int8 model may be kept in float until it is within that many top-1 points of the float model on the
-    calibration samples from ``fallback_from`` on; "fallback" -> what was tried (JSON) is then returned too."""
+    ops of the int8 model may be kept in float until it is within that many top-1 points of the float model (with a
+    detector's decoder options ``detect``: mAP50 points against its boxes) on the calibration samples from
+    ``fallback_from`` on; "fallback" -> what was tried (JSON) is then returned too."""
     out_dir = out_dir.resolve()  # onnx2tf runs in its own working directory
     work = out_dir / "onnx2tf"
     work.mkdir(parents=True, exist_ok=True)
@@ -81,12 +82,16 @@ def convert_tflite(
         fallback_tolerance=fallback_tolerance, fallback_from=fallback_from, int8=int8,
         ranges_json=None if ranges is None else str(work / "ranges.json"),
         ranges_model=None if ranges is None else str(Path(onnx_path).resolve()), float_tail=float_tail,
+        detect=detect,
     )
     (work / "job.json").write_text(json.dumps(asdict(job)))
     env = dict(os.environ)
     # onnx2tf runs the `onnxsim` program by name: put this interpreter's bin folder first on PATH.
     env["PATH"] = os.pathsep.join([os.path.dirname(os.path.abspath(sys.executable)), env.get("PATH", "")])
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # a detector's user decoder (package.module:function) imports in the child as it does here: from the user's
+    # working directory (the child works in its own)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), os.getcwd()) if p)
     log_path = out_dir / "onnx2tf.log"
     with open(log_path, "w") as log, tqdm(desc="convert to TFLite (onnx2tf)", unit="op") as bar:
         process = subprocess.Popen(
@@ -153,7 +158,7 @@ def tflite_io(path: Path, output_names: list[str] | None = None, output_shapes: 
         order, output_names = list(range(len(details))), names
     first = details[order[0]]
     described = [{"name": name, "index": i, "quant": quant(details[i]), "shape": [int(d) for d in details[i]["shape"]],
-                  **_layout_back(details[i]["shape"], output_shapes[position] if output_shapes else None)}
+                  **layout_back(details[i]["shape"], output_shapes[position] if output_shapes else None)}
                  for position, (name, i) in enumerate(zip(output_names, order))]
     return {
         "input_name": inp["name"], "input_shape": tuple(int(d) for d in inp["shape"]),
@@ -164,7 +169,7 @@ def tflite_io(path: Path, output_names: list[str] | None = None, output_shapes: 
     }
 
 
-def _layout_back(shape, reference: list[int] | None) -> dict:
+def layout_back(shape, reference: list[int] | None) -> dict:
     """{"transpose": [0, 3, 1, 2]} for a 4-D output that is the reference's NCHW one in NHWC, else nothing."""
     shape = [int(d) for d in shape]
     if reference is None or len(shape) != 4 or shape == list(reference):
@@ -196,10 +201,10 @@ def conversion_step(plan, target, int8: bool) -> dict:
     # CPU runs faster than their split into one convolution per group.
     grouped_conv = toolchain_of(target).grouped_conv or not int8
     # ops kept in float where the int8 model misses the tolerance, on boards whose runtime runs them beside int8 ones
-    # (float-I/O int8: the fallback's trial runs feed the float calibration samples)
-    # (the fallback judges by top-1 agreement: a detector's int8 model keeps its decoding in float instead)
+    # (float-I/O int8: the fallback's trial runs feed the float calibration samples); a detector's decoding stays in
+    # float there from the start
     float_beside_int8 = serves_int8 and toolchain_of(target).float_ops_in_int8 and scheme.io_dtype is IODtype.FLOAT32
-    fallback = target.accuracy_tolerance if float_beside_int8 and plan.task is Task.CLASSIFY else None
+    fallback = plan.fallback_tolerance(target) if float_beside_int8 else None
     float_tail = float_beside_int8 and plan.task is Task.DETECT
     # the int8 model takes the ranges onnx-int8 has (and the weights were tuned through); a conversion that serves
     # no int8 kind makes the float models only
@@ -217,7 +222,7 @@ def conversion_step(plan, target, int8: bool) -> dict:
                                  scheme.io_dtype, target.input_layout, pseudo_ops, grouped_conv, fallback,
                                  plan.untrained_from(model), int8=serves_int8,
                                  ranges=None if ranges is None else CalibrationRanges.load(plan.path(ranges, "ranges")),
-                                 float_tail=float_tail)
+                                 float_tail=float_tail, detect=plan.decoder if fallback is not None else None)
         reports = {}
         for key in ("fallback", "ranges", "tail"):  # what the int8 step reports goes into the record, not beside the models
             if key in outputs:
@@ -233,7 +238,7 @@ def conversion_step(plan, target, int8: bool) -> dict:
         weights, kept = plan.weights_note(model, int8_constants(outputs["int8"]), "tflite")
         inputs = np.load(plan.path(samples, "inputs"), mmap_mode="r")[:SENSITIVITY_SAMPLES]
         errors = tflite_activation_errors(plan.path(reference, "fp32") if separate else outputs["fp32"],
-                                          outputs["int8"], inputs, target.input_layout is Layout.NHWC)
+                                          outputs["int8"], inputs, target.input_layout is Layout.NHWC, names)
         mixed = {"fallback": reports["fallback"]} if "fallback" in reports else {}
         return {**record, "calibration": {"int8": "; ".join(n for n in (
                     ranges_set_note(ranges["data"], reports["ranges"], samples["data"]["num_samples"]), weights,

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..calibration.fallback import Runtime, by_output_impact, keep_in_float, timed_p50_ms
+from ..calibration.fallback import Judge, Runtime, by_output_impact, keep_in_float, timed_p50_ms
 
 SEARCH_SAMPLES = 32  # of the calibration samples, those the search measures the output noise on (as onnx-int8's)
 
@@ -28,24 +28,39 @@ def _interpreter(path: Path):
     return interpreter
 
 
-def _outputs(path: Path, inputs: np.ndarray) -> np.ndarray:
-    interpreter = _interpreter(path)
-    first, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    found = []
-    for x in inputs:
-        interpreter.set_tensor(first["index"], np.ascontiguousarray(x[None], np.float32))
-        interpreter.invoke()
-        found.append(interpreter.get_tensor(out["index"]).astype(np.float64))
-    return np.concatenate(found)
-
-
 def _p50_ms(path: Path, sample: np.ndarray) -> float:
     interpreter = _interpreter(path)
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.ascontiguousarray(sample[None], np.float32))
     return timed_p50_ms(interpreter.invoke)
 
 
-LITERT = Runtime(_outputs, _p50_ms)
+def litert(onnx_path: Path) -> Runtime:
+    """LiteRT on the TFLite models converted from ``onnx_path``: their outputs paired with the ONNX model's by name,
+    in its order and, where onnx2tf wrote a 4-D output in NHWC, in its layout (a detector's decoder reads them so)."""
+    import onnx
+
+    from board_runtime.sessions import output_order, tflite_output_names
+
+    from .tflite import layout_back, onnx_output_shapes
+
+    names = [o.name for o in onnx.load(str(onnx_path), load_external_data=False).graph.output]
+    shapes = onnx_output_shapes(onnx_path)
+
+    def outputs(path: Path, inputs: np.ndarray) -> list[np.ndarray]:
+        interpreter = _interpreter(path)
+        first, details = interpreter.get_input_details()[0], interpreter.get_output_details()
+        order = output_order(tflite_output_names(interpreter), names) or list(range(len(details)))
+        found: list[list[np.ndarray]] = [[] for _ in order]
+        for x in inputs:
+            interpreter.set_tensor(first["index"], np.ascontiguousarray(x[None], np.float32))
+            interpreter.invoke()
+            for column, index in zip(found, order):
+                column.append(interpreter.get_tensor(details[index]["index"]).astype(np.float64))
+        stacked = [np.concatenate(column) for column in found]
+        back = [layout_back(details[i]["shape"], shape).get("transpose") for i, shape in zip(order, shapes)]
+        return [x if axes is None else x.transpose(axes) for x, axes in zip(stacked, back)]
+
+    return Runtime(outputs, _p50_ms)
 
 
 def candidates(int8_path: Path) -> list[tuple[str, list[str]]]:
@@ -68,15 +83,18 @@ def candidates(int8_path: Path) -> list[tuple[str, list[str]]]:
     return found
 
 
-def keep_ops_in_float(quantize: Callable[[list[str], Path], None], inputs: np.ndarray, float_path: Path,
-                      int8_path: Path, tolerance: float, report: Path, judged_from: int = 0) -> None:
+def keep_ops_in_float(quantize: Callable[[list[str], Path], None], inputs: np.ndarray, onnx_path: Path,
+                      float_path: Path, int8_path: Path, tolerance: float, judge: Judge, report: Path,
+                      judged_from: int = 0) -> None:
     """``int8_path`` with its most harmful tensors in float (``quantize(ops, path)`` writes the int8 model with
-    those ops in float), if that reaches ``tolerance`` top-1 points of disagreement with ``float_path`` on the
-    calibration ``inputs`` from ``judged_from`` on (else left as it is); what was tried goes to ``report`` (JSON)."""
+    those ops in float), if that reaches ``tolerance`` points of disagreement by ``judge`` with ``float_path`` (both
+    converted from ``onnx_path``) on the calibration ``inputs`` from ``judged_from`` on (else left as it is); what
+    was tried goes to ``report`` (JSON)."""
     trial = int8_path.with_name("impact_trial.tflite")
     judged = inputs[judged_from:]
+    runtime = litert(onnx_path)
     harmful = by_output_impact(quantize, float_path, trial, judged[:SEARCH_SAMPLES], candidates(int8_path),
-                               runtime=LITERT)
-    fallback = keep_in_float(quantize, float_path, int8_path, judged, harmful, tolerance, runtime=LITERT)
+                               runtime=runtime)
+    fallback = keep_in_float(quantize, float_path, int8_path, judged, harmful, tolerance, runtime, judge)
     trial.unlink(missing_ok=True)
     report.write_text(json.dumps(fallback.to_json()))

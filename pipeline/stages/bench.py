@@ -55,12 +55,12 @@ def bench_local(manifest_path: Path, threads: int, options: BenchOptions, out_js
 BOARD_SAMPLES = 200  # held-out samples each artifact runs on the board (a slow or emulated board: a few minutes)
 
 
-def board_samples(plan) -> tuple[np.ndarray, np.ndarray]:
+def board_samples(plan) -> tuple[np.ndarray, list | np.ndarray]:
     """A reproducible subset of the held-out samples (of the evaluation's size at most) as the model takes them, and
     their labels."""
     test = plan.data.test.take(min(BOARD_SAMPLES, plan.config.eval_samples or BOARD_SAMPLES))
     images, labels = test.read(), test.labels
-    return plan.preprocess().apply(images), np.asarray(labels)
+    return plan.preprocess().apply(images), labels if plan.task is Task.DETECT else np.asarray(labels)
 
 
 def host_logits(target_dir: Path, built: list, inputs: np.ndarray) -> dict[str, np.ndarray]:
@@ -69,6 +69,16 @@ def host_logits(target_dir: Path, built: list, inputs: np.ndarray) -> dict[str, 
 
     return {artifact.kind: Model(artifact.to_dict(), target_dir, threads=1).predict_each(inputs)
             for artifact, _ in built}
+
+
+def host_detections(target_dir: Path, built: list, inputs: np.ndarray, decoder: dict) -> dict[str, list]:
+    """Every artifact's detections on ``inputs`` here, decoded with the same runtime code the board runs."""
+    from board_runtime.detection import postprocess
+    from board_runtime.model import Model
+
+    models = {artifact.kind: Model(artifact.to_dict(), target_dir, threads=1) for artifact, _ in built}
+    return {kind: [postprocess(model.outputs(x[None]), tuple(x.shape[1:]), decoder) for x in inputs]
+            for kind, model in models.items()}
 
 
 def board_evaluation(board: dict, host: dict, labels: np.ndarray) -> dict:
@@ -88,6 +98,10 @@ def board_evaluation_sections(evaluation: dict | None) -> list[tuple[str, str, l
     """The report's section on the board's own outputs (none when nothing ran on a board)."""
     if not evaluation:
         return []
+    if evaluation.get("task") == "detect":
+        from ..detection.evaluate import board_detection_sections
+
+        return board_detection_sections(evaluation)
     note = (f"Each artifact run by the bundle on the board on {evaluation['samples']} held-out samples, its outputs "
             "brought back and scored here, beside the same artifact run on this host by the same runtime code.")
     rows = [[r["kind"], f"{r['board_top1']:.2f}", f"{r['host_top1']:.2f}", f"{r['agreement']:.2f}",
@@ -118,13 +132,23 @@ def bench_step(plan, target, built: list, bundled: dict | None) -> dict:
             bundle = plan.path(bundled, "manifest").parent
             suite = remote_bench(ssh, bundle, target, runner_args(options, threads), out_json, options.timeout_s,
                                  plan.engine.log, install=options.install)
-            # the board's own outputs on held-out samples, against this host's (scored by top-1: classifiers only)
-            if plan.data is not None and plan.task is Task.CLASSIFY:
+            # the board's own outputs on held-out samples (a detector's decoded there), against this host's
+            if plan.data is not None:
                 inputs, labels = board_samples(plan)
                 deployed = [(a, r) for a, r in built if FORMATS[a.kind].deployable]
                 board = remote_logits(ssh, bundle, target, inputs, [a.kind for a, _ in deployed], options.timeout_s,
                                       plan.engine.log)
-                suite["board_evaluation"] = board_evaluation(board, host_logits(target_dir, deployed, inputs), labels)
+                if plan.task is Task.DETECT:
+                    from ..detection.evaluate import board_detection_evaluation
+                    from ..detection.train import truth_of
+
+                    suite["board_evaluation"] = board_detection_evaluation(
+                        board, host_detections(target_dir, deployed, inputs, plan.decoder),
+                        truth_of(labels) if plan.data.labelled else None, plan.decoder,
+                        max(len(plan.data.classes), 1), tuple(inputs.shape[2:]))
+                else:
+                    suite["board_evaluation"] = board_evaluation(board, host_logits(target_dir, deployed, inputs),
+                                                                 labels)
                 write_json(out_json, suite)
             return suite
     else:
