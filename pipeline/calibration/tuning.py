@@ -68,6 +68,21 @@ def _slice(x, starts, ends, axes=None, steps=None, **_):
     return x[tuple(index)]
 
 
+def _resize(x, roi=None, scales=None, sizes=None, *, mode=b"nearest", coordinate_transformation_mode=b"half_pixel",
+            **_):
+    """ONNX Resize of an NCHW map (a detector's feature pyramid upsampled): nearest as torch rounds (asymmetric,
+    floor: ONNX's other nearest modes agree at integer scales), linear with half-pixel or aligned corners; the
+    tuning's parity check against ONNX Runtime catches a mode that differs."""
+    import torch.nn.functional as F
+
+    size = [int(v) for v in sizes.tolist()[2:]] if sizes is not None and sizes.numel() else None
+    factor = None if size else [float(v) for v in scales.tolist()[2:]]
+    if mode == b"nearest":
+        return F.interpolate(x, size=size, scale_factor=factor, mode="nearest")
+    aligned = coordinate_transformation_mode == b"align_corners"
+    return F.interpolate(x, size=size, scale_factor=factor, mode="bilinear", align_corners=aligned)
+
+
 def _flatten(x, *, axis=1, **_):
     return x.reshape(int(np.prod(x.shape[:axis])), -1)
 
@@ -79,6 +94,7 @@ def _op_table():
     return {
         "Conv": _conv, "Gemm": _gemm, "MatMul": lambda a, b, **_: a @ b, "Clip": _clip,
         "Relu": lambda x, **_: F.relu(x), "Sigmoid": lambda x, **_: torch.sigmoid(x),
+        "PRelu": lambda x, slope, **_: torch.where(x >= 0, x, x * slope),
         "HardSigmoid": lambda x, *, alpha=0.2, beta=0.5, **_: (alpha * x + beta).clamp(0, 1),
         "HardSwish": lambda x, **_: F.hardswish(x),
         "Add": lambda a, b, **_: a + b, "Sub": lambda a, b, **_: a - b, "Mul": lambda a, b, **_: a * b,
@@ -90,7 +106,7 @@ def _op_table():
         "MaxPool": lambda x, *, kernel_shape, strides=None, pads=(0, 0, 0, 0), ceil_mode=0, dilations=(1, 1), **_:
         F.max_pool2d(x, tuple(kernel_shape), tuple(strides or kernel_shape), tuple(pads[:2]), tuple(dilations),
                      bool(ceil_mode)),
-        "Reshape": _reshape, "Flatten": _flatten, "Identity": lambda x, **_: x, "Slice": _slice,
+        "Reshape": _reshape, "Flatten": _flatten, "Identity": lambda x, **_: x, "Slice": _slice, "Resize": _resize,
         "Transpose": lambda x, *, perm, **_: x.permute(*perm),
         "Concat": lambda *xs, axis, **_: torch.cat(xs, axis),
         "Softmax": lambda x, *, axis=-1, **_: torch.softmax(x, axis),
