@@ -155,3 +155,10 @@ def count(path: Path) -> tuple[int, int]:
             transposed = node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute)
             flops += 2 * int(np.prod(out)) * (first[-2] if transposed else first[-1])
     return sum(int(np.prod(t.dims)) for t in graph.initializer), flops
+
+
+def onnx_output_shapes(path: Path) -> list[list[int]]:
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    return [[d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.output]

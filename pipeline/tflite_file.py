@@ -167,3 +167,11 @@ def int8_constants(path: Path) -> list[np.ndarray]:
         if tensor.type == schema.TensorType.INT8 and data is not None and len(data) and tensor.shape is not None:
             found.append(np.asarray(data, np.uint8).view(np.int8).reshape(tuple(tensor.shape)))
     return found
+
+
+def layout_back(shape, reference: list[int] | None) -> dict:
+    """{"transpose": [0, 3, 1, 2]} for a 4-D output that is the reference's NCHW one in NHWC, else nothing."""
+    shape = [int(d) for d in shape]
+    if reference is None or len(shape) != 4 or shape == list(reference):
+        return {}
+    return {"transpose": [0, 3, 1, 2]} if [shape[0], shape[3], shape[1], shape[2]] == list(reference) else {}

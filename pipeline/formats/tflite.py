@@ -29,7 +29,8 @@ from ..compat import toolchain_of
 from ..config import Task
 from ..errors import ConversionError
 from ..profile import IODtype, Layout
-from ..tflite_file import check_builtin_only, int8_constants, read_tflite
+from ..onnxmodel import onnx_output_shapes
+from ..tflite_file import check_builtin_only, int8_constants, layout_back, read_tflite
 from .onnx2tf_job import FALLBACK_REPORT, INT8_MODEL, PHASE, RANGES_REPORT, TAIL_REPORT, TFLiteJob
 from .onnx_int8 import SENSITIVITY_SAMPLES, tail_note
 from .registry import Format, register_format
@@ -167,21 +168,6 @@ def tflite_io(path: Path, output_names: list[str] | None = None, output_shapes: 
         "input_quant": quant(inp), "output_quant": quant(first),
         "outputs": described if len(details) > 1 or any("transpose" in o for o in described) else [],
     }
-
-
-def layout_back(shape, reference: list[int] | None) -> dict:
-    """{"transpose": [0, 3, 1, 2]} for a 4-D output that is the reference's NCHW one in NHWC, else nothing."""
-    shape = [int(d) for d in shape]
-    if reference is None or len(shape) != 4 or shape == list(reference):
-        return {}
-    return {"transpose": [0, 3, 1, 2]} if [shape[0], shape[3], shape[1], shape[2]] == list(reference) else {}
-
-
-def onnx_output_shapes(path: Path) -> list[list[int]]:
-    import onnx
-
-    graph = onnx.load(str(path)).graph
-    return [[d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.output]
 
 
 def conversion_step(plan, target, int8: bool) -> dict:

@@ -41,7 +41,8 @@ def litert(onnx_path: Path) -> Runtime:
 
     from board_runtime.sessions import output_order, tflite_output_names
 
-    from .tflite import layout_back, onnx_output_shapes
+    from ..onnxmodel import onnx_output_shapes
+    from ..tflite_file import layout_back
 
     names = [o.name for o in onnx.load(str(onnx_path), load_external_data=False).graph.output]
     shapes = onnx_output_shapes(onnx_path)
