@@ -145,13 +145,44 @@ def fmnist_mobilenetv2(in_channels: int = 1, num_classes: int = 10) -> nn.Module
     return MobileNetV2(in_channels, num_classes, width=0.5, stem_stride=1, strides=(1, 1, 2, 2, 1, 2, 1), last=640)
 
 
+class DenseHead(nn.Module):
+    """A dense detector's head on its stride-8 features: a shared convolution, then at every cell the distances from
+    the cell's centre to the box's four sides and the class scores from their own convolutions (as YOLOv8's and
+    FCOS's heads: each its own int8 scale), decoded in the graph."""
+
+    def __init__(self, width: int, num_classes: int, grid: tuple[int, int], reach: float):
+        super().__init__()
+        self.shared = conv_bn_relu(width, width)
+        self.box, self.score = nn.Conv2d(width, 4, 1), nn.Conv2d(width, num_classes, 1)
+        self.reach = reach  # the longest centre-to-side distance it can predict, as a share of the input's side
+        rows, cols = grid
+        ys, xs = torch.meshgrid(torch.arange(rows) + 0.5, torch.arange(cols) + 0.5, indexing="ij")
+        centres = torch.stack([xs / cols, ys / rows], dim=-1).reshape(1, -1, 2)
+        self.register_buffer("centres", torch.cat([centres, centres], dim=-1), persistent=False)
+        self.register_buffer("signs", torch.tensor([-1.0, -1.0, 1.0, 1.0]), persistent=False)
+        with torch.no_grad():  # start with rare scores: the loss is not swamped by the empty cells
+            self.score.bias.fill_(-4.0)
+
+    def raw(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The outputs before activation: distances to the four sides [B, N, 4], class scores [B, N, C]."""
+        shared = self.shared(features)
+        return self.box(shared).flatten(2).transpose(1, 2), self.score(shared).flatten(2).transpose(1, 2)
+
+    def decode(self, distances: torch.Tensor) -> torch.Tensor:
+        """Distances before activation -> boxes x1, y1, x2, y2 in [0, 1] of the input."""
+        return self.centres + self.signs * torch.sigmoid(distances) * self.reach
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        distances, scores = self.raw(features)
+        # clamped to the image, so that a full-integer model's boxes output spends its 256 steps on [0, 1] alone
+        return self.decode(distances).clamp(0.0, 1.0), torch.sigmoid(scores)
+
+
 class DenseDetector(nn.Module):
     """An anchor-free one-level detector (FCOS-style): ``features`` (a stride-8 ResNet backbone, cut into blocks like
-    the classifiers'), a ``head`` that predicts at every cell of the stride-8 grid the distances from the cell's
-    centre to the box's four sides and the class scores, and the decoding in the graph. It gives two outputs, so
-    that neither shares the other's int8 scale: ``boxes`` [1, N, 4] (x1, y1, x2, y2 in [0, 1] of the input) and
-    ``scores`` [1, N, C] (sigmoid), N = (H / 8) * (W / 8) cells, row-major (``board_runtime.detection``'s
-    boxes-scores decoder)."""
+    the classifiers' for compression) and a ``head`` (``DenseHead``). It gives two outputs, so that neither shares
+    the other's int8 scale: ``boxes`` [1, N, 4] (x1, y1, x2, y2 in [0, 1] of the input) and ``scores`` [1, N, C]
+    (sigmoid), N = (H / 8) * (W / 8) cells, row-major (``board_runtime.detection``'s boxes-scores decoder)."""
 
     STRIDE = 8
     OUTPUT_NAMES = ("boxes", "scores")  # as its exports name its outputs
@@ -163,31 +194,20 @@ class DenseDetector(nn.Module):
         for index, width in enumerate(widths[1:]):
             layers.append(BasicBlock(widths[index], width, stride=2 if index < 2 else 1))
         self.features = nn.Sequential(*layers)
-        self.head = conv_bn_relu(widths[-1], widths[-1])
-        # boxes and scores from their own convolutions (as YOLOv8's and FCOS's heads): each its own int8 scale
-        self.box, self.score = nn.Conv2d(widths[-1], 4, 1), nn.Conv2d(widths[-1], num_classes, 1)
-        self.reach = reach  # the longest centre-to-side distance it can predict, as a share of the input's side
-        rows, cols = input_hw[0] // self.STRIDE, input_hw[1] // self.STRIDE
-        ys, xs = torch.meshgrid(torch.arange(rows) + 0.5, torch.arange(cols) + 0.5, indexing="ij")
-        centres = torch.stack([xs / cols, ys / rows], dim=-1).reshape(1, -1, 2)
-        self.register_buffer("centres", torch.cat([centres, centres], dim=-1), persistent=False)
-        self.register_buffer("signs", torch.tensor([-1.0, -1.0, 1.0, 1.0]), persistent=False)
-        with torch.no_grad():  # start with rare scores: the loss is not swamped by the empty cells
-            self.score.bias.fill_(-4.0)
+        self.head = DenseHead(widths[-1], num_classes, (input_hw[0] // self.STRIDE, input_hw[1] // self.STRIDE), reach)
+
+    @property
+    def centres(self) -> torch.Tensor:
+        return self.head.centres
 
     def raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The head's outputs before activation: distances to the four sides [B, N, 4], class scores [B, N, C]."""
-        shared = self.head(self.features(x))
-        return self.box(shared).flatten(2).transpose(1, 2), self.score(shared).flatten(2).transpose(1, 2)
+        return self.head.raw(self.features(x))
 
     def decode(self, distances: torch.Tensor) -> torch.Tensor:
-        """Distances before activation -> boxes x1, y1, x2, y2 in [0, 1] of the input."""
-        return self.centres + self.signs * torch.sigmoid(distances) * self.reach
+        return self.head.decode(distances)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        distances, scores = self.raw(x)
-        # clamped to the image, so that a full-integer model's boxes output spends its 256 steps on [0, 1] alone
-        return self.decode(distances).clamp(0.0, 1.0), torch.sigmoid(scores)
+        return self.head(self.features(x))
 
 
 @register_builtin("fmnist-detector", task="detect", decoder={"decoder": "boxes-scores"})

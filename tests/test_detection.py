@@ -292,18 +292,28 @@ def test_pnet_through_the_pipeline_on_real_photos(pnet_weights, photo_folder, ss
 
 
 def test_the_builtin_detector_for_a_pi_and_a_coral(tmp_path, small_config):
-    """The built-in detector trained on the Fashion-MNIST canvases, for two boards: mAP per artifact against the labels
-    and the float model, boxes and scores kept apart in every int8 file, the report's picture."""
+    """The built-in detector trained on the Fashion-MNIST canvases, compressed to the Pi's FLOPs budget (its blocks
+    distilled without labels, its head and decoding kept, fine-tuned on the teacher's raw outputs and the labels), for
+    two boards: mAP per artifact against the labels and the float model, boxes and scores kept apart in every int8
+    file, the report's picture."""
     from pipeline.orchestrator import Run
 
     out = tmp_path / "run"
     Run(small_config(out, model="fmnist-detector", targets="raspberry-pi-4,coral-edgetpu",
                      train={"epochs": 2, "train_subset": 3000}, eval_samples=150,
                      calibration={"num_samples": 64, "method": "minmax", "weight_rounding": "nearest"},
+                     compress={"blockwise_epochs": 1, "finetune_epochs": 1, "blockwise_subset": 1000,
+                               "finetune_subset": 2000, "val_samples": 300},
                      bench={"runs": 20, "warmup": 3, "max_seconds": 5.0, "repeats": 1})).execute()
+    [compressed] = (out / "shared").glob("student-*/compress")
+    report = json.loads((compressed / "compression.json").read_text())
+    assert report["metric"] == "map50_95" and report["student"]["flops"] <= report["budget"]["max_flops"]
+    assert report["teacher"]["test_map50_95"] > 5 and "| test mAP50-95 (%) |" in (compressed / "compression.md").read_text()
     pi, coral = _rows(out, "raspberry-pi-4"), _rows(out, "coral-edgetpu")
     assert set(pi) == {"torch-fp32", "onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-fp16", "tflite-int8"}
-    assert pi["torch-fp32"]["map50_95"] > 5 and pi["onnx-fp32"]["reference_map50"] >= 99
+    # the student (one short epoch of each phase here) finds garments, and its exports its boxes
+    assert pi["torch-fp32"]["map50_95"] > 1 and report["student"]["test_map50_95"] > 1
+    assert pi["onnx-fp32"]["reference_map50"] >= 99
     assert pi["tflite-fp16"]["drop"] < 0.5 and coral["tflite-int8"]["reference_map50"] >= 80
     _separate_int8_outputs(out)
     report = (out / "coral-edgetpu" / "report.md").read_text()

@@ -116,25 +116,31 @@ def _pooled_head(model: nn.Module) -> nn.Module:
 HEADS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "classifier": lambda model: model.classifier,  # classifier(features(x)): the built-in models
     "pool-flatten-classifier": _pooled_head,  # classifier(flatten(pool(features(x)))): torchvision layouts
+    "detector-head": lambda model: model.head,  # head(features(x)) -> (boxes, scores): the built-in detector
 }
+
+
+def _outputs(y) -> tuple[torch.Tensor, ...]:
+    return tuple(y) if isinstance(y, (tuple, list)) else (y,)
 
 
 def find_head(model: nn.Module, input_shape: tuple[int, ...]) -> str:
     """The name of the head in ``HEADS`` that gives ``model``'s own output from its ``features`` output."""
-    cut_teacher(model)  # the layout errors first
+    _blocks(model)  # the layout errors first
     x = torch.randn(input_shape)
     with torch.no_grad():
-        expected, features = model.eval()(x), model.features(x)
+        expected, features = _outputs(model.eval()(x)), model.features(x)
         for name, make in HEADS.items():
             try:
-                output = make(model)(features)
-            except RuntimeError:  # e.g. a Linear fed with an unpooled feature map
+                output = _outputs(make(model)(features))
+            except (AttributeError, RuntimeError):  # no such head, or e.g. a Linear fed with an unpooled feature map
                 continue
-            if output.shape == expected.shape and torch.allclose(output, expected, rtol=1e-4, atol=1e-5):
+            if len(output) == len(expected) and all(o.shape == e.shape and torch.allclose(o, e, rtol=1e-4, atol=1e-5)
+                                                    for o, e in zip(output, expected)):
                 return name
     raise ModelError(
-        f"{type(model).__name__}: cannot cut into blocks: its output is neither classifier(features(x)) nor "
-        "classifier(flatten(avgpool(features(x)))); give it one of these layouts"
+        f"{type(model).__name__}: cannot cut into blocks: its output is neither classifier(features(x)), "
+        "classifier(flatten(avgpool(features(x)))) nor head(features(x)); give it one of these layouts"
     )
 
 
@@ -146,11 +152,15 @@ def cut_teacher(model: nn.Module, boundaries: list[str] | None = None, frozen: t
     child of ``features`` is a block. ``head`` names how the output follows from the features (``HEADS``;
     ``find_head`` tells which one a model uses).
     """
+    return _blocks(model, boundaries, frozen), HEADS[head](model)
+
+
+def _blocks(model: nn.Module, boundaries: list[str] | None = None, frozen: tuple[str, ...] = ()) -> list[TeacherBlock]:
     features = getattr(model, "features", None)
-    if not isinstance(features, nn.Sequential) or getattr(model, "classifier", None) is None:
+    if not isinstance(features, nn.Sequential) or all(getattr(model, a, None) is None for a in ("classifier", "head")):
         raise ModelError(
             f"{type(model).__name__}: cannot cut into blocks: it has no 'features' nn.Sequential followed by a "
-            "'classifier' (list the block boundaries of such a layout in the config)"
+            "'classifier' or a 'head' (list the block boundaries of such a layout in the config)"
         )
     names = [name for name, _ in features.named_children()]
     starts = boundaries or names
@@ -166,4 +176,4 @@ def cut_teacher(model: nn.Module, boundaries: list[str] | None = None, frozen: t
         members = [features[i] for i in range(names.index(start), stop)]
         module = members[0] if len(members) == 1 else nn.Sequential(*members)
         blocks.append(TeacherBlock(start, module, frozen=start in frozen))
-    return blocks, HEADS[head](model)
+    return blocks

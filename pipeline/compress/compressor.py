@@ -1,10 +1,12 @@
-"""``compress``: search, assemble and fine-tune a student of a teacher; ``finetune``: distillation from its logits."""
+"""``compress``: search, assemble and fine-tune a student of a teacher; ``finetune``: distillation from its outputs
+(a classifier's logits; a detector's box distances and class scores before activation, ``Distillation``)."""
 from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -35,19 +37,60 @@ def _distillation_loss(student_logits, teacher_logits, labels, temperature, alph
     return alpha * soft + (1 - alpha) * nn.functional.cross_entropy(student_logits, labels)
 
 
-def teacher_logits(teacher: nn.Module, x: torch.Tensor, compute: Compute, batch: int = 512) -> torch.Tensor:
-    """The teacher's logits for every sample, once: fine-tuning sees the same images every epoch (no augmentation),
-    so one teacher pass replaces one per epoch."""
+def teacher_outputs_of(run: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], x: torch.Tensor, compute: Compute,
+                       batch: int = 512) -> tuple[torch.Tensor, ...]:
+    """``run``'s outputs (the teacher's) for every sample, once: fine-tuning sees the same images every epoch (no
+    augmentation), so one teacher pass replaces one per epoch."""
     with torch.no_grad(), compute.autocast():
-        return torch.cat([teacher(compute.inputs(x[s : s + batch])).float().cpu() for s in range(0, len(x), batch)])
+        runs = [run(compute.inputs(x[s : s + batch])) for s in range(0, len(x), batch)]
+    return tuple(torch.cat([r[i].float().cpu() for r in runs]) for i in range(len(runs[0])))
 
 
-def finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor,
+@dataclass(frozen=True)
+class Distillation:
+    """What fine-tuning distils from the teacher and how a model scores on the held-out split, by task."""
+
+    targets: Callable[[nn.Module, torch.Tensor, Compute], tuple[torch.Tensor, ...]]  # the teacher's, every sample
+    # (student, inputs, the targets of those inputs, their labels, options, compute) -> loss
+    loss: Callable[[nn.Module, torch.Tensor, tuple[torch.Tensor, ...], np.ndarray, CompressOptions, Compute],
+                   torch.Tensor]
+    held_out: Callable[[nn.Module, np.ndarray, np.ndarray], float]  # percent
+    metric: str  # its key in the report: val_<metric>, test_<metric>
+
+
+def _classification_loss(student, inputs, targets, labels, options, compute):
+    with compute.autocast():
+        logits = student(inputs)
+    return _distillation_loss(logits.float(), targets[0].float(), compute.inputs(torch.from_numpy(labels)),
+                              options.temperature, options.alpha)
+
+
+CLASSIFICATION = Distillation(lambda teacher, x, compute: teacher_outputs_of(lambda b: (teacher(b),), x, compute),
+                              _classification_loss, lambda model, x, y: evaluate_torch(model, x, y), "top1")
+
+
+def detection_distillation(decoder: dict) -> Distillation:
+    """A detector's fine-tuning: its box distances and class scores before activation distilled from the teacher's
+    (``detection.train.distillation_loss``) beside its own loss on the labels; held out, mAP50-95 as decoded."""
+    from ..detection.train import distillation_loss, torch_map
+
+    def loss(student, inputs, targets, labels, options, compute):
+        return distillation_loss(student, inputs, targets, labels, options.temperature, options.alpha, compute)
+
+    def held_out(model, x, y):
+        return torch_map(model, ((x[s : s + 256], y[s : s + 256]) for s in range(0, len(x), 256)), decoder)
+
+    return Distillation(lambda teacher, x, compute: teacher_outputs_of(teacher.raw, x, compute), loss, held_out,
+                        "map50_95")
+
+
+def finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: np.ndarray, x_val: torch.Tensor,
              y_val: np.ndarray, options: CompressOptions, checkpoint: EpochCheckpoint | None = None,
-             blocks: list[TeacherBlock] = (), head: nn.Module | None = None, compute: Compute | None = None) -> dict:
-    """End-to-end distillation from the teacher's logits (and, with ``options.feature_weight``, from its
-    block outputs: ``blocks`` and ``head`` are the teacher cut as the student is, one block per student block),
-    early-stopped on validation top-1."""
+             blocks: list[TeacherBlock] = (), head: nn.Module | None = None, compute: Compute | None = None,
+             distillation: Distillation = CLASSIFICATION) -> dict:
+    """End-to-end distillation from the teacher's outputs (and, with ``options.feature_weight``, a classifier's from
+    its block outputs: ``blocks`` and ``head`` are the teacher cut as the student is, one block per student block),
+    early-stopped on the held-out figure of ``distillation`` (top-1, or a detector's mAP50-95)."""
     compute = compute or resolve(ComputeOptions())
     teacher.eval()
     if head is not None:
@@ -57,7 +100,7 @@ def finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.T
              for block in student.features] if options.feature_weight else []
     steps_per_epoch = max(1, len(y) // options.batch_size)
     with compute.training(teacher, student) as scaler:  # before the optimizer: its state lives beside the weights
-        targets = None if hooks else teacher_logits(teacher, x, compute)
+        targets = None if hooks else distillation.targets(teacher, x, compute)
         optimizer = torch.optim.AdamW(student.parameters(), lr=options.lr, weight_decay=5e-4)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, options.lr,
                                                        total_steps=options.finetune_epochs * steps_per_epoch)
@@ -77,17 +120,14 @@ def finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.T
                              unit="batch", disable=not distributed.is_main()):
                 index = distributed.shard(order[step * options.batch_size : (step + 1) * options.batch_size])
                 inputs = compute.inputs(x[index])
-                with compute.autocast():
-                    if hooks:  # one teacher pass gives the block outputs and, through the head, the logits
-                        with torch.no_grad():
-                            _, teacher_outputs = teacher_features(blocks, inputs)
-                            target = head(teacher_outputs[-1])
-                    else:
-                        target = compute.inputs(targets[index])
-                    student_outputs.clear()
-                    logits = model(inputs)
-                loss = _distillation_loss(logits.float(), target.float(), compute.inputs(y[index]),
-                                          options.temperature, options.alpha)
+                if hooks:  # one teacher pass gives the block outputs and, through the head, the logits
+                    with torch.no_grad(), compute.autocast():
+                        _, teacher_outputs = teacher_features(blocks, inputs)
+                        target = (head(teacher_outputs[-1]),)
+                else:
+                    target = tuple(compute.inputs(t[index]) for t in targets)
+                student_outputs.clear()
+                loss = distillation.loss(model, inputs, target, y[index.numpy()], options, compute)
                 if hooks:
                     loss = loss + options.feature_weight * sum(map(nmse, student_outputs, teacher_outputs))
                 optimizer.zero_grad(set_to_none=True)
@@ -95,7 +135,7 @@ def finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.T
                 scaler.step(optimizer)
                 schedule.step()
             distributed.sync_buffers(student)
-            accuracy = evaluate_torch(student, x_val, y_val)
+            accuracy = distillation.held_out(student, x_val, y_val)
             history.append(accuracy)
             if accuracy > best:
                 best, stale = accuracy, 0
@@ -109,13 +149,15 @@ def finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.T
         hook.remove()
     if best_state is not None:
         student.load_state_dict(best_state)
-    return {"val_top1_per_epoch": history, "best_val_top1": best, "resumed_after_epoch": done}
+    metric = distillation.metric
+    return {f"val_{metric}_per_epoch": history, f"best_val_{metric}": best, "resumed_after_epoch": done}
 
 
 def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
              val_y: np.ndarray, options: CompressOptions, out_dir: Path, resume_dir: Path | None = None,
              test: tuple[np.ndarray, np.ndarray] | None = None,
-             compute: Compute | None = None, latency: LatencyTable | None = None) -> tuple[nn.Module, dict]:
+             compute: Compute | None = None, latency: LatencyTable | None = None,
+             distillation: Distillation = CLASSIFICATION) -> tuple[nn.Module, dict]:
     """Search, assemble and fine-tune a student of ``teacher``; write student.pt and student.json.
 
     Returns the student and the compression report. With ``resume_dir``, both training phases save their
@@ -130,6 +172,9 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
     predicted latency beside its measured one.
     """
     compute = compute or resolve(ComputeOptions())
+    if options.feature_weight and distillation is not CLASSIFICATION:
+        raise ConfigError("compress.feature_weight: distillation from the teacher's block outputs during fine-tuning "
+                          "is built for classifiers only; set it to 0 for a detector")
     timings = {}
     started = time.perf_counter()
     torch.manual_seed(options.seed)  # candidates' initial weights: the same student for the same inputs
@@ -187,20 +232,22 @@ def compress(teacher: nn.Module, teacher_source: dict, train_x: np.ndarray, trai
     for p in student.parameters():
         p.requires_grad_(True)
     started = time.perf_counter()
-    tuning = finetune(student, teacher, x, torch.from_numpy(train_y), val_x, val_y, options,
-                      EpochCheckpoint(resume_dir and resume_dir / "finetune.pt", "fine-tuning"), blocks, head, compute)
+    tuning = finetune(student, teacher, x, train_y, val_x, val_y, options,
+                      EpochCheckpoint(resume_dir and resume_dir / "finetune.pt", "fine-tuning"), blocks, head, compute,
+                      distillation)
     timings["finetune_s"] = time.perf_counter() - started
     student, teacher = student.cpu().eval(), teacher.cpu()
     if distributed.is_main():
         save_student(student, spec, out_dir)
-    test_top1 = (lambda model: {"test_top1": evaluate_torch(model, *test)}) if test else (lambda model: {})
+    metric = distillation.metric
+    scored = lambda model: {f"val_{metric}": distillation.held_out(model, val_x, val_y),  # noqa: E731
+                            **({f"test_{metric}": distillation.held_out(model, *test)} if test else {})}
     report = {
         "flop_convention": "a multiply-add counts as 2 FLOPs",
+        "metric": metric,
         "budget": {"max_flops": max_flops, "max_params": max_params, "max_latency_ms": max_latency},
-        "teacher": {"flops": teacher_flops, "params": teacher_params, "val_top1": evaluate_torch(teacher, val_x, val_y),
-                    **test_top1(teacher)},
-        "student": {"flops": count_flops(student, input_shape), "params": count_params(student),
-                    "val_top1": evaluate_torch(student, val_x, val_y), **test_top1(student),
+        "teacher": {"flops": teacher_flops, "params": teacher_params, **scored(teacher)},
+        "student": {"flops": count_flops(student, input_shape), "params": count_params(student), **scored(student),
                     "predicted_flops": chosen.flops, "predicted_params": chosen.params, **tuning},
         "blocks": [{"block": blocks[b].name, "chosen": candidates[b][c].spec, "score": candidates[b][c].score,
                     "flops": candidates[b][c].flops, "params": candidates[b][c].params,

@@ -66,7 +66,33 @@ def assign(centres: torch.Tensor, truth: torch.Tensor, valid: torch.Tensor, grid
 def detection_loss(model: nn.Module, inputs: torch.Tensor, labels: np.ndarray, compute) -> torch.Tensor:
     with compute.autocast():
         distances, logits = model.raw(inputs)
-    boxes, logits = model.decode(distances.float()), logits.float()
+    return _labelled_loss(model, inputs, model.decode(distances.float()), logits.float(), labels)
+
+
+def distillation_loss(student: nn.Module, inputs: torch.Tensor, teacher_raw: tuple[torch.Tensor, torch.Tensor],
+                      labels: np.ndarray, temperature: float, alpha: float, compute) -> torch.Tensor:
+    """A student detector's fine-tuning loss: ``alpha`` x distillation of the teacher's raw outputs (``teacher_raw``:
+    box distances and class logits) + (1 - ``alpha``) x its own loss on the labels. The class scores are matched to
+    the teacher's, softened by ``temperature``, by binary cross-entropy; the boxes by 1 - GIoU with the teacher's, each
+    cell weighted by the teacher's best class score there (where it sees nothing, its box means nothing); both divided
+    by the weights' sum, as the labelled loss divides by its positives."""
+    with compute.autocast():
+        distances, logits = student.raw(inputs)
+    boxes, logits = student.decode(distances.float()), logits.float()
+    teacher_distances, teacher_logits = (t.float() for t in teacher_raw)
+    weight = torch.sigmoid(teacher_logits).amax(-1)  # [B, N]
+    total = weight.sum().clamp(min=1.0)
+    soft = torch.sigmoid(teacher_logits / temperature)
+    score_kd = nn.functional.binary_cross_entropy_with_logits(logits / temperature, soft, reduction="sum") / total
+    _, giou = _pairwise(boxes, student.decode(teacher_distances))
+    box_kd = (weight * (1.0 - giou)).sum() / total
+    distilled = temperature ** 2 * score_kd + BOX_WEIGHT * box_kd
+    return alpha * distilled + (1 - alpha) * _labelled_loss(student, inputs, boxes, logits, labels)
+
+
+def _labelled_loss(model: nn.Module, inputs: torch.Tensor, boxes: torch.Tensor, logits: torch.Tensor,
+                   labels: np.ndarray) -> torch.Tensor:
+    """FCOS-style loss of decoded ``boxes`` and class ``logits`` against the labels (the module's docstring)."""
     truth, valid = padded(labels, logits.device)
     rows, cols = inputs.shape[2] // model.STRIDE, inputs.shape[3] // model.STRIDE
     owner = assign(model.centres, truth, valid, (rows, cols))

@@ -8,14 +8,16 @@ from .report import FLOP_NOTE, png_bytes, pyplot
 def compression_markdown(report: dict) -> str:
     """Teacher vs student, the chosen block per position, the Pareto front and the time per phase."""
     t, s = report["teacher"], report["student"]
+    metric = report.get("metric", "top1")
+    name = METRIC_NAMES.get(metric, metric)
     lines = [
         "# Compression", "", FLOP_NOTE, "",
         f"Budget: FLOPs <= {report['budget']['max_flops'] or 'any'}, parameters <= {report['budget']['max_params'] or 'any'}"
         + (f", latency <= {report['budget']['max_latency_ms']} ms" if report["budget"].get("max_latency_ms") else ""),
-        "", "| model | FLOPs | parameters | test top-1 (%) | val top-1 (%) |", "|---|---|---|---|---|",
-        f"| teacher | {t['flops']:,} | {t['params']:,} | {_top1(t, 'test_top1')} | {t['val_top1']:.2f} |",
+        "", f"| model | FLOPs | parameters | test {name} (%) | val {name} (%) |", "|---|---|---|---|---|",
+        f"| teacher | {t['flops']:,} | {t['params']:,} | {_figure(t, f'test_{metric}')} | {t[f'val_{metric}']:.2f} |",
         f"| student | {s['flops']:,} ({s['flops'] / t['flops']:.2f}x) | {s['params']:,} ({s['params'] / t['params']:.2f}x) "
-        f"| {_top1(s, 'test_top1')} | {s['val_top1']:.2f} |",
+        f"| {_figure(s, f'test_{metric}')} | {s[f'val_{metric}']:.2f} |",
         "", "Test: the held-out split, which neither model trained on. Val: held out of the training split for scoring "
         "and early stopping; a teacher trained on that split (the built-in ones are) has seen them, so its val figure is "
         "optimistic.",
@@ -61,7 +63,10 @@ def _search_lines(search: dict | None, latency: dict | None, compute: dict | Non
     return lines
 
 
-def _top1(model: dict, key: str) -> str:
+METRIC_NAMES = {"top1": "top-1", "map50_95": "mAP50-95"}  # the report's metric keys, as the tables name them
+
+
+def _figure(model: dict, key: str) -> str:
     return f"{model[key]:.2f}" if key in model else "n/a"
 
 

@@ -195,8 +195,6 @@ def compress_skip(plan) -> str | None:
     """Why the run keeps the model as it is (a model compression cannot take, or one that fits already), or None."""
     if plan.source.row.framework != "torch":
         return f"{plan.config.model} is not a PyTorch model; block-wise distillation needs a torch module"
-    if plan.task is Task.DETECT:
-        return "block-wise distillation of detectors is not built yet: the detector is deployed as it is"
     data = plan.model_record["data"]
     max_flops, max_params = compress_budget(plan).limits(data["flops"], data["params"])
     if data["flops"] <= (max_flops or data["flops"]) and data["params"] <= (max_params or data["params"]):
@@ -219,7 +217,7 @@ def compress_step(plan) -> dict:
     model_record = plan.model_record
 
     def produce(tmp: Path, resume_dir: Path) -> dict:
-        from ..compress.compressor import compress
+        from ..compress.compressor import CLASSIFICATION, compress, detection_distillation
         from ..torchmodel import save_torchscript
         from .compression_report import PARETO_PLOT, compression_markdown, pareto_plot
         from .latency import latency_table
@@ -237,6 +235,7 @@ def compress_step(plan) -> dict:
             replace(options, budget=budget), tmp, resume_dir, (spec.apply(test.read()), test.labels), plan.compute,
             latency_table(options.latency_from, plan.targets[0], plan.config.bench, plan.engine.log)
             if budget.max_latency_ms else None,
+            detection_distillation(plan.decoder) if plan.task is Task.DETECT else CLASSIFICATION,
         )
         write_json(tmp / "compression.json", report)
         (tmp / "compression.md").write_text(compression_markdown(report))
@@ -244,7 +243,8 @@ def compress_step(plan) -> dict:
         save_torchscript(student, tuple(data["input_shape"]), tmp / "model.torchscript.pt")
         return {"files": {"torchscript": "model.torchscript.pt", "student_spec": "student.json",
                           "student_weights": "student.pt", "report": "compression.json"},
-                **{k: data[k] for k in ("input_shape", "classes", "preprocess", "dataset")},
+                **{k: data[k] for k in ("input_shape", "classes", "preprocess", "dataset", "task", "output_names",
+                                        "decoder") if k in data},
                 "params": report["student"]["params"], "flops": report["student"]["flops"],
                 "teacher": {"params": data["params"], "flops": data["flops"]}, "compression": report}
 
