@@ -195,6 +195,9 @@ def compress_skip(plan) -> str | None:
     """Why the run keeps the model as it is (a model compression cannot take, or one that fits already), or None."""
     if plan.source.row.framework != "torch":
         return f"{plan.config.model} is not a PyTorch model; block-wise distillation needs a torch module"
+    if plan.task is Task.DETECT and not any(v is not None for v in asdict(plan.config.compress.budget).values()):
+        return ("a detector is compressed only to a budget given for it (--max-flops, --flops-ratio, ...; the boards' "
+                "own do not start it yet): its distillation fine-tuning is new, not yet measured against the teacher")
     data = plan.model_record["data"]
     max_flops, max_params = compress_budget(plan).limits(data["flops"], data["params"])
     if data["flops"] <= (max_flops or data["flops"]) and data["params"] <= (max_params or data["params"]):
