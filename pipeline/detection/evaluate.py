@@ -14,7 +14,7 @@ from board_runtime.detection import Detections, postprocess
 from board_runtime.model import Model
 
 from ..artifacts import Artifact
-from .metrics import agreement, coco_map, output_sqnr_db
+from .metrics import agreement, classes_seen, coco_map, output_sqnr_db
 from .train import truth_of
 
 
@@ -54,8 +54,7 @@ def evaluate_detectors(artifacts: list[Artifact], base: Path, batches: Iterable[
             truth += truth_of(labels)
             bar.update(len(labels))
     reference_kind = artifacts[0].kind
-    seen = [int(d.classes.max()) + 1 for d in (*truth, *(x for dets in found.values() for x in dets)) if len(d)]
-    num_classes = max([num_classes, *seen])  # an unlabelled folder names no classes: the decoder's say
+    num_classes = classes_seen(truth, *found.values(), at_least=num_classes)
     confident = [d.above(decoder["display_threshold"]) for d in found[reference_kind]]
     by_labels = {kind: coco_map(truth, dets, num_classes, shape) for kind, dets in found.items()} if labelled else {}
     results = []
@@ -85,15 +84,14 @@ def board_detection_evaluation(board: dict[str, list[Detections]], host: dict[st
     """Per artifact: mAP50-95 against the labels (``truth``; None without) of the detections the board decoded from its
     own outputs and of this host's, mAP50 of the board's against the host's confident boxes, and the share of samples
     where both found the same detections (same classes, boxes within ``SAME_BOX``)."""
-    every = [d for found in (*board.values(), *host.values(), truth or []) for d in found if len(d)]
-    num_classes = max([num_classes, *(int(d.classes.max()) + 1 for d in every)])  # unlabelled: the decoder's say
+    num_classes = classes_seen(*board.values(), *host.values(), truth or [], at_least=num_classes)
+    labelled = truth is not None
     rows = []
     for kind, found in board.items():
         here = host[kind]
         same = [len(a) == len(b) and np.array_equal(a.classes, b.classes) and np.allclose(a.boxes, b.boxes, atol=SAME_BOX)
                 for a, b in zip(found, here)]
         confident = [d.above(decoder["display_threshold"]) for d in here]
-        labelled = truth is not None
         rows.append({"kind": kind,
                      "board_map50_95": coco_map(truth, found, num_classes, input_hw).map50_95 if labelled else None,
                      "host_map50_95": coco_map(truth, here, num_classes, input_hw).map50_95 if labelled else None,

@@ -31,6 +31,12 @@ def _coco_box(box: np.ndarray, width: int, height: int) -> list[float]:
     return [x1, y1, x2 - x1, y2 - y1]
 
 
+def classes_seen(*groups: list[Detections], at_least: int = 1) -> int:
+    """The number of classes to score with: ``at_least`` (the data's), or more where boxes name higher class ids (an
+    unlabelled folder names none: the decoder's say)."""
+    return max([at_least, *(int(d.classes.max()) + 1 for group in groups for d in group if len(d))])
+
+
 def coco_map(truth: list[Detections], found: list[Detections], num_classes: int, input_hw: tuple[int, int]) -> MeanAP:
     """COCO mAP of ``found`` (per image, scores kept) against ``truth`` (per image; scores ignored)."""
     from faster_coco_eval import COCO, COCOeval_faster
@@ -100,15 +106,16 @@ def reference_map50_judge(decoder: dict, input_hw: tuple[int, int]) -> Judge:
     confident ones (the evaluation's "mAP50 vs float"), decoded as the board decodes them. Samples where the float
     model finds nothing confident count as agreeing."""
     decoder = check_options(decoder)
+    decoded: list = [None, []]  # the float outputs last judged against, and their boxes: decoded once, not per trial
+
+    def detections(raw: list[np.ndarray]) -> list[Detections]:
+        return [postprocess([o[i:i + 1] for o in raw], input_hw, decoder) for i in range(len(raw[0]))]
 
     def points(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
-        def detections(raw: list[np.ndarray]) -> list[Detections]:
-            return [postprocess([o[i:i + 1] for o in raw], input_hw, decoder) for i in range(len(raw[0]))]
-
-        truth = [d.above(decoder["display_threshold"]) for d in detections(reference)]
-        found = detections(outputs)
-        classes = max([int(d.classes.max()) + 1 for d in (*truth, *found) if len(d)], default=1)
-        scored = coco_map(truth, found, classes, input_hw).map50
+        if decoded[0] is not reference[0]:
+            decoded[:] = [reference[0], [d.above(decoder["display_threshold"]) for d in detections(reference)]]
+        truth, found = decoded[1], detections(outputs)
+        scored = coco_map(truth, found, classes_seen(truth, found), input_hw).map50
         return 100.0 if np.isnan(scored) else scored
 
     return Judge("mAP50 against the float model's boxes", points)

@@ -17,7 +17,7 @@ from torch import nn
 from board_runtime.detection import Detections, postprocess
 
 from ..train import Objective
-from .metrics import coco_map
+from .metrics import classes_seen, coco_map
 
 CENTRE_RADIUS = 1.5  # cells
 BOX_WEIGHT = 2.0
@@ -134,9 +134,7 @@ def torch_map(model: nn.Module, batches: Iterable[tuple[np.ndarray, np.ndarray]]
             outputs = [o.float().cpu().numpy() for o in model(torch.from_numpy(inputs).to(device))]
             found += [postprocess([o[i:i + 1] for o in outputs], shape, decoder) for i in range(len(inputs))]
             truth += truth_of(labels)
-    classes = max((int(t.classes.max()) + 1 for t in truth if len(t)), default=1)
-    classes = max(classes, max((int(f.classes.max()) + 1 for f in found if len(f)), default=1))
-    return coco_map(truth, found, classes, tuple(shape)).map50_95
+    return coco_map(truth, found, classes_seen(truth, found), tuple(shape)).map50_95
 
 
 def detection_objective(decoder: dict) -> Objective:
