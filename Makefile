@@ -1,18 +1,22 @@
-# Two entry points: `make demo` (set up, then run the pipeline for a Raspberry Pi 4) and `make test`.
+# Two entry points: `make demo` (set up, then run the pipeline for a Raspberry Pi 4) and `make test` (the whole suite,
+# CI's gate). `make check` is the fast tier for every edit: the tests not marked slow, ssh or emulated.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TARGET ?= raspberry-pi-4
 
-.PHONY: demo test setup data openssh emulation jemalloc clean
+.PHONY: demo test check setup data openssh emulation jemalloc wheels clean
 
 demo: setup
 	$(VENV)/bin/pipeline run --target $(TARGET)
 
 test: setup
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=25
 
-setup: data openssh emulation jemalloc $(VENV)/.installed
+check: setup
+	$(VENV)/bin/python -m pytest -q -m "not slow and not ssh and not emulated" --durations=10
+
+setup: data openssh emulation jemalloc $(VENV)/.installed wheels
 
 # Fashion-MNIST (MIT) from Debian's package, installed only where it is absent.
 data:
@@ -32,6 +36,11 @@ emulation:
 # distillation to twice its live memory). Without it the pipeline runs on the system's malloc.
 jemalloc:
 	@[ "$$(uname -s)" != Linux ] || ldconfig -p | grep -q libjemalloc.so.2 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q libjemalloc2; }
+
+# Real model files from other projects' wheels (MediaPipe's BlazeFace, MTCNN's P-Net) for the tests, downloaded here
+# once, never while a test runs (tests/wheels.py); a test whose wheel is absent skips, saying so.
+wheels: $(VENV)/.installed
+	@$(VENV)/bin/python -m tests.wheels
 
 # torch==2.13.0 first: the CPU wheel, so that nothing pulls a CUDA build.
 $(VENV)/.installed: pyproject.toml

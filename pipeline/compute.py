@@ -25,8 +25,16 @@ from .errors import ConfigError
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+# oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA) under which it has no bf16 kernels: a CPU told to act as an AVX2-only one
+# trains in fp32 as such a CPU would, so that the slow machines' figures can be measured on a fast one.
+ISAS_WITHOUT_BF16 = {"sse41", "avx", "avx2", "avx2_vnni", "avx512_core", "avx512_core_vnni"}
+
+
 def cpu_has_bf16() -> bool:
-    """Whether this CPU has bf16 instructions (Linux's /proc/cpuinfo flags; False where it cannot tell)."""
+    """Whether this CPU has bf16 instructions (Linux's /proc/cpuinfo flags; False where it cannot tell, or where
+    ``ONEDNN_MAX_CPU_ISA`` caps oneDNN below them)."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").lower() in ISAS_WITHOUT_BF16:
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

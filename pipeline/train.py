@@ -17,6 +17,7 @@ from .checkpoint import EpochCheckpoint
 from .compute import Compute, resolve
 from .config import ComputeOptions, TrainOptions
 from .data import Dataset, PreprocessSpec
+from .teachers import shipped_teacher
 
 
 def cache_dir() -> Path:
@@ -70,6 +71,13 @@ def train_classifier(
                        compute)
 
 
+def recipe_key(model: nn.Module, options: TrainOptions, cache_key_extra: dict) -> str:
+    """What shapes a training's result, hashed: the options, the model and data (``cache_key_extra``) and the
+    architecture, so that a built-in whose layers changed never loads older weights."""
+    layout = [[name, list(value.shape)] for name, value in model.state_dict().items()]
+    return sha256_json({"options": asdict(options), **cache_key_extra, "layout": layout})
+
+
 def train_model(
     model: nn.Module, train: Dataset, test: Dataset, preprocess: PreprocessSpec, options: TrainOptions,
     cache_key_extra: dict, objective: Objective, compute: Compute | None = None,
@@ -77,10 +85,12 @@ def train_model(
     """Train ``model`` on ``objective`` (or load the cached result of the same training) and return it with stats,
     on the CPU afterwards whichever device trained it."""
     compute = compute or resolve(ComputeOptions())
-    # the architecture is part of the key: a built-in whose layers changed never loads an older checkpoint
-    layout = [[name, list(value.shape)] for name, value in model.state_dict().items()]
-    key = sha256_json({"options": asdict(options), "precision": compute.precision, **cache_key_extra,
-                       "layout": layout})[:16]
+    recipe = recipe_key(model, options, cache_key_extra)
+    shipped = shipped_teacher(recipe)
+    if shipped:
+        model.load_state_dict(torch.load(shipped.weights, map_location="cpu", weights_only=True))
+        return model.eval(), shipped.stats(objective.key)
+    key = sha256_json({"recipe": recipe, "precision": compute.precision})[:16]
     cached = cache_dir() / "teachers" / f"{key}.pt"
     if cached.is_file():
         model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
@@ -132,5 +142,6 @@ def train_model(
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, cached)
     checkpoint.path.unlink(missing_ok=True)
-    write_json(cached.with_suffix(".json"), {"options": asdict(options), **cache_key_extra, **stats})
+    write_json(cached.with_suffix(".json"), {"recipe_key": recipe, "options": asdict(options), **cache_key_extra,
+                                             **stats})
     return model, stats

