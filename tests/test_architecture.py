@@ -161,6 +161,7 @@ def test_an_uncompiled_int8_tflite_never_gets_the_edge_tpu(tiny_run):
         Model({**int8, "session": "edgetpu"}, bundle, 1)
 
 
+@pytest.mark.lint
 def test_the_board_runtime_imports_nothing_from_the_pipeline():
     for path in sorted((REPO / "board_runtime").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -169,6 +170,7 @@ def test_the_board_runtime_imports_nothing_from_the_pipeline():
             assert not any(n.split(".")[0] in ("pipeline", "benchmarks") for n in names), f"{path.name} imports {names}"
 
 
+@pytest.mark.lint
 @pytest.mark.parametrize("argv", [["targets", "list"], ["targets", "show", "coral-edgetpu"], ["--help"]])
 def test_light_commands_import_neither_torch_nor_tensorflow(argv):
     code = ("import sys\nfrom pipeline.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
@@ -179,6 +181,7 @@ def test_light_commands_import_neither_torch_nor_tensorflow(argv):
     assert "HEAVY []" in done.stdout, done.stdout[-500:]
 
 
+@pytest.mark.lint
 def test_imports_go_one_way_and_modules_stay_small():
     tool = REPO.parent / "shared" / "tools" / "import_cycles.py"
     if not tool.is_file():

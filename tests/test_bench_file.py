@@ -53,6 +53,7 @@ def test_an_onnx_file_with_dynamic_dims_needs_a_shape_without_data(tmp_path, cap
     assert report["export_parity"] <= 1e-5  # opset 9 -> 13 on seeded noise: no data to take inputs from
 
 
+@pytest.mark.slow
 def test_a_tflite_classifier_is_evaluated_on_data_as_the_run_that_made_it(imagenet_photos, tmp_path):
     """SqueezeNet through a TFLite target; its int8 .tflite given back to `bench` with the same photos must score
     exactly what that run's report says, with no other artifact made."""

@@ -65,6 +65,7 @@ def test_xnnpack_partitions_come_from_litert_itself(hardswish_tflite):
     assert len(result.ops) == len(read_graph(hardswish_tflite["fp32"]).ops)
 
 
+@pytest.mark.slow
 def test_a_grouped_conv_is_refused_by_compiler_16(tmp_path):
     """TensorFlow writes a grouped convolution as CONV_2D version 6, which compiler 16 cannot parse (google-coral/
     edgetpu#631); converted without grouped convolutions, the same model maps."""
@@ -84,6 +85,7 @@ def test_a_grouped_conv_is_refused_by_compiler_16(tmp_path):
     assert TOOLCHAINS["edgetpu-compiler"].check(split["int8"], "tflite-int8", coral).verdict.startswith("all ")
 
 
+@pytest.mark.slow
 def test_float_io_conversions_stay_at_the_edges_without_splitting(tmp_path):
     """The TFLite converter's default int8 model takes and gives float: its first QUANTIZE and last DEQUANTIZE run
     on the CPU, and everything between still maps (the compiler does not split there)."""

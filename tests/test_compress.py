@@ -98,6 +98,7 @@ def test_student_rebuilt_from_its_spec_gives_identical_outputs(compressed):
     assert [b["chosen"] for b in report["blocks"]] == spec["blocks"]
 
 
+@pytest.mark.slow
 def test_run_compresses_by_default_and_sends_the_student_through_every_stage(tmp_path, capsys):
     from pipeline.cli import main
 
@@ -129,6 +130,7 @@ def test_run_compresses_by_default_and_sends_the_student_through_every_stage(tmp
     assert count_flops(student, (1, 1, 28, 28)) == report["student"]["flops"]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_run_agrees_across_ranks(tmp_path):
     import subprocess
     import sys
@@ -180,6 +182,7 @@ def test_runs_with_other_budgets_in_one_directory_keep_each_others_outputs(tmp_p
     assert not [line for line in again if line.startswith("[run ]")], again
 
 
+@pytest.mark.slow
 def test_interrupted_compression_resumes_from_its_last_epoch(tmp_path, small_config, monkeypatch):
     import pipeline.compress.compressor as compress_module
     from pipeline.orchestrator import Run

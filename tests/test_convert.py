@@ -19,6 +19,7 @@ def offline_without_venv_on_path(monkeypatch):
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
 
 
+@pytest.mark.slow
 def test_rgb_model_converts_offline_with_bare_path(tmp_path, offline_without_venv_on_path):
     torch.manual_seed(0)
     images = np.random.default_rng(0).random((24, 16, 16, 3)).astype(np.float32)
@@ -72,6 +73,7 @@ def test_converter_failure_is_one_line_and_leaves_no_tflite(tmp_path):
     assert not list((tmp_path / "tfl").glob("*.tflite"))
 
 
+@pytest.mark.slow
 def test_a_flex_op_is_one_line_naming_its_layer_and_the_builtin_remedy_works(tmp_path):
     """GELU exports as Erf, which onnx2tf writes as FlexErf: no board's TFLite runtime runs it."""
     from pipeline.tflite_file import read_tflite
@@ -102,6 +104,7 @@ def test_pseudo_ops_are_onnx2tfs_names():
         build_config(tflite_pseudo_ops=["erff"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grouped_conv", [True, False], ids=["grouped-conv", "no-grouped-conv"])
 def test_a_depthwise_convolution_after_a_residual_add_stays_depthwise(tmp_path, grouped_conv):
     """onnx2tf 1.29 took it for a grouped convolution: a grouped CONV_2D, or (Coral: no grouped convolutions) one

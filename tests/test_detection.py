@@ -281,6 +281,7 @@ def test_pnet_through_the_pipeline_on_real_photos(pnet_weights, photo_folder, ss
     assert Image.open(tmp_path / "astronaut.detections.png").size == (512, 512)
 
 
+@pytest.mark.slow
 def test_the_builtin_detector_for_a_pi_and_a_coral(tmp_path, small_config):
     """The built-in detector trained on the Fashion-MNIST canvases, compressed to the Pi's FLOPs budget (its blocks
     distilled without labels, its head and decoding kept, fine-tuned on the teacher's raw outputs and the labels; a
@@ -315,6 +316,29 @@ def test_the_builtin_detector_for_a_pi_and_a_coral(tmp_path, small_config):
     assert manifest["task"] == "detect" and manifest["detect"]["decoder"] == "boxes-scores"
     [int8] = [a for a in manifest["artifacts"] if a["kind"] == "tflite-int8"]
     assert [o["name"] for o in int8["outputs"]] == ["boxes", "scores"] and all(o["quant"] for o in int8["outputs"])
+
+
+def test_a_tiny_detector_end_to_end_for_a_coral(tmp_path, small_config):
+    """The fast tier's detector: the built-in one, briefly trained, exported, calibrated and converted to Coral's
+    full-integer TFLite (builtin ops only, boxes and scores as their own int8 outputs), evaluated by mAP against the
+    float model and benchmarked, with its report."""
+    from pipeline.orchestrator import Run
+    from pipeline.tflite_file import read_tflite
+
+    out = tmp_path / "run"
+    Run(small_config(out, model="fmnist-detector", targets="coral-edgetpu", train={"epochs": 2, "train_subset": 1500},
+                     eval_samples=40, calibration={"num_samples": 32, "method": "minmax", "weight_rounding": "nearest"},
+                     detect={"decoder": "boxes-scores", "display_threshold": 0.05},
+                     bench={"runs": 5, "warmup": 1, "max_seconds": 2.0, "repeats": 1})).execute()
+    coral = _rows(out, "coral-edgetpu")
+    assert set(coral) == {"torch-fp32", "tflite-fp32", "tflite-int8"}
+    assert coral["tflite-fp32"]["reference_map50"] >= 99 and all(r["latency_ms"]["p50"] > 0 for r in coral.values())
+    int8 = read_tflite(out / "coral-edgetpu" / "bundle" / "artifacts" / "tflite-int8.tflite")
+    assert not int8.non_builtin and "CONV_2D" in int8.operators
+    manifest = json.loads((out / "coral-edgetpu" / "bundle" / "manifest.json").read_text())
+    [artifact] = [a for a in manifest["artifacts"] if a["kind"] == "tflite-int8"]
+    assert [o["name"] for o in artifact["outputs"]] == ["boxes", "scores"] and all(o["quant"] for o in artifact["outputs"])
+    assert "mAP50-95 (%)" in (out / "coral-edgetpu" / "report.md").read_text()
 
 
 def _separate_int8_outputs(out: Path) -> None:

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import onnx
+import pytest
 
 from pipeline.cli import main
 from pipeline.targets import TARGETS_DIR
@@ -19,6 +20,7 @@ def _args(tmp_path: Path, model: Path, data: Path, labels: Path) -> list[str]:
             "--labels", str(labels), "--preprocess", "imagenet", "--resize", "256", "--crop", "224"]
 
 
+@pytest.mark.slow
 def test_an_onnx_file_runs_through_as_its_own_reference(imagenet_photos, tmp_path, capsys):
     assert SQUEEZENET.is_file(), "the onnx wheel ships its light test models"
     data, labels = imagenet_photos

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -16,6 +18,7 @@ def _tool(name: str) -> str:
     return path
 
 
+@pytest.mark.lint
 def test_dockerfile_passes_hadolint():
     done = subprocess.run([_tool("hadolint"), str(REPO / "Dockerfile")], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -23,6 +26,7 @@ def test_dockerfile_passes_hadolint():
     assert 'ENTRYPOINT ["pipeline"]' in text and "torch==2.13.0" in text
 
 
+@pytest.mark.lint
 def test_workflow_passes_actionlint_and_calls_the_repo_script():
     workflow = REPO / ".github" / "workflows" / "pipeline.yml"
     done = subprocess.run([_tool("actionlint"), str(workflow)], capture_output=True, text=True)
@@ -31,6 +35,7 @@ def test_workflow_passes_actionlint_and_calls_the_repo_script():
     assert "scripts/ci-pipeline.sh" in text and "upload-artifact" in text and "matrix" in text
 
 
+@pytest.mark.slow
 def test_ci_script_runs_locally(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable}
     done = subprocess.run(
@@ -48,6 +53,7 @@ def test_ci_script_runs_locally(tmp_path):
     assert {a["kind"] for a in manifest["artifacts"]} == {"tflite-fp32", "tflite-int8"}
 
 
+@pytest.mark.lint
 def test_benchmark_scripts_start_as_the_readme_runs_them():
     # Run as files (not -m), each importing `calibration` or `pipeline` first in a fresh interpreter.
     for script in sorted((REPO / "benchmarks").glob("*.py")):

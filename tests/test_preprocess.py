@@ -75,6 +75,7 @@ def _profile(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_photo_on_the_board_gives_the_hosts_prediction(photo_folder, tmp_path, capsys):
     """The model carries its preprocessing (timm's pretrained_cfg layout); the run resizes and crops the photos as
     it says, the report says where it came from, and the bundle's runner classifies a full-size PNG as the host."""
@@ -121,6 +122,7 @@ def test_the_users_preprocessing_wins_and_a_model_without_one_is_refused(photo_f
                                atol=1e-6)
 
 
+@pytest.mark.slow
 def test_data_holding_a_few_of_the_models_classes(photo_folder, tmp_path, capsys):
     """A five-class model, photos of three of its classes: two folders named by label, one by index."""
     import shutil

@@ -101,6 +101,7 @@ def test_second_run_skips_everything_and_from_reruns_later_stages(tiny_run, smal
     assert any(line.strip().startswith("bench [") for line in lines)  # the benchmark's progress
 
 
+@pytest.mark.slow
 def test_changed_calibration_reruns_only_what_depends_on_it(tmp_path, small_config):
     lines: list[str] = []
     stages = ["model", "export", "quantize", "convert"]
@@ -129,6 +130,7 @@ def test_changed_calibration_reruns_only_what_depends_on_it(tmp_path, small_conf
                      "[run ] quantize-opset17-tuned-per-channel-percentile-per-channel-asym-tol1"]
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes(tmp_path, small_config, monkeypatch):
     import pipeline.formats.tflite as convert
 
@@ -154,6 +156,7 @@ def _cli(*args):
             "--eval-samples", "400", "--bench-runs", "10", "--no-compress", *args]
 
 
+@pytest.mark.slow
 def test_stage_commands_run_alone_on_the_previous_output(tmp_path, capsys):
     from pipeline.targets import TARGETS_DIR
 

@@ -51,6 +51,7 @@ def _sqnr_db(reference, other) -> float:
     return float(10 * np.log10((reference**2).sum() / ((reference - other) ** 2).sum()))
 
 
+@pytest.mark.slow
 def test_chosen_weights_of_a_pretrained_net_beat_nearest_rounding_by_10_db(lite0, tmp_path):
     crops = _crops(24)
     chosen, layers = choose_weights(lite0, "input", crops[:16])
@@ -74,6 +75,7 @@ def test_chosen_weights_of_a_pretrained_net_beat_nearest_rounding_by_10_db(lite0
     assert worst["shape"] == [32, 1, 3, 3] and worst["sqnr_chosen_db"] > worst["sqnr_nearest_db"] + 10
 
 
+@pytest.mark.slow
 def test_fallback_keeps_in_float_the_tensors_that_cost_most_at_the_output_until_within_tolerance(lite0, tmp_path):
     """All-int8 Lite0 (nearest-rounded weights, MinMax ranges) disagrees with fp32 on some crops. The tensors are
     ordered by the noise their int8 rounding adds to the logits, measured: the first is the stem's ReLU6 output (its
@@ -135,6 +137,7 @@ def test_fallback_keeps_in_float_the_tensors_that_cost_most_at_the_output_until_
         "of the output's int8 noise") == min(3, len(fallback.kept))
 
 
+@pytest.mark.slow
 def test_tflite_int8_takes_the_pipeline_ranges_and_its_fallback_keeps_the_stem_in_float_first(lite0, tmp_path):
     """The TFLite int8 model of Lite0 with the pipeline's ranges (min/max here) and no tolerance: every activation
     the converter quantizes is matched to its ONNX tensor and takes that tensor's range (its int8 scale is the one
@@ -188,6 +191,7 @@ def _minmax_int8(lite0, crops, out):
     return ranges
 
 
+@pytest.mark.slow
 def test_the_graph_run_in_torch_rounds_as_the_int8_model_does(lite0, tmp_path):
     """The ONNX graph run node by node in torch gives ONNX Runtime's float logits; with the int8 model's rounding
     of every tensor it quantizes (and the weights on the converters' grid), it gives the int8 model's logits, up to
@@ -210,6 +214,7 @@ def test_the_graph_run_in_torch_rounds_as_the_int8_model_does(lite0, tmp_path):
     assert abs(_sqnr_db(reference, rounded) - int8_noise) < 1.5
 
 
+@pytest.mark.slow
 def test_tuning_through_the_int8_rounding_recovers_what_it_costs_on_unseen_crops(lite0, tmp_path):
     """Quantization-aware tuning of the float weights, each rounded to nearest on the converters' grid and every
     tensor rounded as the int8 model rounds it, against the float model's logits: a short run on 24 crops recovers
