@@ -5,12 +5,13 @@ step by step, and the compression goals of issue 13.
     python benchmarks/demo_time_memory.py --out /tmp/demo --json demo.json
 
 The run is the CLI in a child process, as ``make demo`` runs it once the venv exists, with ``PIPELINE_CACHE`` pointing
-to a new empty directory, so the teacher is trained too. Memory is sampled every 0.2 s over the whole process tree
-(the pipeline and its onnx2tf and runner children); each sample is charged to the step the run last announced
-(``[run ] <step>``). Step seconds come from the run's own step records. Printed: wall, peak RSS of the tree and of
-the pipeline process, per step seconds and peak; the teacher's and the student's test top-1; block-wise distillation
-plus fine-tuning against the teacher's training time. Goals (issue 13): wall <= 10 min, peak <= 2 GB, student >=
-teacher - 0.2 points, block-wise + fine-tuning <= 1.0x the teacher's training.
+to a new empty directory (the shipped teacher is loaded; ``PIPELINE_SHIPPED_TEACHERS=0`` trains it as well). Memory
+is sampled every 0.2 s over the whole process tree (the pipeline and its onnx2tf and runner children); each sample is
+charged to the step the run last announced (``[run ] <step>``). Step seconds come from the run's own step records.
+Printed: the CPU (AVX2 only or AVX-512/bf16 differ 2x; ``ONEDNN_MAX_CPU_ISA=AVX2`` measures the slow case on a fast
+one), wall, peak RSS of the tree and of the pipeline process, per step seconds and peak; the teacher's and the
+student's test top-1; block-wise distillation plus fine-tuning against the teacher's training time. Goals (issues 13
+and 38): wall <= 10 min, peak <= 2 GB, student >= teacher - 0.2 points.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from pathlib import Path
 import psutil
 
 from streaming_memory import tree_rss
+
+from pipeline.compute import cpu_summary
 
 GB = 1e9
 
@@ -84,6 +87,7 @@ def main() -> int:
     cache = args.cache or Path(tempfile.mkdtemp(prefix="demo-cache-"))
     result = run(args.out, cache, args.target, args.extra)
     result["step_seconds"] = step_seconds(args.out)
+    result["cpu"] = cpu_summary()  # AVX2-only and AVX-512/bf16 CPUs differ 2x here
     [compression] = list((args.out / "shared").glob("student-*/compress/compression.json")) or [None]
     record = args.out / ".state" / "model.json"
     model = json.loads(record.read_text()) if record.is_file() else None

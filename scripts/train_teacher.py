@@ -13,23 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cpu() -> str:
-    """The CPU's model name and the instruction sets that change training speed 2x (AVX-512, bf16, AMX)."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-                platform.processor())
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-    return f"{name} ({os.cpu_count()} threads; {', '.join(f for f in wanted if f in flags) or 'no AVX2'})"
 
 
 def main() -> int:
@@ -41,6 +30,7 @@ def main() -> int:
     os.environ.update(PIPELINE_CACHE=str(work / "cache"), PIPELINE_SHIPPED_TEACHERS="0")
     sys.path.insert(0, str(REPO))
     from pipeline.artifacts import sha256_file, write_json
+    from pipeline.compute import cpu_summary
     from pipeline.orchestrator import run
 
     options = {"train": {"epochs": args.epochs}} if args.epochs else {}
@@ -52,10 +42,10 @@ def main() -> int:
     command = "python scripts/train_teacher.py" + (f" --model {args.model}" if args.model != "fmnist-resnet" else "") \
         + (f" --epochs {args.epochs}" if args.epochs else "")
     write_json(shipped.with_suffix(".json"), {
-        **{k: v for k, v in record.items() if k != "cached"}, "weights_sha256": sha256_file(shipped), "cpu": cpu(),
-        "command": command})
+        **{k: v for k, v in record.items() if k != "cached"}, "weights_sha256": sha256_file(shipped),
+        "cpu": cpu_summary(), "command": command})
     print(f"{shipped.relative_to(REPO)}: test top-1 {record['test_top1']:.2f} % in {record['seconds']:.0f} s "
-          f"({record.get('precision')}, {cpu()})")
+          f"({record.get('precision')}, {cpu_summary()})")
     shutil.rmtree(work)
     return 0
 
