@@ -37,6 +37,9 @@ WHEELS = {
                        ("--python-version", "3.11", "--platform", "manylinux_2_28_x86_64")),
     # MTCNN's P-Net state dict (the package pins an older torch, so it is never installed, only unzipped)
     "pnet": Wheel("facenet-pytorch==2.6.0", "facenet_pytorch/data/pnet.pt"),
+    # NudeNet's detector: an Ultralytics YOLOv8n (8.2.46) trained on 18 classes, exported to ONNX with dynamic input
+    # size, one output [1, 4 + 18, N]; its metadata holds Ultralytics' names, imgsz and stride
+    "yolov8n": Wheel("nudenet==3.4.2", "nudenet/320n.onnx"),
 }
 
 

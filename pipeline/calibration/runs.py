@@ -1,5 +1,5 @@
-"""Running a float or int8 ONNX model on calibration samples: the sessions and the SQNR the calibration modules
-share."""
+"""Running a float or int8 ONNX or TFLite model on calibration samples: the sessions and the SQNR the calibration
+and checking modules share."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,6 +29,29 @@ def ort_session(model, single_thread: bool = False, unfused: bool = False):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     source = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def tflite_interpreter(path: Path, keep_all: bool = True):
+    """A LiteRT interpreter of ``path`` without default delegates (XNNPACK would fuse and drop tensors); ``keep_all``
+    keeps every intermediate tensor readable after ``invoke``."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(model_path=str(path), experimental_preserve_all_tensors=keep_all,
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def feed_tflite(interpreter, sample_nchw: np.ndarray, nhwc: bool) -> None:
+    """Run one NCHW sample (NHWC where the file takes it); an integer input is quantized as the board's runner does."""
+    detail = interpreter.get_input_details()[0]
+    x = sample_nchw[None].transpose(0, 2, 3, 1) if nhwc else sample_nchw[None]
+    scale, zero = detail["quantization"]
+    if scale:
+        info = np.iinfo(detail["dtype"])
+        x = np.clip(np.round(x / scale) + zero, info.min, info.max)
+    interpreter.set_tensor(detail["index"], np.ascontiguousarray(x, dtype=detail["dtype"]))
+    interpreter.invoke()
 
 
 def with_outputs(model, names: list[str]):

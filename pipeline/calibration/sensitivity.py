@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from board_runtime.sessions import output_order, tflite_output_names
 
-from .runs import ort_session, sqnr_db, with_outputs
+from .runs import feed_tflite, ort_session, sqnr_db, tflite_interpreter, with_outputs
 
 DEQUANTIZED = "_DequantizeLinear_Output"  # onnxruntime's QDQ quantizer names a tensor's dequantized copy so
 
@@ -103,32 +103,12 @@ def fallback_candidates(model_path: Path, errors: list[TensorError]) -> list[tup
     return [(e.tensor, ops(e)) for e in written]
 
 
-def _interpreter(path: Path):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    interpreter = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
-                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    interpreter.allocate_tensors()
-    return interpreter
-
-
-def _feed(interpreter, sample_nchw: np.ndarray, nhwc: bool) -> None:
-    detail = interpreter.get_input_details()[0]
-    x = sample_nchw[None].transpose(0, 2, 3, 1) if nhwc else sample_nchw[None]
-    scale, zero = detail["quantization"]
-    if scale:  # an integer input: quantized as the board's runner does
-        info = np.iinfo(detail["dtype"])
-        x = np.clip(np.round(x / scale) + zero, info.min, info.max)
-    interpreter.set_tensor(detail["index"], np.ascontiguousarray(x, dtype=detail["dtype"]))
-    interpreter.invoke()
-
-
 def tflite_activation_errors(float_path: Path, int8_path: Path, inputs: np.ndarray, nhwc: bool,
                              output_names: list[str] | None = None) -> list[TensorError]:
     """As ``activation_errors``, for a full-integer TFLite model against the float TFLite model of the same network:
     tensors are matched by name (the converter names them after the same TensorFlow ops), inputs are NCHW; the
     outputs by the reference model's ``output_names`` (in its order: the int8 converter numbers them so)."""
-    reference, quantized = _interpreter(float_path), _interpreter(int8_path)
+    reference, quantized = tflite_interpreter(float_path), tflite_interpreter(int8_path)
     floats = {d["name"]: d for d in reference.get_tensor_details()}
     constants = {d["name"] for d in quantized.get_tensor_details() if d["name"].startswith(("tfl.pseudo", "arith"))}
     pairs = []  # (name, float index, int8 index, scale, zero point, dtype) of each integer activation
@@ -146,8 +126,8 @@ def tflite_activation_errors(float_path: Path, int8_path: Path, inputs: np.ndarr
         for model in (reference, quantized))
     sums = {p[0]: np.zeros(3) for p in pairs} | {name: np.zeros(3) for name in names}
     for sample in tqdm(inputs, "int8 sensitivity (TFLite)", unit="sample", delay=2.0, leave=False):
-        _feed(reference, np.asarray(sample, np.float32), nhwc)
-        _feed(quantized, np.asarray(sample, np.float32), nhwc)
+        feed_tflite(reference, np.asarray(sample, np.float32), nhwc)
+        feed_tflite(quantized, np.asarray(sample, np.float32), nhwc)
         for name, float_index, int8_index, scale, zero, dtype in pairs:
             value = reference.get_tensor(float_index).astype(np.float64)
             info = np.iinfo(dtype)
@@ -195,7 +175,7 @@ def onnx_tail(path: Path) -> list[str]:
 def tflite_tail(path: Path) -> list[str]:
     """The TFLite model's ops after its last convolution or fully connected op, each named by the tensor it writes
     (as the converter's denylist names ops)."""
-    interpreter = _interpreter(path)
+    interpreter = tflite_interpreter(path)
     name = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
     ops = [o for o in interpreter._get_ops_details() if o["op_name"] not in ("QUANTIZE", "DEQUANTIZE")]
     return _tail([(name[int(o["outputs"][0])], o["op_name"], [str(i) for i in o["inputs"]],

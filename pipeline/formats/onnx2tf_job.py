@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 
+ONNX2TF_OUTPUTS = {"fp32": "model_float32.tflite", "fp16": "model_float16.tflite"}  # the float models it writes
 INT8_MODEL = "model_int8.tflite"  # the int8 model the job makes from onnx2tf's saved model
+PARITY_REPORT = "float_parity.json"  # the float models against the ONNX model (``float_parity``)
 FALLBACK_REPORT = "int8_fallback.json"  # what the mixed-precision fallback tried, beside the models
 RANGES_REPORT = "int8_ranges.json"  # how many tensors took the pipeline's ranges
 TAIL_REPORT = "int8_float_tail.json"  # the ops of a detector's decoding left in float
@@ -43,6 +45,7 @@ class TFLiteJob:
     ranges_model: str | None = None
     float_tail: bool = False  # a detector's decoding (the ops after the last convolution) left in float
     detect: dict | None = None  # a detector's decoder options (board_runtime.detection), for the fallback's judge
+    reference_onnx: str | None = None  # the ONNX model as given (onnx2tf rewrites ``onnx_path``), the floats' truth
 
 
 def _depthwise_input_in_nhwc(make_node):
@@ -92,6 +95,17 @@ def run_job(job: TFLiteJob) -> None:
         replace_to_pseudo_operators=[op.lower() for op in job.pseudo_ops],  # onnx2tf matches lower-case names
         disable_group_convolution=not job.grouped_conv,
     )
+    if job.reference_onnx is not None:
+        from .float_parity import PARITY_SAMPLES, check_float_files
+
+        print(f"{PHASE}checking the float models against the ONNX model", flush=True)
+        out = Path(job.output_dir)
+        samples = np.load(job.calibration_npy, mmap_mode="r")[:PARITY_SAMPLES]
+        parity = check_float_files(Path(job.reference_onnx), {k: out / name for k, name in ONNX2TF_OUTPUTS.items()},
+                                   samples if job.keep_nchw else samples.transpose(0, 3, 1, 2), not job.keep_nchw)
+        (out / PARITY_REPORT).write_text(json.dumps(parity))
+        if parity["failure"]:
+            return  # a broken float conversion is never quantized
     if job.int8:
         write_int8(job)
 

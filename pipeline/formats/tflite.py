@@ -31,14 +31,14 @@ from ..errors import ConversionError
 from ..profile import IODtype, Layout
 from ..onnxmodel import onnx_output_shapes
 from ..tflite_file import check_builtin_only, int8_constants, layout_back, read_tflite
-from .onnx2tf_job import FALLBACK_REPORT, INT8_MODEL, PHASE, RANGES_REPORT, TAIL_REPORT, TFLiteJob
+from .onnx2tf_job import (FALLBACK_REPORT, INT8_MODEL, ONNX2TF_OUTPUTS, PARITY_REPORT, PHASE, RANGES_REPORT,
+                          TAIL_REPORT, TFLiteJob)
 from .onnx_int8 import SENSITIVITY_SAMPLES, tail_note
 from .registry import Format, register_format
 
 # onnx2tf validates any 4-D 3-channel input against this file and downloads it when it is not in
 # the working directory; the stage writes it there from the user's own calibration data.
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
-ONNX2TF_OUTPUTS = {"fp32": "model_float32.tflite", "fp16": "model_float16.tflite"}
 _PROGRESS = re.compile(r"(\d+) / (\d+)")
 
 
@@ -65,7 +65,9 @@ def convert_tflite(
     converter's own. With ``fallback_tolerance`` (for a float-I/O int8 model only: the caller decides),
     ops of the int8 model may be kept in float until it is within that many top-1 points of the float model (with a
     detector's decoder options ``detect``: mAP50 points against its boxes) on the calibration samples from
-    ``fallback_from`` on; "fallback" -> what was tried (JSON) is then returned too."""
+    ``fallback_from`` on; "fallback" -> what was tried (JSON) is then returned too. The float models are compared
+    with ``onnx_path`` before any int8 model is made (``float_parity``; "parity" -> the figures, JSON): a file that does
+    not reproduce it is a ConversionError naming the output, the channel and the first diverging op."""
     out_dir = out_dir.resolve()  # onnx2tf runs in its own working directory
     work = out_dir / "onnx2tf"
     work.mkdir(parents=True, exist_ok=True)
@@ -83,7 +85,7 @@ def convert_tflite(
         fallback_tolerance=fallback_tolerance, fallback_from=fallback_from, int8=int8,
         ranges_json=None if ranges is None else str(work / "ranges.json"),
         ranges_model=None if ranges is None else str(Path(onnx_path).resolve()), float_tail=float_tail,
-        detect=detect,
+        detect=detect, reference_onnx=str(Path(onnx_path).resolve()),
     )
     (work / "job.json").write_text(json.dumps(asdict(job)))
     env = dict(os.environ)
@@ -110,6 +112,10 @@ def convert_tflite(
                 bar.n = int(match.group(1))
                 bar.refresh()
         code = process.wait()
+    parity_report = work / "tf" / PARITY_REPORT
+    parity = json.loads(parity_report.read_text()) if parity_report.is_file() else None
+    if parity is not None and parity["failure"]:
+        raise ConversionError(f"{onnx_path.name}: {parity['failure']}; full log: {log_path}")
     outputs = {key: work / "tf" / name for key, name in ONNX2TF_OUTPUTS.items()}
     if int8:
         outputs["int8"] = work / "tf" / INT8_MODEL
@@ -120,7 +126,8 @@ def convert_tflite(
             check_builtin_only(f"{onnx_path.name} as tflite-{key}", read_tflite(path))
     if code != 0 or not all(p.is_file() for p in outputs.values()):
         raise ConversionError(f"{onnx_path.name}: onnx2tf failed ({_last_error(log_path)}); full log: {log_path}")
-    for key, report in (("fallback", FALLBACK_REPORT), ("ranges", RANGES_REPORT), ("tail", TAIL_REPORT)):
+    for key, report in (("fallback", FALLBACK_REPORT), ("ranges", RANGES_REPORT), ("tail", TAIL_REPORT),
+                        ("parity", PARITY_REPORT)):
         if (work / "tf" / report).is_file():
             outputs[key] = work / "tf" / report
     final = {}
@@ -210,7 +217,7 @@ def conversion_step(plan, target, int8: bool) -> dict:
                                  ranges=None if ranges is None else CalibrationRanges.load(plan.path(ranges, "ranges")),
                                  float_tail=float_tail, detect=plan.decoder if fallback is not None else None)
         reports = {}
-        for key in ("fallback", "ranges", "tail"):  # what the int8 step reports goes into the record, not beside the models
+        for key in ("fallback", "ranges", "tail", "parity"):  # the job's reports: into the record, not beside the files
             if key in outputs:
                 report = outputs.pop(key)
                 reports[key] = json.loads(report.read_text())
@@ -218,7 +225,8 @@ def conversion_step(plan, target, int8: bool) -> dict:
         names = plan.model_record["data"].get("output_names")
         shapes = onnx_output_shapes(plan.path(model, onnx_key))
         record = {"files": {k: p.name for k, p in outputs.items()},
-                  "io": {k: tflite_io(p, names, shapes) for k, p in outputs.items()}}
+                  "io": {k: tflite_io(p, names, shapes) for k, p in outputs.items()},
+                  "float_parity": reports["parity"]}
         if not serves_int8:
             return record
         weights, kept = plan.weights_note(model, int8_constants(outputs["int8"]), "tflite")
