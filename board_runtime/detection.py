@@ -184,16 +184,19 @@ def _class_scores(scores: np.ndarray, options: dict) -> np.ndarray:
 
 
 def decode_boxes_scores(outputs: list[np.ndarray], input_hw: tuple[int, int], options: dict):
-    """Boxes (N, 4) and scores (N, C) in two outputs: the built-in detector's, and exporters' with decoding in
-    the graph (boxes and scores apart, so that neither shares the other's int8 scale)."""
+    """Boxes (N, 4) and scores (N, C) in two outputs (with ``anchors_last``, [4, N] and [C, N]): the built-in
+    detector's, exporters' with decoding in the graph, and a split YOLO head's (boxes and scores apart, so that neither
+    shares the other's int8 scale)."""
     boxes, scores = outputs
+    if options["anchors_last"]:  # boxes [4, N] and scores [C, N], as a split YOLO head gives them
+        boxes, scores = boxes.reshape(4, -1).T, scores.reshape(len(scores), -1).T
     boxes = _normalise(_xyxy(boxes.reshape(-1, 4), options["box_format"]), input_hw, options["normalised"])
     return boxes, _class_scores(scores.reshape(len(boxes), -1), options)
 
 
 register_decoder(Decoder(
     "boxes-scores", decode_boxes_scores, ("boxes", "scores"),
-    {"box_format": "xyxy", "normalised": True, "score_activation": "none", "background": False},
+    {"box_format": "xyxy", "normalised": True, "score_activation": "none", "background": False, "anchors_last": False},
 ))
 
 
@@ -215,6 +218,27 @@ register_decoder(Decoder(
     "yolo", decode_yolo, ("head",),
     {"objectness": False, "normalised": False, "score_activation": "none", "rows_are_boxes": False},
 ))
+
+
+def decode_yolo_end2end(outputs: list[np.ndarray], input_hw: tuple[int, int], options: dict):
+    """Detections already decoded and suppressed in the graph, one per row [N, 6]: x1, y1, x2, y2 (in input pixels
+    unless ``normalised``), score, class index (Ultralytics' ``nms=True`` exports, YOLOv10's and YOLO26's end-to-end
+    heads). Each row scores its own class only; ``num_classes`` (the model's) else the highest index seen + 1."""
+    [rows] = outputs
+    rows = rows.reshape(-1, rows.shape[-1])
+    if rows.shape[1] < 6:
+        raise ValueError(f"expected rows of x1, y1, x2, y2, score, class; got {rows.shape[1]} columns")
+    classes = np.clip(rows[:, 5], 0, None).astype(np.int64)
+    count = options["num_classes"] or int(classes.max(initial=-1)) + 1
+    if len(classes) and classes.max() >= count:
+        raise ValueError(f"class index {int(classes.max())} for a model of {count} classes")
+    scores = np.zeros((len(rows), count), np.float32)
+    scores[np.arange(len(rows)), classes] = rows[:, 4]
+    return _normalise(rows[:, :4], input_hw, options["normalised"]), scores
+
+
+register_decoder(Decoder("yolo-end2end", decode_yolo_end2end, ("detections",),
+                         {"normalised": False, "num_classes": None}))
 
 
 def ssd_anchors(input_hw: tuple[int, int], levels: list[dict]) -> np.ndarray:

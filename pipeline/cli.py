@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from board_runtime.detection import DECODERS
+
 from .allocator import jemalloc_environment
 from .compress.options import LATENCY_SOURCES
 from .config import STAGES, build_config
@@ -42,9 +44,10 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
                         "file, or a compressed student's .json")
     add("--weights", help="state_dict checkpoint for a built-in or factory model")
     add("--task", choices=["classify", "detect"],
-        help="what the model's outputs mean (default: the built-in model's own, else classify)")
-    add("--decoder", help="a detector's decoder: boxes-scores, yolo, ssd, grid or package.module:function (its options "
-                          "go in the configuration's detect: section)")
+        help="what the model's outputs mean (default: what the model file says (Ultralytics' metadata), else the "
+             "built-in model's own, else classify)")
+    add("--decoder", help=f"a detector's decoder: {', '.join(DECODERS)} or package.module:function (its options go in "
+                          "the configuration's detect: section; default: what the model file says)")
     add("--image-size", help="H,W: the size detection images are letterboxed to (default: the model's input)")
     add("--data", help="directory of IDX files, image-folder tree, or .npz with x/y (default: Fashion-MNIST)")
     add("--out", help="run directory (default: out)")

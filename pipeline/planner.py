@@ -32,28 +32,38 @@ class Planner:
 
     # ---- what steps read ------------------------------------------------------------------------
     @cached_property
+    def card(self):
+        """What the model file says about itself (``sources.model_card.ModelCard``), or None."""
+        return self.source.row.card(self.source)
+
+    @cached_property
     def carried_preprocessing(self):
         """The preprocessing the model carries (and where from), or None; the user's options take precedence."""
-        return self.source.row.preprocessing(self.source)
+        own = self.source.row.preprocessing(self.source)
+        if own is None and self.card is not None and self.card.preprocess is not None:
+            return self.card.preprocess, self.card.origin
+        return own
 
     @cached_property
     def task(self) -> Task:
-        """The configuration's task, else the built-in model's, else classify."""
+        """The configuration's task, else the model file's card's, else the built-in model's, else classify."""
         from .nets import BUILTIN_TASKS
 
-        return self.config.task or Task(BUILTIN_TASKS.get(self.config.model, Task.CLASSIFY))
+        carried = self.card.task if self.card is not None else None
+        return self.config.task or Task(carried or BUILTIN_TASKS.get(self.config.model, Task.CLASSIFY))
 
     @cached_property
     def decoder(self) -> dict | None:
-        """A detector's decoder options (``board_runtime.detection``), the configuration's or the built-in model's;
-        None for a classifier."""
+        """A detector's decoder options (``board_runtime.detection``): the configuration's, the model file's card's or
+        the built-in model's; None for a classifier."""
         if self.task is not Task.DETECT:
             return None
         from board_runtime.detection import check_options
 
         from .nets import BUILTIN_DECODERS
 
-        decoder = self.config.detect or BUILTIN_DECODERS.get(self.config.model)
+        carried = self.card.decoder if self.card is not None else None
+        decoder = self.config.detect or carried or BUILTIN_DECODERS.get(self.config.model)
         if decoder is None:
             raise ConfigError(f"{self.config.model}: a detector needs its decoder: give 'detect: {{decoder: NAME, ...}}'"
                               " in the configuration or --decoder NAME")
@@ -82,7 +92,8 @@ class Planner:
             from .data.detection import load_detection
 
             return load_detection(self.config.data, self.config.image_size or (
-                tuple(self.config.input_shape[2:]) if self.config.input_shape else self.source.row.input_hw(self.source)))
+                tuple(self.config.input_shape[2:]) if self.config.input_shape else None) or (
+                self.card.image_hw if self.card is not None else None) or self.source.row.input_hw(self.source))
         own = self.carried_preprocessing[0] if self.carried_preprocessing else PreprocessOptions()
         recipe = recipe_of(self.config.preprocess, own)
         data = load_dataset(self.config.data, self.config.image_size, recipe["resize"], recipe["crop"],

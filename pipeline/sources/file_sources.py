@@ -25,9 +25,15 @@ def _tflite_input_hw(source: ModelSource) -> tuple[int, int] | None:
     return _static_hw(shape[1:3] if len(shape) == 4 and shape[3] in (1, 3) else shape[2:])
 
 
+def _onnx_card(source: ModelSource):
+    from .model_card import onnx_card
+
+    return onnx_card(Path(source.model))
+
+
 register_source(SourceKind("onnx", lambda model: model.endswith(".onnx"), not_a_module("an ONNX file"),
                            usage="an ONNX (.onnx) file", reference_kind="onnx-fp32", framework="onnx",
-                           input_hw=_onnx_input_hw))
+                           input_hw=_onnx_input_hw, card=_onnx_card))
 register_source(SourceKind("tflite", lambda model: model.endswith(".tflite"), not_a_module("a TensorFlow Lite file"),
                            usage="a TensorFlow Lite (.tflite) file", reference_kind="tflite-fp32", framework="tflite",
                            derives=False, input_hw=_tflite_input_hw))

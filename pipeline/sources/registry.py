@@ -50,6 +50,9 @@ class SourceKind:
     # The static (H, W) of a model file's image input, or None: what a detector's images are letterboxed to when the
     # configuration gives no size.
     input_hw: Callable[[ModelSource], tuple[int, int] | None] = lambda source: None
+    # What a model file says about itself (``model_card.ModelCard``: task, decoder, classes, input size,
+    # preprocessing), or None; the configuration takes precedence.
+    card: Callable[[ModelSource], Any | None] = lambda source: None
 
 
 SOURCES: dict[str, SourceKind] = {}

@@ -92,19 +92,24 @@ def file_input_shape(plan, declared: list[int | None]) -> tuple[int, ...]:
 
 def _preprocess_and_classes(plan, channels: int, num_outputs: int | None) -> dict:
     """The preprocessing (None for a file benchmarked alone that was given none) and the class names: the data's,
-    else the labels file's, else the output indices."""
+    else the labels file's, else the model file's own (its card), else the data's class indices or the output
+    indices."""
     config, data = plan.config, plan.data
     given = config.preprocess.normalisation_given or plan.carried_preprocessing
     preprocess = resolve(config.preprocess, plan.carried_preprocessing, channels, data and data.train, config.model) \
         if data or given else None
-    if data:
+    carried = plan.card.classes if plan.card is not None else None
+    named = data and data.classes and any(c != str(i) for i, c in enumerate(data.classes))
+    if named:
         classes = data.classes
     elif config.labels:
         classes = read_labels(config.labels)
         if num_outputs is not None and len(classes) != num_outputs:
             raise DataError(f"{config.labels}: {len(classes)} labels for a model with {num_outputs} outputs")
+    elif carried and len(carried) >= len(data.classes if data else ()) and num_outputs in (None, len(carried)):
+        classes = carried
     else:
-        classes = tuple(str(i) for i in range(num_outputs or 0))
+        classes = data.classes if data and data.classes else tuple(str(i) for i in range(num_outputs or 0))
     return {"preprocess": preprocess.to_dict() if preprocess else None, "classes": list(classes)}
 
 
@@ -117,6 +122,13 @@ def _onnx_model(plan, tmp: Path, fingerprint: str) -> dict:
     detector = plan.task is Task.DETECT
     shape = file_input_shape(plan, onnxmodel.declared_shape(Path(config.model), detector))
     onnxmodel.fix_and_fold(Path(config.model), shape, tmp / "model.onnx", detector)
+    if detector and plan.card is not None and plan.card.split_head and config.detect is None:
+        from ..detection.dense_head import split_dense_head
+
+        try:
+            split_dense_head(tmp / "model.onnx", tuple(shape[2:]))
+        except ValueError as exc:
+            raise ModelError(f"{config.model}: {plan.card.origin} describes a dense YOLO head, but {exc}") from exc
     params, flops = onnxmodel.count(tmp / "model.onnx")
     made = {"files": {"onnx": "model.onnx"}, "input_shape": list(shape), "training": None, "params": params,
             "flops": flops}

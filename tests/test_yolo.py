@@ -1,0 +1,116 @@
+"""Ultralytics YOLO files as users bring them: a real YOLOv8n (NudeNet's, from its wheel) read with its own metadata
+(task, class names, input size, preprocessing) and decoded on a real photo, whole and with its head split into boxes
+and scores; an end-to-end head's rows decoded as the dense head's; and the YOLOv8n through the pipeline for a Raspberry
+Pi 4 with nothing but the file and a folder of photos."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from board_runtime.detection import box_iou, candidates, check_options, postprocess
+from board_runtime.imaging import letterbox, unletterbox
+from pipeline.cli import main
+from pipeline.detection.dense_head import SPLIT_DECODER, split_dense_head
+from pipeline.formats.onnx_fp32 import export_onnx
+from pipeline.onnxmodel import fix_and_fold
+from pipeline.sources.model_card import onnx_card
+from tests.test_detection import ASTRONAUT_FACE
+from tests.wheels import wheel_file
+from tests.yolo_layout import yolo_layout
+
+
+@pytest.fixture(scope="module")
+def yolov8n(tmp_path_factory):
+    return wheel_file("yolov8n", tmp_path_factory.mktemp("nudenet"))
+
+
+def _astronaut(size: tuple[int, int]) -> np.ndarray:
+    """The astronaut photo letterboxed to ``size``, NCHW in [0, 1] as Ultralytics feeds it."""
+    from skimage import data as skimage_data
+
+    image = letterbox(Image.fromarray(skimage_data.astronaut()), size, Image.BILINEAR)
+    return (np.asarray(image, np.float32) / 255).transpose(2, 0, 1)[None].copy()
+
+
+def test_ultralytics_metadata_is_read_as_the_models_card(yolov8n):
+    card = onnx_card(yolov8n)
+    assert card.task == "detect" and card.image_hw == (320, 320) and card.preprocess.preset == "unit"
+    assert len(card.classes) == 18 and card.classes[1] == "FACE_FEMALE"
+    assert card.split_head and card.decoder == SPLIT_DECODER  # its dense head is split into boxes and scores
+
+
+def test_a_real_yolov8n_finds_the_astronauts_face_whole_and_split(yolov8n, tmp_path):
+    """NudeNet's YOLOv8n on the astronaut photo: its one output read by the ``yolo`` decoder finds her face
+    (FACE_FEMALE); split into boxes (normalised) and scores it gives the same detections through ``boxes-scores``."""
+    x = _astronaut((320, 320))
+    outputs = ort.InferenceSession(str(yolov8n), providers=["CPUExecutionProvider"]).run(None, {"images": x})
+    assert outputs[0].shape == (1, 4 + 18, 2100)
+    whole = postprocess(outputs, (320, 320), check_options({"decoder": "yolo"}))
+    found = whole.above(0.25)
+    assert found.classes[0] == 1 and found.scores[0] > 0.5
+    face = unletterbox(found.boxes[:1], 512, 512, (320, 320)).astype(np.float64)
+    assert box_iou(face, np.asarray([ASTRONAUT_FACE], np.float64))[0, 0] > 0.5
+
+    fix_and_fold(yolov8n, (1, 3, 320, 320), tmp_path / "model.onnx", detector=True)
+    split_dense_head(tmp_path / "model.onnx", (320, 320))
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["boxes", "scores"]
+    boxes, scores = session.run(None, {"input": x})
+    assert boxes.shape == (1, 4, 2100) and scores.shape == (1, 18, 2100) and 0 <= boxes.min() and boxes.max() <= 1.1
+    split = postprocess([boxes, scores], (320, 320), check_options(SPLIT_DECODER))
+    assert np.array_equal(split.classes, whole.classes)
+    np.testing.assert_allclose(split.boxes, whole.boxes, atol=1e-5)
+    np.testing.assert_allclose(split.scores, whole.scores, atol=1e-5)
+
+
+def test_an_end_to_end_heads_rows_decode_as_the_dense_heads_boxes_and_scores(tmp_path):
+    """The Ultralytics-layout detector and the same weights with an end-to-end head ([1, 50, 6] rows, its card read
+    from Ultralytics' metadata): every row is one of the dense head's candidates, with its box and its class's score."""
+    size = (160, 160)
+    export_onnx(yolo_layout(3), (1, 3, *size), tmp_path / "dense.onnx", 17, ["output0"])
+    export_onnx(yolo_layout(3, end2end=50), (1, 3, *size), tmp_path / "end2end.onnx", 17, ["output0"])
+    model = onnx.load(str(tmp_path / "end2end.onnx"))
+    onnx.helper.set_model_props(model, {"author": "Ultralytics", "task": "detect", "end2end": "True",
+                                        "names": "{0: 'a', 1: 'b', 2: 'c'}", "imgsz": "[160, 160]"})
+    onnx.save(model, str(tmp_path / "end2end.onnx"))
+    card = onnx_card(tmp_path / "end2end.onnx")
+    assert card.decoder == {"decoder": "yolo-end2end", "num_classes": 3} and card.classes == ("a", "b", "c")
+    x = _astronaut(size)
+    run = lambda name: ort.InferenceSession(str(tmp_path / name)).run(None, {"input": x})  # noqa: E731
+    rows = run("end2end.onnx")
+    assert rows[0].shape == (1, 50, 6)
+    boxes, scores = candidates(rows, size, check_options(card.decoder))
+    dense_boxes, dense_scores = candidates(run("dense.onnx"), size, check_options({"decoder": "yolo"}))
+    for box, row in zip(boxes, scores):
+        cls = int(np.argmax(row))
+        match = np.abs(dense_boxes - box).max(axis=1).argmin()
+        assert np.abs(dense_boxes[match] - box).max() < 1e-4 and dense_scores[match, cls] == pytest.approx(row[cls])
+    top = int(rows[0][0, :, 5].max())
+    with pytest.raises(ValueError, match=f"class index {top} for a model of {top} classes"):
+        candidates(rows, size, check_options({**card.decoder, "num_classes": top}))
+
+
+@pytest.mark.slow
+def test_a_yolov8n_file_and_a_folder_of_photos_are_all_a_run_needs(yolov8n, photo_folder, tmp_path, capsys):
+    """No configuration: the task, decoder, class names, input size and preprocessing come from the file's
+    Ultralytics metadata; every float TFLite file was checked against the ONNX model when it was made, and every
+    artifact finds the float model's boxes."""
+    out = tmp_path / "run"
+    code = main(["run", "--model", str(yolov8n), "--data", str(photo_folder), "--target", "raspberry-pi-4",
+                 "--out", str(out), "--calibration-samples", "8", "--tuning-steps", "10", "--bench-runs", "10",
+                 "--bench-repeats", "1"])
+    assert code == 0, capsys.readouterr().err
+    model = json.loads((out / ".state" / "model.json").read_text())["data"]
+    assert model["task"] == "detect" and model["decoder"] == check_options(SPLIT_DECODER)
+    assert model["output_names"] == ["boxes", "scores"] and model["input_shape"] == [1, 3, 320, 320]
+    assert model["classes"][1] == "FACE_FEMALE" and model["preprocess"]["letterbox"] == [320, 320]
+    conversion = json.loads(next((out / ".state").glob("*convert-*-float.json")).read_text())["data"]
+    assert conversion["float_parity"]["failure"] is None and conversion["float_parity"]["fp32"][0]["error"] < 1e-3
+    rows = {r["kind"]: r for r in json.loads((out / "raspberry-pi-4" / "report.json").read_text())["rows"]}
+    assert rows["tflite-fp32"]["reference_map50"] >= 99.9 and rows["tflite-fp16"]["reference_map50"] >= 99
+    assert rows["tflite-int8"]["reference_map50"] >= 90 and rows["onnx-int8"]["reference_map50"] >= 90
