@@ -7,7 +7,8 @@ TARGET ?= raspberry-pi-4
 
 .PHONY: demo test check setup data openssh emulation jemalloc wheels clean
 
-demo: setup
+# The demo needs the venv, the data and jemalloc only: the sshd, the emulated board and the wheels are the tests'.
+demo: data jemalloc $(VENV)/.installed
 	$(VENV)/bin/pipeline run --target $(TARGET)
 
 test: setup

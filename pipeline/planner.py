@@ -69,6 +69,18 @@ class Planner:
                               " in the configuration or --decoder NAME")
         return check_options(decoder)
 
+    @cached_property
+    def budget(self):
+        """The budget the model is compressed to and judged against: the user's; for a built-in network its unset
+        limits filled with the strictest of the targets' profiles (sized for the built-in networks, not for a user's
+        model)."""
+        budget = self.config.compress.budget
+        if not self.source.row.profile_budgets:
+            return budget
+        flops = [t.budgets.max_flops for t in self.targets if t.budgets.max_flops]
+        params = [t.budgets.max_params for t in self.targets if t.budgets.max_params]
+        return budget.with_defaults(min(flops, default=None), min(params, default=None))
+
     def fallback_tolerance(self, target: TargetProfile) -> float:
         """The points of agreement with the float model the int8 fallback lets an int8 model lose on the calibration
         samples: top-1 points for a classifier, mAP50 against the float model's boxes for a detector."""

@@ -53,6 +53,9 @@ class SourceKind:
     # What a model file says about itself (``model_card.ModelCard``: task, decoder, classes, input size,
     # preprocessing), or None; the configuration takes precedence.
     card: Callable[[ModelSource], Any | None] = lambda source: None
+    # The target profiles' FLOPs, parameter and model-size budgets apply to it by default: they are sized for the
+    # built-in networks; a user's model is judged against the budget the user gives.
+    profile_budgets: bool = False
 
 
 SOURCES: dict[str, SourceKind] = {}

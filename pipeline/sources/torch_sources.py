@@ -63,7 +63,7 @@ register_source(SourceKind(
     "builtin", lambda model: model in BUILTINS,
     lambda source, channels, classes: _with_weights(BUILTINS[source.model](in_channels=channels, num_classes=classes),
                                                     source),
-    usage=f"a built-in name ({', '.join(list_builtins())})", trainable=True, keeps_weights=True,
+    usage=f"a built-in name ({', '.join(list_builtins())})", trainable=True, keeps_weights=True, profile_budgets=True,
     preprocessing=lambda source: (PreprocessOptions(preset=DATASET),
                                   "statistics of the training images (the built-in nets are trained on them)"),
 ))

@@ -210,25 +210,21 @@ def compress_skip(plan) -> str | None:
     if plan.task is Task.DETECT and not any(v is not None for v in asdict(plan.config.compress.budget).values()):
         return ("a detector is compressed only to a budget given for it (--max-flops, --flops-ratio, ...; the boards' "
                 "own do not start it yet): its distillation fine-tuning is new, not yet measured against the teacher")
+    if not any(v is not None for v in asdict(plan.budget).values()):
+        return (f"no budget was given for {plan.config.model} (--max-flops, --max-params, --flops-ratio, --params-ratio "
+                "or --max-latency-ms; the boards' profiles budget the built-in networks only)")
     data = plan.model_record["data"]
-    max_flops, max_params = compress_budget(plan).limits(data["flops"], data["params"])
+    max_flops, max_params = plan.budget.limits(data["flops"], data["params"])
     if data["flops"] <= (max_flops or data["flops"]) and data["params"] <= (max_params or data["params"]):
         return f"the model already fits the budget (FLOPs <= {max_flops or 'any'}, parameters <= {max_params or 'any'})"
     return None
-
-
-def compress_budget(plan):
-    """The user's budget, its unset limits filled with the strictest of the targets' profiles."""
-    flops = [t.budgets.max_flops for t in plan.targets if t.budgets.max_flops]
-    params = [t.budgets.max_params for t in plan.targets if t.budgets.max_params]
-    return plan.config.compress.budget.with_defaults(min(flops, default=None), min(params, default=None))
 
 
 def compress_step(plan) -> dict:
     """The student found by block-wise distillation under the strictest budget of the run's targets; a latency budget
     is the first target's, weighed with the latency table of ``compress.latency_from`` (``stages.latency``)."""
     options = plan.config.compress
-    budget = compress_budget(plan)
+    budget = plan.budget
     model_record = plan.model_record
 
     def produce(tmp: Path, resume_dir: Path) -> dict:

@@ -322,18 +322,28 @@ figure{{display:inline-block;margin:1em}}</style></head><body>
     return ["report.md", "report.json", "report.html", *pngs]
 
 
-def budget_text(target, data: dict) -> str:
-    b = target.budgets
+def budget_text(plan, target, data: dict) -> str:
+    """The budget the model is judged against: the profile's for a built-in network, else the user's (the profiles'
+    are sized for the built-in networks)."""
+    if plan.source.row.profile_budgets:
+        max_flops, max_params, max_size = target.budgets.max_flops, target.budgets.max_params, \
+            target.budgets.max_model_size_mb
+    else:
+        teacher = data.get("teacher") or data
+        (max_flops, max_params), max_size = plan.budget.limits(teacher["flops"], teacher["params"]), None
     parts = []
-    if b.max_flops:
-        parts.append(f"FLOPs {data['flops'] / 1e6:.1f}M of {b.max_flops / 1e6:.0f}M "
-                     f"({'within' if data['flops'] <= b.max_flops else 'OVER'})")
-    if b.max_params:
-        parts.append(f"parameters {data['params'] / 1e3:.0f}k of {b.max_params / 1e3:.0f}k "
-                     f"({'within' if data['params'] <= b.max_params else 'OVER'})")
-    if b.max_model_size_mb:
-        parts.append(f"model size at most {b.max_model_size_mb:g} MiB per artifact")
-    return "; ".join(parts) or "none"
+    if max_flops:
+        parts.append(f"FLOPs {data['flops'] / 1e6:.1f}M of {max_flops / 1e6:.0f}M "
+                     f"({'within' if data['flops'] <= max_flops else 'OVER'})")
+    if max_params:
+        parts.append(f"parameters {data['params'] / 1e3:.0f}k of {max_params / 1e3:.0f}k "
+                     f"({'within' if data['params'] <= max_params else 'OVER'})")
+    if max_size:
+        parts.append(f"model size at most {max_size:g} MiB per artifact")
+    if parts or plan.source.row.profile_budgets:
+        return "; ".join(parts) or "none"
+    return ("none set for this model (the board's profile budgets the built-in networks; --max-flops, --max-params "
+            "set one)")
 
 
 def estimates(target, rows: list[dict], flops: int, onnx_path: Path) -> list[dict]:
@@ -362,7 +372,7 @@ def report_step(plan, target, built: list, evaluation: dict, benched: dict, comp
         from .bundle import tool_versions
 
         rows = merge_rows(evaluation["data"]["evaluations"], benched["data"]["results"],
-                          target.budgets.max_model_size_mb)
+                          target.budgets.max_model_size_mb if plan.source.row.profile_budgets else None)
         details = plan.model_record["files"].get("report")
         content = {
             "target": target.to_dict(), "rows": rows,
@@ -372,7 +382,7 @@ def report_step(plan, target, built: list, evaluation: dict, benched: dict, comp
                       "input_shape": data["input_shape"], "teacher": data.get("teacher"),
                       "compression_details": os.path.relpath((plan.out / details).with_suffix(".md"), target_dir)
                       if details else None},
-            "budget_text": budget_text(target, data), "preprocess": data["preprocess"],
+            "budget_text": budget_text(plan, target, data), "preprocess": data["preprocess"],
             "flop_counter": FLOP_COUNTERS[plan.source.row.framework],
             "dataset": data["dataset"], "export_parity": export["data"]["parity_max_abs"] if export else None,
             "calibration": {a.kind: a.calibration for a, _ in built if a.calibration},
