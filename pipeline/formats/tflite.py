@@ -66,8 +66,8 @@ def convert_tflite(
     ops of the int8 model may be kept in float until it is within that many top-1 points of the float model (with a
     detector's decoder options ``detect``: mAP50 points against its boxes) on the calibration samples from
     ``fallback_from`` on; "fallback" -> what was tried (JSON) is then returned too. The float models are compared
-    with ``onnx_path`` before any int8 model is made (``float_parity``; "parity" -> the figures, JSON): a file that does
-    not reproduce it is a ConversionError naming the output, the channel and the first diverging op."""
+    with ``onnx_path`` before any int8 model is made (``float_parity``; the figures in ``out_dir / PARITY_REPORT``): a
+    file that does not reproduce it is a ConversionError naming the output, the channel and the first diverging op."""
     out_dir = out_dir.resolve()  # onnx2tf runs in its own working directory
     work = out_dir / "onnx2tf"
     work.mkdir(parents=True, exist_ok=True)
@@ -126,8 +126,9 @@ def convert_tflite(
             check_builtin_only(f"{onnx_path.name} as tflite-{key}", read_tflite(path))
     if code != 0 or not all(p.is_file() for p in outputs.values()):
         raise ConversionError(f"{onnx_path.name}: onnx2tf failed ({_last_error(log_path)}); full log: {log_path}")
-    for key, report in (("fallback", FALLBACK_REPORT), ("ranges", RANGES_REPORT), ("tail", TAIL_REPORT),
-                        ("parity", PARITY_REPORT)):
+    if parity is not None:  # beside the models, not among them: every value returned is a file the caller may read
+        os.replace(parity_report, out_dir / PARITY_REPORT)
+    for key, report in (("fallback", FALLBACK_REPORT), ("ranges", RANGES_REPORT), ("tail", TAIL_REPORT)):
         if (work / "tf" / report).is_file():
             outputs[key] = work / "tf" / report
     final = {}
@@ -217,11 +218,14 @@ def conversion_step(plan, target, int8: bool) -> dict:
                                  ranges=None if ranges is None else CalibrationRanges.load(plan.path(ranges, "ranges")),
                                  float_tail=float_tail, detect=plan.decoder if fallback is not None else None)
         reports = {}
-        for key in ("fallback", "ranges", "tail", "parity"):  # the job's reports: into the record, not beside the files
+        for key in ("fallback", "ranges", "tail"):  # the job's reports: into the record, not beside the models
             if key in outputs:
                 report = outputs.pop(key)
                 reports[key] = json.loads(report.read_text())
                 report.unlink()
+        parity = tmp / PARITY_REPORT
+        reports["parity"] = json.loads(parity.read_text())
+        parity.unlink()
         names = plan.model_record["data"].get("output_names")
         shapes = onnx_output_shapes(plan.path(model, onnx_key))
         record = {"files": {k: p.name for k, p in outputs.items()},
