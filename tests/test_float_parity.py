@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import asdict
@@ -71,46 +70,29 @@ def test_the_ultralytics_layout_at_640_converts_to_files_that_reproduce_it(ultra
 SMALL = (160, 160)
 
 
-@pytest.fixture(scope="module")
-def small_layout(tmp_path_factory):
-    """The layout with 3 classes at 160 x 160 as ONNX, its float TFLite files, and the ONNX export of the same
-    detector with its last level's class-score convolution moved (its bias +3)."""
-    folder = tmp_path_factory.mktemp("small-yolo-layout")
-    export_onnx(yolo_layout(3), (1, 3, *SMALL), folder / "model.onnx", 17, ["output0"])
+@pytest.mark.slow
+def test_the_conversion_job_names_where_float_files_miss_and_makes_no_int8_model(tmp_path):
+    """The conversion job (the child process ``convert_tflite`` starts) compares onnx2tf's float files with the ONNX
+    model as given before it quantizes. Given as that model the same detector with its last level's class-score
+    convolution moved (its bias +3), it names a class-score row of the output and that convolution, and writes no
+    int8 model."""
+    export_onnx(yolo_layout(3), (1, 3, *SMALL), tmp_path / "model.onnx", 17, ["output0"])
     moved = yolo_layout(3)
     with torch.no_grad():
         moved.cls[2][2].bias += 3.0
-    export_onnx(moved, (1, 3, *SMALL), folder / "moved.onnx", 17, ["output0"])
+    export_onnx(moved, (1, 3, *SMALL), tmp_path / "moved.onnx", 17, ["output0"])
     images = _photos(SMALL)
-    return folder, images, _convert(folder / "model.onnx", images, folder / "tflite")
-
-
-@pytest.mark.slow
-def test_a_file_that_does_not_reproduce_its_onnx_model_names_the_output_channel_and_op(small_layout):
-    """The detector's files against the moved one's ONNX: the check names a class-score row and that convolution."""
-    folder, images, files = small_layout
-    report = check_float_files(folder / "moved.onnx", {"fp32": files["fp32"]}, images.transpose(0, 3, 1, 2), True)
-    assert report["failure"].startswith("tflite-fp32 does not reproduce the ONNX model: output 'output0' channel ")
-    assert 4 <= report["fp32"][0]["channel"] < 7  # a class score, not a box coordinate
-    assert report["failure"].endswith("first diverging op: Conv '/cls.2/cls.2.2/Conv'")
-
-
-@pytest.mark.slow
-def test_the_conversion_job_makes_no_int8_model_from_float_files_that_miss(small_layout, tmp_path):
-    """The conversion job (the child process ``convert_tflite`` starts) compares onnx2tf's float files with the ONNX
-    model as given before it quantizes: given the moved detector as that model, it reports the miss and writes no
-    int8 model."""
-    folder, images, _ = small_layout
-    shutil.copyfile(folder / "model.onnx", tmp_path / "model.onnx")
     np.save(tmp_path / "calibration.npy", images)
     write_onnx2tf_sample(images, tmp_path)
     job = TFLiteJob(onnx_path=str(tmp_path / "model.onnx"), output_dir=str(tmp_path / "tf"),
                     calibration_npy=str(tmp_path / "calibration.npy"), channels=3, quant_type="per-channel",
-                    io_dtype="float32", keep_nchw=False, reference_onnx=str(folder / "moved.onnx"))
+                    io_dtype="float32", keep_nchw=False, reference_onnx=str(tmp_path / "moved.onnx"))
     (tmp_path / "job.json").write_text(json.dumps(asdict(job)))
     subprocess.run([sys.executable, "-m", "pipeline.formats.onnx2tf_job", str(tmp_path / "job.json")], cwd=tmp_path,
                    env={**os.environ, "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])},
                    check=True, capture_output=True)
     report = json.loads((tmp_path / "tf" / PARITY_REPORT).read_text())
+    assert report["failure"].startswith("tflite-fp32 does not reproduce the ONNX model: output 'output0' channel ")
+    assert 4 <= report["fp32"][0]["channel"] < 7  # a class score, not a box coordinate
     assert report["failure"].endswith("first diverging op: Conv '/cls.2/cls.2.2/Conv'")
     assert (tmp_path / "tf" / "model_float32.tflite").is_file() and not (tmp_path / "tf" / INT8_MODEL).exists()

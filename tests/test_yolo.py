@@ -117,8 +117,8 @@ def test_a_yolov8n_file_and_a_folder_of_photos_are_all_a_run_needs(yolov8n, face
     did not set."""
     out = tmp_path / "run"
     code = main(["run", "--model", str(yolov8n), "--data", str(face_photos), "--target", "raspberry-pi-4",
-                 "--out", str(out), "--calibration-samples", "8", "--weight-rounding", "nearest", "--bench-runs", "10",
-                 "--bench-repeats", "1"])
+                 "--out", str(out), "--calibration-samples", "8", "--calibration-method", "minmax", "--weight-rounding",
+                 "nearest", "--bench-runs", "10", "--bench-repeats", "1"])
     assert code == 0, capsys.readouterr().err
     model = json.loads((out / ".state" / "model.json").read_text())["data"]
     assert model["task"] == "detect" and model["decoder"] == check_options(SPLIT_DECODER)
