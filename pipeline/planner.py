@@ -33,14 +33,17 @@ class Planner:
     # ---- what steps read ------------------------------------------------------------------------
     @cached_property
     def card(self):
-        """What the model file says about itself (``sources.model_card.ModelCard``), or None."""
-        return self.source.row.card(self.source)
+        """What the model file says about itself (``sources.model_card.ModelCard``; ``NO_CARD``, all None, where
+        nothing)."""
+        from .sources.model_card import NO_CARD
+
+        return self.source.row.card(self.source) or NO_CARD
 
     @cached_property
     def carried_preprocessing(self):
         """The preprocessing the model carries (and where from), or None; the user's options take precedence."""
         own = self.source.row.preprocessing(self.source)
-        if own is None and self.card is not None and self.card.preprocess is not None:
+        if own is None and self.card.preprocess is not None:
             return self.card.preprocess, self.card.origin
         return own
 
@@ -49,8 +52,7 @@ class Planner:
         """The configuration's task, else the model file's card's, else the built-in model's, else classify."""
         from .nets import BUILTIN_TASKS
 
-        carried = self.card.task if self.card is not None else None
-        return self.config.task or Task(carried or BUILTIN_TASKS.get(self.config.model, Task.CLASSIFY))
+        return self.config.task or Task(self.card.task or BUILTIN_TASKS.get(self.config.model, Task.CLASSIFY))
 
     @cached_property
     def decoder(self) -> dict | None:
@@ -62,8 +64,7 @@ class Planner:
 
         from .nets import BUILTIN_DECODERS
 
-        carried = self.card.decoder if self.card is not None else None
-        decoder = self.config.detect or carried or BUILTIN_DECODERS.get(self.config.model)
+        decoder = self.config.detect or self.card.decoder or BUILTIN_DECODERS.get(self.config.model)
         if decoder is None:
             raise ConfigError(f"{self.config.model}: a detector needs its decoder: give 'detect: {{decoder: NAME, ...}}'"
                               " in the configuration or --decoder NAME")
@@ -104,8 +105,8 @@ class Planner:
             from .data.detection import load_detection
 
             return load_detection(self.config.data, self.config.image_size or (
-                tuple(self.config.input_shape[2:]) if self.config.input_shape else None) or (
-                self.card.image_hw if self.card is not None else None) or self.source.row.input_hw(self.source))
+                tuple(self.config.input_shape[2:]) if self.config.input_shape else None) or self.card.image_hw
+                or self.source.row.input_hw(self.source))
         own = self.carried_preprocessing[0] if self.carried_preprocessing else PreprocessOptions()
         recipe = recipe_of(self.config.preprocess, own)
         data = load_dataset(self.config.data, self.config.image_size, recipe["resize"], recipe["crop"],

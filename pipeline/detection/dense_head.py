@@ -16,9 +16,9 @@ BOXES, SCORES = "boxes", "scores"
 SPLIT_DECODER = {"decoder": "boxes-scores", "box_format": "cxcywh", "normalised": True, "anchors_last": True}
 
 
-def dense_head_parts(model) -> tuple[str, str] | None:
-    """The box and score tensors a dense head concatenates into the graph's one output (a Concat on axis 1 whose
-    second input is a Sigmoid's), or None for any other graph."""
+def dense_head_concat(model):
+    """The Concat on axis 1 that writes the graph's one output from the boxes and a Sigmoid's scores (a dense head's
+    last op), or None for any other graph."""
     if len(model.graph.output) != 1:
         return None
     producers = {out: node for node in model.graph.node for out in node.output}
@@ -27,9 +27,7 @@ def dense_head_parts(model) -> tuple[str, str] | None:
         return None
     axis = next((a.i for a in concat.attribute if a.name == "axis"), None)
     scores = producers.get(concat.input[1])
-    if axis not in (1, -2) or scores is None or scores.op_type != "Sigmoid":
-        return None
-    return concat.input[0], concat.input[1]
+    return concat if axis in (1, -2) and scores is not None and scores.op_type == "Sigmoid" else None
 
 
 def split_dense_head(path: Path, input_hw: tuple[int, int]) -> None:
@@ -39,14 +37,13 @@ def split_dense_head(path: Path, input_hw: tuple[int, int]) -> None:
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(path))
-    parts = dense_head_parts(model)
-    if parts is None:
+    concat = dense_head_concat(model)
+    if concat is None:
         raise ValueError(f"{path.name}: its output is not a dense head's Concat of boxes and sigmoid scores")
-    boxes, scores = parts
+    boxes, scores = concat.input
     output = model.graph.output[0]
     batch, rows, anchors = (d.dim_value for d in output.type.tensor_type.shape.dim)
     height, width = input_hw
-    concat = next(n for n in model.graph.node if output.name in n.output)
     model.graph.node.remove(concat)
     size = numpy_helper.from_array(np.asarray([width, height, width, height], np.float32).reshape(1, 4, 1),
                                    "dense_head_input_size")

@@ -17,6 +17,7 @@ import numpy as np
 from board_runtime.sessions import output_order, tflite_output_names
 
 from ..calibration.runs import feed_tflite, ort_session, tflite_interpreter, with_outputs
+from ..tflite_file import layout_back
 
 PARITY_SAMPLES = 8
 # The largest channel error a float file may have: fp32 conversions here stay below 1e-3 (YOLOv8n at 320 and 640:
@@ -49,21 +50,27 @@ def channel_errors(want: np.ndarray, got: np.ndarray) -> np.ndarray:
 
 
 def in_reference_layout(got: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
-    """A TFLite output laid out as the ONNX one of ``shape`` (onnx2tf turns NCHW outputs into NHWC, and may swap a
-    3-D output's last two axes), or None when it cannot be."""
+    """A TFLite output laid out as the ONNX one of ``shape`` (onnx2tf turns NCHW outputs into NHWC: turned back as the
+    board's runtime turns it, ``tflite_file.layout_back``), or None when it cannot be."""
     if got.shape == tuple(shape):
         return got
-    for perm in ((0, 3, 1, 2), (0, 2, 1)):
-        if got.ndim == len(perm) and tuple(got.transpose(perm).shape) == tuple(shape):
-            return got.transpose(perm)
-    return None
+    perm = layout_back(got.shape, list(shape)).get("transpose")
+    return got.transpose(perm) if perm else None
 
 
-def float_parity(onnx_path: Path, tflite_path: Path, inputs_nchw: np.ndarray, nhwc: bool) -> list[OutputParity]:
-    """Every output of the float TFLite file against the ONNX model's on ``inputs_nchw``; a ValueError names an output
-    the file lacks or lays out otherwise."""
+def onnx_outputs(onnx_path: Path, inputs_nchw: np.ndarray) -> dict[str, np.ndarray]:
+    """Every output of the ONNX model on ``inputs_nchw``, one sample at a time, stacked: {name: (samples, ...)}."""
     session = ort_session(onnx_path)
     input_name, names = session.get_inputs()[0].name, [o.name for o in session.get_outputs()]
+    runs = [session.run(None, {input_name: sample[None]}) for sample in np.asarray(inputs_nchw, np.float32)]
+    return {name: np.concatenate([run[i] for run in runs]) for i, name in enumerate(names)}
+
+
+def float_parity(reference: dict[str, np.ndarray], tflite_path: Path, inputs_nchw: np.ndarray,
+                 nhwc: bool) -> list[OutputParity]:
+    """Every output of the float TFLite file against ``reference`` (``onnx_outputs`` of the same inputs); a ValueError
+    names an output the file lacks or lays out otherwise."""
+    names = list(reference)
     interpreter = tflite_interpreter(tflite_path, keep_all=False)
     details = interpreter.get_output_details()
     order = output_order(tflite_output_names(interpreter), names) or (list(range(len(names)))
@@ -71,19 +78,19 @@ def float_parity(onnx_path: Path, tflite_path: Path, inputs_nchw: np.ndarray, nh
     if order is None:
         raise ValueError(f"{tflite_path.name} has {len(details)} outputs, the ONNX model {len(names)} "
                          f"({', '.join(names)})")
-    want, got = [[] for _ in names], [[] for _ in names]
+    got: list[list[np.ndarray]] = [[] for _ in names]
     for sample in np.asarray(inputs_nchw, np.float32):
         feed_tflite(interpreter, sample, nhwc)
-        for i, reference in enumerate(session.run(None, {input_name: sample[None]})):
-            output = in_reference_layout(interpreter.get_tensor(details[order[i]]["index"]), reference.shape)
+        for i, name in enumerate(names):
+            wanted = (1, *reference[name].shape[1:])
+            output = in_reference_layout(interpreter.get_tensor(details[order[i]]["index"]), wanted)
             if output is None:
-                raise ValueError(f"{tflite_path.name}: output '{names[i]}' is "
-                                 f"{list(details[order[i]]['shape'])}, the ONNX model's {list(reference.shape)}")
-            want[i].append(reference[0])
-            got[i].append(output[0])
+                raise ValueError(f"{tflite_path.name}: output '{name}' is "
+                                 f"{list(details[order[i]]['shape'])}, the ONNX model's {list(wanted)}")
+            got[i].append(output)
     parity = []
-    for name, w, g in zip(names, want, got):
-        w, g = np.stack(w), np.stack(g)
+    for name, g in zip(names, got):
+        w, g = reference[name], np.concatenate(g)
         errors = channel_errors(w, g)
         worst = int(np.nanargmax(errors)) if not np.isnan(errors).all() else 0
         parity.append(OutputParity(name, worst, float(errors[worst]), float(np.abs(w - g).max())))
@@ -143,9 +150,10 @@ def check_float_files(onnx_path: Path, files: dict[str, Path], inputs_nchw: np.n
     "failure": a one-line message naming the worst output and channel and the first diverging op (None when every
     file is within its tolerance)."""
     report: dict = {"samples": len(inputs_nchw), "tolerances": {k: TOLERANCES[k] for k in files}, "failure": None}
+    reference = onnx_outputs(onnx_path, inputs_nchw)
     for precision, path in files.items():
         try:
-            parity = float_parity(onnx_path, path, inputs_nchw, nhwc)
+            parity = float_parity(reference, path, inputs_nchw, nhwc)
         except ValueError as exc:
             report["failure"] = f"tflite-{precision}: {exc}"
             return report

@@ -39,10 +39,9 @@ class TFLiteJob:
     fallback_tolerance: float | None = None
     fallback_from: int = 0  # the first calibration sample the fallback judges on: those before trained the weights
     int8: bool = True  # make the int8 model (else the float ones only)
-    # CalibrationRanges (JSON) of the ONNX model ``ranges_model`` (the one converted, as given) that the int8 model
-    # takes where its tensors match; None: the TFLite converter's own calibration
+    # CalibrationRanges (JSON) of the ONNX model ``reference_onnx`` that the int8 model takes where its tensors match;
+    # None: the TFLite converter's own calibration
     ranges_json: str | None = None
-    ranges_model: str | None = None
     float_tail: bool = False  # a detector's decoding (the ops after the last convolution) left in float
     detect: dict | None = None  # a detector's decoder options (board_runtime.detection), for the fallback's judge
     reference_onnx: str | None = None  # the ONNX model as given (onnx2tf rewrites ``onnx_path``), the floats' truth
@@ -125,7 +124,7 @@ def write_int8(job: TFLiteJob) -> None:
     if job.ranges_json is not None:
         print(f"{PHASE}int8: setting the pipeline's ranges", flush=True)
         ranges = {name: (r.low, r.high) for name, r in CalibrationRanges.load(Path(job.ranges_json)).ranges.items()}
-        calibrated, applied = set_ranges(calibrated, Path(job.ranges_model), ranges, inputs, job.keep_nchw)
+        calibrated, applied = set_ranges(calibrated, Path(job.reference_onnx), ranges, inputs, job.keep_nchw)
         (out / RANGES_REPORT).write_text(json.dumps(applied.to_json()))
 
     tail: list[str] = []

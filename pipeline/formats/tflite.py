@@ -83,9 +83,8 @@ def convert_tflite(
         channels=int(calibration_inputs_nchw.shape[1]), quant_type=quant_type, io_dtype=io_dtype.value,
         keep_nchw=layout is Layout.NCHW, pseudo_ops=tuple(pseudo_ops), grouped_conv=grouped_conv,
         fallback_tolerance=fallback_tolerance, fallback_from=fallback_from, int8=int8,
-        ranges_json=None if ranges is None else str(work / "ranges.json"),
-        ranges_model=None if ranges is None else str(Path(onnx_path).resolve()), float_tail=float_tail,
-        detect=detect, reference_onnx=str(Path(onnx_path).resolve()),
+        ranges_json=None if ranges is None else str(work / "ranges.json"), float_tail=float_tail, detect=detect,
+        reference_onnx=str(Path(onnx_path).resolve()),
     )
     (work / "job.json").write_text(json.dumps(asdict(job)))
     env = dict(os.environ)

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Callable
 
 from ..data.preprocess import PreprocessOptions
-from ..detection.dense_head import SPLIT_DECODER, dense_head_parts
+from ..detection.dense_head import SPLIT_DECODER, dense_head_concat
 
 
 @dataclass(frozen=True)
 class ModelCard:
-    origin: str  # who wrote it, for the record and the messages: "the file's Ultralytics metadata"
+    origin: str = ""  # who wrote it, for the record and the messages: "the file's Ultralytics metadata"
     task: str | None = None  # a ``config.Task`` value
     decoder: dict | None = None  # a detector's decoder options (``board_runtime.detection``)
     classes: tuple[str, ...] | None = None  # in output order
@@ -54,7 +54,7 @@ def _ultralytics(metadata: dict[str, str], model) -> ModelCard:
         # an end-to-end head gives [1, N, 6]: x1, y1, x2, y2 in input pixels, score, class; the others [1, 4 + C, N]
         args = _literal(metadata.get("args"))
         end2end = str(metadata.get("end2end", "")).lower() == "true" or (isinstance(args, dict) and args.get("nms"))
-        split = not end2end and dense_head_parts(model) is not None
+        split = not end2end and dense_head_concat(model) is not None
         decoder = {"decoder": "yolo-end2end", **({"num_classes": len(classes)} if classes else {})} if end2end \
             else SPLIT_DECODER if split else {"decoder": "yolo"}
     return ModelCard("the file's Ultralytics metadata", task if task in ("detect", "classify") else None, decoder,
@@ -66,8 +66,12 @@ CARD_READERS = (
 )
 
 
+NO_CARD = ModelCard()  # a model that says nothing about itself: every field None
+
+
 def onnx_card(path: Path) -> ModelCard | None:
-    """The card of an ONNX file (its metadata, read without its weights), or None where no reader knows its writer."""
+    """The card of an ONNX file (its metadata; external weight files are not read), or None where no reader knows its
+    writer."""
     import onnx
 
     try:

@@ -98,7 +98,7 @@ def _preprocess_and_classes(plan, channels: int, num_outputs: int | None) -> dic
     given = config.preprocess.normalisation_given or plan.carried_preprocessing
     preprocess = resolve(config.preprocess, plan.carried_preprocessing, channels, data and data.train, config.model) \
         if data or given else None
-    carried = plan.card.classes if plan.card is not None else None
+    carried = plan.card.classes
     named = data and data.classes and any(c != str(i) for i, c in enumerate(data.classes))
     if named:
         classes = data.classes
@@ -122,7 +122,7 @@ def _onnx_model(plan, tmp: Path, fingerprint: str) -> dict:
     detector = plan.task is Task.DETECT
     shape = file_input_shape(plan, onnxmodel.declared_shape(Path(config.model), detector))
     onnxmodel.fix_and_fold(Path(config.model), shape, tmp / "model.onnx", detector)
-    if detector and plan.card is not None and plan.card.split_head and config.detect is None:
+    if detector and plan.card.split_head and config.detect is None:
         from ..detection.dense_head import split_dense_head
 
         try:
