@@ -157,6 +157,20 @@ def count(path: Path) -> tuple[int, int]:
     return sum(int(np.prod(t.dims)) for t in graph.initializer), flops
 
 
+def has_grouped_conv(path: Path) -> bool:
+    """Whether a Conv has groups that are neither one nor one per channel (weight [Cout, Cin / groups, kh, kw] with
+    Cin / groups > 1), the kind some accelerators' compilers refuse; a weight computed at run time counts as one."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {t.name: list(t.dims) for t in graph.initializer}
+    for node in graph.node:
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if node.op_type == "Conv" and group > 1 and weights.get(node.input[1], [0, 0])[1] != 1:
+            return True
+    return False
+
+
 def onnx_output_shapes(path: Path) -> list[list[int]]:
     import onnx
 

@@ -66,7 +66,7 @@ def test_a_tflite_classifier_is_evaluated_on_data_as_the_run_that_made_it(imagen
               "224", "--bench-runs", "5", "--bench-repeats", "1"]
     made = tmp_path / "made"
     assert main(["run", "--model", str(SQUEEZENET), "--target", str(profile), "--out", str(made),
-                 "--calibration-samples", "8", *common]) == 0
+                 "--calibration-samples", "8", "--calibration-method", "minmax", *common]) == 0
     rows = {r["kind"]: r for r in _report(made, "tflite-board")["rows"]}
     assert {"tflite-fp32", "tflite-fp16", "tflite-int8"} <= set(rows)  # TFLite from an ONNX source
     assert rows["tflite-fp32"]["agreement"] == 100.0

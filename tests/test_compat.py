@@ -65,6 +65,18 @@ def test_xnnpack_partitions_come_from_litert_itself(hardswish_tflite):
     assert len(result.ops) == len(read_graph(hardswish_tflite["fp32"]).ops)
 
 
+def test_only_a_grouped_conv_needs_its_own_coral_conversion(tmp_path):
+    """A model with neither grouped convolutions nor ones of groups > 1 per channel makes one TFLite conversion for
+    Coral's float and int8 files: a depthwise convolution (one group per channel) is not a grouped one."""
+    from pipeline.onnxmodel import has_grouped_conv
+
+    for name, groups, grouped in (("plain", 1, False), ("depthwise", 16, False), ("grouped", 4, True)):
+        model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                              nn.Conv2d(16, 32, 3, padding=1, groups=groups)).eval()
+        export_onnx(model, (1, 3, 12, 12), tmp_path / f"{name}.onnx", 17)
+        assert has_grouped_conv(tmp_path / f"{name}.onnx") is grouped, name
+
+
 @pytest.mark.slow
 def test_a_grouped_conv_is_refused_by_compiler_16(tmp_path):
     """TensorFlow writes a grouped convolution as CONV_2D version 6, which compiler 16 cannot parse (google-coral/

@@ -103,8 +103,11 @@ def test_run_compresses_by_default_and_sends_the_student_through_every_stage(tmp
     from pipeline.cli import main
 
     config = tmp_path / "pipeline.yaml"
+    # conftest's SMALL teacher (trained once per test session); min/max ranges and nearest rounding: the int8 file
+    # is converted from the student's export, with the float ones
     config.write_text(
-        "model: fmnist-tiny\ntrain: {epochs: 2, train_subset: 3000}\ncalibration: {num_samples: 32}\n"
+        "model: fmnist-tiny\ntrain: {epochs: 4, train_subset: 10000}\n"
+        "calibration: {num_samples: 32, method: minmax, weight_rounding: nearest}\n"
         "eval_samples: 200\nbench: {runs: 10, warmup: 1}\n"
         "compress: {blockwise_epochs: 1, finetune_epochs: 1, blockwise_subset: 1000, finetune_subset: 2000, "
         "val_samples: 500}\n"

@@ -326,7 +326,8 @@ def test_a_tiny_detector_end_to_end_for_a_coral(tmp_path, small_config):
     from pipeline.tflite_file import read_tflite
 
     out = tmp_path / "run"
-    Run(small_config(out, model="fmnist-detector", targets="coral-edgetpu", train={"epochs": 2, "train_subset": 1500},
+    # the teacher of test_the_builtin_detector_for_a_pi_and_a_coral: trained once when both run
+    Run(small_config(out, model="fmnist-detector", targets="coral-edgetpu", train={"epochs": 2, "train_subset": 3000},
                      eval_samples=40, calibration={"num_samples": 32, "method": "minmax", "weight_rounding": "nearest"},
                      detect={"decoder": "boxes-scores", "display_threshold": 0.05},
                      bench={"runs": 5, "warmup": 1, "max_seconds": 2.0, "repeats": 1})).execute()

@@ -25,7 +25,8 @@ def test_an_onnx_file_runs_through_as_its_own_reference(imagenet_photos, tmp_pat
     assert SQUEEZENET.is_file(), "the onnx wheel ships its light test models"
     data, labels = imagenet_photos
     args = _args(tmp_path, SQUEEZENET, data, labels)
-    assert main(["run", *args, "--calibration-samples", "8", "--bench-runs", "5", "--bench-repeats", "1"]) == 0
+    assert main(["run", *args, "--calibration-samples", "8", "--calibration-method", "minmax", "--bench-runs", "5",
+                 "--bench-repeats", "1"]) == 0
     captured = capsys.readouterr()
     assert f"[skip] compress: {SQUEEZENET} is not a PyTorch model" in captured.out
     report = json.loads((tmp_path / "run" / "onnx-board" / "report.json").read_text())

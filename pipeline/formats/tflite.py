@@ -29,7 +29,7 @@ from ..compat import toolchain_of
 from ..config import Task
 from ..errors import ConversionError
 from ..profile import IODtype, Layout
-from ..onnxmodel import onnx_output_shapes
+from ..onnxmodel import has_grouped_conv, onnx_output_shapes
 from ..tflite_file import check_builtin_only, int8_constants, layout_back, read_tflite
 from .onnx2tf_job import (FALLBACK_REPORT, INT8_MODEL, ONNX2TF_OUTPUTS, PARITY_REPORT, PHASE, RANGES_REPORT,
                           TAIL_REPORT, TFLiteJob)
@@ -191,8 +191,8 @@ def conversion_step(plan, target, int8: bool) -> dict:
     scheme = target.int8
     pseudo_ops = plan.config.tflite_pseudo_ops
     # Only the int8 model goes to an accelerator's compiler; the float ones keep grouped convolutions, which the
-    # CPU runs faster than their split into one convolution per group.
-    grouped_conv = toolchain_of(target).grouped_conv or not int8
+    # CPU runs faster than their split into one convolution per group. A model without any makes one conversion.
+    grouped_conv = toolchain_of(target).grouped_conv or not int8 or not has_grouped_conv(plan.path(model, onnx_key))
     # ops kept in float where the int8 model misses the tolerance, on boards whose runtime runs them beside int8 ones
     # (float-I/O int8: the fallback's trial runs feed the float calibration samples); a detector's decoding stays in
     # float there from the start
@@ -203,8 +203,10 @@ def conversion_step(plan, target, int8: bool) -> dict:
     # no int8 kind makes the float models only
     ranges = plan.calibration_ranges(target) if serves_int8 else None
     variant = plan.variant(model)
-    name = (f"convert-opset{model['data']['opset']}{variant}-{scheme.granularity.value}-{scheme.io_dtype.value}-"
-            f"{target.input_layout.value}" + "".join(f"-{op}" for op in pseudo_ops)
+    # float files do not depend on the int8 scheme: boards that differ only in it share their float conversion
+    int8_scheme = f"-{scheme.granularity.value}-{scheme.io_dtype.value}" if serves_int8 else ""
+    name = (f"convert-opset{model['data']['opset']}{variant}{int8_scheme}-{target.input_layout.value}"
+            + "".join(f"-{op}" for op in pseudo_ops)
             + ("" if grouped_conv else "-no-grouped-conv") + ("-float" if ranges is None else
                                                                f"-{ranges['data']['method']}")
             + ("" if fallback is None else f"-tol{fallback:g}") + ("-float-tail" if float_tail else ""))
@@ -244,8 +246,9 @@ def conversion_step(plan, target, int8: bool) -> dict:
                 "weights_kept": list(kept), "ranges_set": reports["ranges"],
                 "sensitivity": {"samples": len(inputs), "tensors": [e.to_json() for e in errors]}, **mixed}
 
-    params = {"granularity": scheme.granularity.value, "io": scheme.io_dtype.value, "layout": target.input_layout.value,
-              "pseudo_ops": list(pseudo_ops), **({} if grouped_conv else {"grouped_conv": False}),
+    params = {**({"granularity": scheme.granularity.value, "io": scheme.io_dtype.value} if serves_int8 else {}),
+              "layout": target.input_layout.value, "pseudo_ops": list(pseudo_ops),
+              **({} if grouped_conv else {"grouped_conv": False}),
               **({} if fallback is None else {"fallback_tolerance": fallback}),
               **({"float_tail": True} if float_tail else {})}
     needs = [model, samples, *([reference] if separate else []), *([ranges] if ranges is not None else [])]
