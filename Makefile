@@ -11,8 +11,14 @@ TARGET ?= raspberry-pi-4
 demo: data jemalloc $(VENV)/.installed
 	$(VENV)/bin/pipeline run --target $(TARGET)
 
+# The whole suite runs on every core, at most 4 workers (pytest-xdist): much of a test is one thread (conversions,
+# subprocesses, Python), so two workers keep 2 cores busy (16:40 instead of 20:04 on 2 AVX2 cores). The fast tier stays
+# in one process: each worker would build the session's shared run (tiny_run) itself, which is most of that tier.
+# (xdist's loadgroup, which could keep it on one worker, does not group under pytest 9.)
+WORKERS := -n auto --maxprocesses 4
+
 test: setup
-	$(VENV)/bin/python -m pytest -q --durations=25
+	$(VENV)/bin/python -m pytest -q $(WORKERS) --durations=25
 
 check: setup
 	$(VENV)/bin/python -m pytest -q -m "not slow and not ssh and not emulated" --durations=10

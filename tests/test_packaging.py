@@ -42,8 +42,8 @@ def test_ci_script_runs_locally(tmp_path):
         # The session's cached teacher (conftest's SMALL): a 1-epoch one sits at ~30% top-1, where the gate's
         # 1 point is 3 of 100 images and per-tensor int8 misses it on some machines.
         [str(REPO / "scripts" / "ci-pipeline.sh"), "coral-edgetpu", str(tmp_path), "--model", "fmnist-tiny",
-         "--epochs", "4", "--train-subset", "10000", "--calibration-samples", "128", "--eval-samples", "400",
-         "--bench-runs", "10", "--no-compress"],
+         "--epochs", "4", "--train-subset", "10000", "--calibration-samples", "128", "--calibration-method",
+         "minmax", "--weight-rounding", "nearest", "--eval-samples", "400", "--bench-runs", "10", "--no-compress"],
         capture_output=True, text=True, env=env, cwd=REPO,
     )
     assert done.returncode == 0, done.stderr[-2000:]

@@ -107,7 +107,8 @@ def test_second_run_skips_everything_and_from_reruns_later_stages(tiny_run, smal
 def test_changed_calibration_reruns_only_what_depends_on_it(tmp_path, small_config):
     lines: list[str] = []
     stages = ["model", "export", "quantize", "convert"]
-    Run(small_config(tmp_path, targets="raspberry-pi-4"), log=lines.append).execute(stages)
+    first = {"num_samples": 128, "method": "minmax"}
+    Run(small_config(tmp_path, targets="raspberry-pi-4", calibration=first), log=lines.append).execute(stages)
     lines.clear()
     # Another method: new ranges, weights tuned through their rounding and a new ONNX int8 model, the same samples
     # and GPTQ weights; the float TFLite conversion is kept, the int8 one (of the tuned weights, with the new

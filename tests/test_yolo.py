@@ -68,6 +68,26 @@ def test_a_real_yolov8n_finds_the_astronauts_face_whole_and_split(yolov8n, tmp_p
     np.testing.assert_allclose(split.scores, whole.scores, atol=1e-5)
 
 
+def test_the_weight_tuning_runs_a_yolov8n_graph_in_torch_as_onnx_runtime_does(yolov8n, tmp_path):
+    """The graph the weight tuning trains through (its C2f blocks' Split, the neck's Resize and MaxPool, the DFL's
+    Softmax, the split head's Slice), run node by node in torch, gives ONNX Runtime's boxes and scores."""
+    import torch
+
+    from pipeline.calibration.tuning import GraphModule
+
+    fix_and_fold(yolov8n, (1, 3, 320, 320), tmp_path / "model.onnx", detector=True)
+    split_dense_head(tmp_path / "model.onnx", (320, 320))
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    assert {"Split", "Resize", "MaxPool", "Softmax", "Slice"} <= {n.op_type for n in model.graph.node}
+    x = np.concatenate([_photo((320, 320)), _photo((320, 320), "chelsea")])
+    boxes, scores = ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, {"input": x[:1]})
+    with torch.no_grad():
+        in_torch = GraphModule(model)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(in_torch[:1], np.concatenate([boxes.reshape(1, -1), scores.reshape(1, -1)], 1),
+                               atol=1e-4)
+    assert not np.allclose(in_torch[0], in_torch[1])  # each photo its own outputs: the batch is not the file's 1
+
+
 def test_a_recent_ultralytics_yolo11n_finds_the_person_the_cat_and_the_cup(tmp_path):
     """Ultralytics' COCO YOLO11n as its 8.3.250 exporter wrote it (dynamic input size): its card names the 80 classes
     and 640 x 640; fixed at 320 x 320 and split, it finds in scikit-image's photos what they show."""

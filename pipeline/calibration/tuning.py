@@ -68,6 +68,16 @@ def _slice(x, starts, ends, axes=None, steps=None, **_):
     return x[tuple(index)]
 
 
+def _split(x, split=None, *, axis=0, num_outputs, **_):
+    """ONNX Split (a YOLO C2f block's two halves, its head's boxes and scores): sizes as an input (opset 13 on) or
+    an attribute (before), else ``num_outputs`` parts as equal as ONNX makes them (the last one smaller)."""
+    import torch
+
+    if split is None:
+        return torch.split(x, -(-x.shape[axis] // num_outputs), axis)
+    return torch.split(x, [int(v) for v in (split.tolist() if hasattr(split, "tolist") else split)], axis)
+
+
 def _resize(x, roi=None, scales=None, sizes=None, *, mode=b"nearest", coordinate_transformation_mode=b"half_pixel",
             **_):
     """ONNX Resize of an NCHW map (a detector's feature pyramid upsampled): nearest as torch rounds (asymmetric,
@@ -109,7 +119,7 @@ def _op_table():
         "Reshape": _reshape, "Flatten": _flatten, "Identity": lambda x, **_: x, "Slice": _slice, "Resize": _resize,
         "Transpose": lambda x, *, perm, **_: x.permute(*perm),
         "Concat": lambda *xs, axis, **_: torch.cat(xs, axis),
-        "Softmax": lambda x, *, axis=-1, **_: torch.softmax(x, axis),
+        "Softmax": lambda x, *, axis=-1, **_: torch.softmax(x, axis), "Split": _split,
     }
 
 
@@ -189,8 +199,11 @@ class GraphModule:
         for node in model.graph.node:
             if node.op_type == "Constant":
                 self.values[node.output[0]] = torch.from_numpy(numpy_helper.to_array(node.attribute[0].t).copy())
-        self.nodes = [(node.op_type, list(node.input), node.output[0],
-                       {a.name: helper.get_attribute_value(a) for a in node.attribute})
+        # a node's outputs, and its attributes (a Split's number of parts among them, which opsets before 18 give
+        # by its outputs only)
+        self.nodes = [(node.op_type, list(node.input), list(node.output),
+                       {a.name: helper.get_attribute_value(a) for a in node.attribute}
+                       | ({"num_outputs": len(node.output)} if node.op_type == "Split" else {}))
                       for node in model.graph.node if node.op_type != "Constant"]
         self.ops = _op_table()
         unknown = sorted({op for op, *_ in self.nodes} - set(self.ops))
@@ -212,12 +225,14 @@ class GraphModule:
 
         env = dict(self.values)
         env[self.input] = self._round(self.input, x)
-        for op, inputs, output, attrs in self.nodes:
+        for op, inputs, outputs, attrs in self.nodes:
             args = [env[name] if name else None for name in inputs]
             if self.grids and len(inputs) > 1 and inputs[1] in self.layers:
                 layer = self.layers[inputs[1]]
                 args[1] = _round_weight(args[1], layer, self.granularity.per_channel(layer.op))
-            env[output] = self._round(output, self.ops[op](*args, **attrs))
+            values = self.ops[op](*args, **attrs)
+            for output, value in zip(outputs, values if len(outputs) > 1 else [values]):
+                env[output] = self._round(output, value)
         # every output, flattened side by side: a detector's boxes and scores are both matched
         return torch.cat([env[name].flatten(1) for name in self.outputs], dim=1)
 
