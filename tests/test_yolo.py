@@ -37,6 +37,13 @@ def _photo(size: tuple[int, int], name: str = "astronaut") -> np.ndarray:
     return (np.asarray(image, np.float32) / 255).transpose(2, 0, 1)[None].copy()
 
 
+def _split_at_320(source, path) -> None:
+    """A YOLO file fixed at 320 x 320 and its dense head split into boxes and scores, as the pipeline's model step
+    prepares it."""
+    fix_and_fold(source, (1, 3, 320, 320), path, detector=True)
+    split_dense_head(path, (320, 320))
+
+
 def test_ultralytics_metadata_is_read_as_the_models_card(yolov8n):
     card = onnx_card(yolov8n)
     assert card.task == "detect" and card.image_hw == (320, 320) and card.preprocess.preset == "unit"
@@ -56,8 +63,7 @@ def test_a_real_yolov8n_finds_the_astronauts_face_whole_and_split(yolov8n, tmp_p
     face = unletterbox(found.boxes[:1], 512, 512, (320, 320)).astype(np.float64)
     assert box_iou(face, np.asarray([ASTRONAUT_FACE], np.float64))[0, 0] > 0.5
 
-    fix_and_fold(yolov8n, (1, 3, 320, 320), tmp_path / "model.onnx", detector=True)
-    split_dense_head(tmp_path / "model.onnx", (320, 320))
+    _split_at_320(yolov8n, tmp_path / "model.onnx")
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["boxes", "scores"]
     boxes, scores = session.run(None, {"input": x})
@@ -75,8 +81,7 @@ def test_the_weight_tuning_runs_a_yolov8n_graph_in_torch_as_onnx_runtime_does(yo
 
     from pipeline.calibration.tuning import GraphModule
 
-    fix_and_fold(yolov8n, (1, 3, 320, 320), tmp_path / "model.onnx", detector=True)
-    split_dense_head(tmp_path / "model.onnx", (320, 320))
+    _split_at_320(yolov8n, tmp_path / "model.onnx")
     model = onnx.load(str(tmp_path / "model.onnx"))
     assert {"Split", "Resize", "MaxPool", "Softmax", "Slice"} <= {n.op_type for n in model.graph.node}
     x = np.concatenate([_photo((320, 320)), _photo((320, 320), "chelsea")])
@@ -94,8 +99,7 @@ def test_a_recent_ultralytics_yolo11n_finds_the_person_the_cat_and_the_cup(tmp_p
     yolo11n = wheel_file("yolo11n", tmp_path)
     card = onnx_card(yolo11n)
     assert card.task == "detect" and card.image_hw == (640, 640) and len(card.classes) == 80 and card.split_head
-    fix_and_fold(yolo11n, (1, 3, 320, 320), tmp_path / "model.onnx", detector=True)
-    split_dense_head(tmp_path / "model.onnx", (320, 320))
+    _split_at_320(yolo11n, tmp_path / "model.onnx")
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     for photo, shown in (("astronaut", "person"), ("chelsea", "cat"), ("coffee", "cup")):
         outputs = session.run(None, {"input": _photo((320, 320), photo)})
