@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import resource
 import sys
+from pathlib import Path
 
 ENV = "PIPELINE_ALLOCATOR"
 CONFIG = "dirty_decay_ms:-1,muzzy_decay_ms:-1"  # jemalloc keeps freed pages until ``release``
@@ -56,3 +58,28 @@ def release() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except AttributeError:  # not glibc
         pass
+
+
+class PeakMemory:
+    """The peak resident memory of one stretch of work, in MB: this process's (Linux's ``VmHWM``, reset at the
+    start by writing 5 to ``/proc/self/clear_refs``) and, where a child process it waited for (onnx2tf's) went
+    higher than every earlier child, that child's. None where the system does not say."""
+
+    def __init__(self):
+        self._children_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self._own = True
+        except OSError:  # not Linux, or a kernel before 4.0
+            self._own = False
+
+    def figures(self) -> dict:
+        figures = {}
+        if self._own:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    figures["peak_rss_mb"] = round(int(line.split()[1]) / 1024)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        if children > self._children_before:
+            figures["child_peak_rss_mb"] = round(children / 1024)
+        return figures

@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .allocator import release
+from .allocator import PeakMemory, release
 from .artifacts import atomic_dir, remove_partials, sha256_file, sha256_json, write_json
 from .config import STAGES
 from .errors import StageOrderError
@@ -74,13 +74,14 @@ class Engine:
             self.log(f"[skip] {step.id}: inputs unchanged")
             return record
         self.log(f"[run ] {step.id}")
-        started = time.perf_counter()
+        started, memory = time.perf_counter(), PeakMemory()
         outputs = self._produce(step, resume_dir)
+        seconds, memory = round(time.perf_counter() - started, 2), memory.figures()
         release()  # what the step freed goes back to the system, not into the next step's peak
         files = {k: (step.directory / v).relative_to(self.out).as_posix() for k, v in outputs.pop("files", {}).items()}
         record = {
             "step": step.id, "stage": step.stage, "inputs_hash": step.inputs_hash, "params": step.params,
-            "files": files, "data": outputs, "seconds": round(time.perf_counter() - started, 2),
+            "files": files, "data": outputs, "seconds": seconds, **memory,
             "outputs_hash": sha256_json({"files": {k: sha256_file(self.out / v) for k, v in files.items()},
                                          "data": outputs}),
         }

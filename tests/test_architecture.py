@@ -127,6 +127,22 @@ def test_one_step_id_means_one_step(tmp_path):
         plan.run(step("entropy"))
 
 
+def test_each_step_record_has_its_own_peak_memory(tmp_path):
+    engine = Engine(tmp_path, log=lambda line: None)
+
+    def produce(megabytes: int):
+        def make(tmp: Path) -> dict:
+            block = np.ones(megabytes * 2**20, np.uint8)  # written, so resident
+            (tmp / "sum.txt").write_text(str(int(block.sum())))
+            return {"files": {"sum": "sum.txt"}}
+        return make
+
+    big = engine.run(Step("big", "model", {}, [], tmp_path / "big", produce(400)))
+    small = engine.run(Step("small", "model", {}, [], tmp_path / "small", produce(8)))
+    if sys.platform.startswith("linux"):
+        assert big["peak_rss_mb"] >= small["peak_rss_mb"] + 350, (big, small)  # the big step's peak is not kept
+
+
 def test_report_names_the_calibrator_of_each_int8_artifact(tiny_run):
     run, _ = tiny_run
     report = json.loads((run.out / "raspberry-pi-4" / "report.json").read_text())
