@@ -45,6 +45,13 @@ class TFLiteOp:
         """The name of the tensor it writes: converters name it after the layer it came from."""
         return self.outputs[0].name if self.outputs else "?"
 
+    @property
+    def multiply_adds(self) -> int:
+        """Of the operators in MACS_PER_OUTPUT; 0 for the others."""
+        if self.name not in MACS_PER_OUTPUT or len(self.inputs) < 2 or not self.outputs:
+            return 0
+        return int(np.prod(self.outputs[0].shape)) * MACS_PER_OUTPUT[self.name](list(self.inputs[1].shape))
+
 
 @dataclass(frozen=True)
 class TFLiteGraph:
@@ -125,11 +132,10 @@ def read_graph(path: Path) -> TFLiteGraph:
 def read_tflite(path: Path) -> TFLiteContents:
     """The contents of ``path``; a one-line error when it is not a TFLite flatbuffer."""
     graph = read_graph(path)
-    weights, flops = {}, 0
+    weights = {}
     for op in graph.ops:
         weights.update({t.name: t for t in op.inputs if t.constant})
-        if op.name in MACS_PER_OUTPUT and len(op.inputs) > 1 and op.outputs:
-            flops += 2 * int(np.prod(op.outputs[0].shape)) * MACS_PER_OUTPUT[op.name](list(op.inputs[1].shape))
+    flops = 2 * sum(op.multiply_adds for op in graph.ops)
     params = sum(int(np.prod(t.shape)) for t in weights.values() if len(t.shape))
     odd = tuple((op.name.partition(":")[2], op.layer) for op in graph.ops if op.name.startswith("CUSTOM:"))
     return TFLiteContents(tuple(op.name for op in graph.ops), params, flops,

@@ -47,7 +47,10 @@ def test_edgetpu_names_the_op_it_lacks_and_where_the_graph_splits(hardswish_tfli
     assert "HARD_SWISH" in names, names
     split = names.index("HARD_SWISH")
     lacking = result.ops[split]
-    assert lacking.runs_on == "CPU" and lacking.why == "not an Edge TPU op" and "ReLU6" in lacking.change
+    assert lacking.runs_on == "CPU" and lacking.why.startswith("not an Edge TPU op; from here on") and \
+        "ReLU6" in lacking.change and "leave it there" not in lacking.change
+    share = float(lacking.why.split(" ops and ")[1].split("%")[0])
+    assert 50 < share < 100, lacking.why  # the early hard-swish leaves most of the convolutions on the CPU
     assert all(op.runs_on == "accelerator" for op in result.ops[:split]) and split > 0
     after = result.ops[split + 1:]
     assert after and all(op.runs_on == "CPU" and op.why.startswith(f"after op {split} (HARD_SWISH)") for op in after)
@@ -57,6 +60,25 @@ def test_edgetpu_names_the_op_it_lacks_and_where_the_graph_splits(hardswish_tfli
     float_result = TOOLCHAINS["edgetpu-compiler"].check(hardswish_tflite["fp32"], "tflite-fp32", coral)
     assert float_result.ops[0].runs_on == "CPU" and "8-bit integers only" in float_result.ops[0].why
     assert any("float32, the profile's I/O type is uint8" in p for p in float_result.problems)
+
+
+def test_an_unsupported_op_after_the_last_layer_leaves_a_sliver_of_the_work_on_the_cpu(tmp_path):
+    """As a YOLO head's DFL softmax does: what splits off after the network's last large layer is a negligible share
+    of its multiply-adds, and the pre-flight says so rather than only 'change that layer'."""
+    torch.manual_seed(0)
+    # a softmax over the channels of a 4-D map, then a 1 x 1 convolution: YOLOv8's DFL on the box bins
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1),
+                          nn.Softmax(dim=1), nn.Conv2d(32, 1, 1)).eval()
+    images = np.random.default_rng(3).random((16, 16, 16, 3)).astype(np.float32)
+    export_onnx(model, (1, 3, 16, 16), tmp_path / "tail.onnx", 17)
+    files = convert_tflite(tmp_path / "tail.onnx", PreprocessSpec.from_images(images).apply(images), images,
+                           tmp_path / "tfl", "per-tensor", IODtype.UINT8, Layout.NHWC, grouped_conv=False)
+    result = TOOLCHAINS["edgetpu-compiler"].check(files["int8"], "tflite-int8", load_target("coral-edgetpu"))
+    first = result.ops[result.facts["first_cpu_op"]]
+    assert first.op.startswith("SOFTMAX") and "is not one-dimensional; from here on, " in first.why, first
+    share = float(first.why.split(" ops and ")[1].split("%")[0])
+    assert 0 < share < 1 and first.change.endswith(f"or leave it there: the Edge TPU segment already holds "
+                                                   f"{100 - share:.2f}% of the multiply-adds"), first
 
 
 def test_xnnpack_partitions_come_from_litert_itself(hardswish_tflite):

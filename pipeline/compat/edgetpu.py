@@ -171,6 +171,21 @@ def _edge_conversion(op: TFLiteOp, graph) -> bool:
         (op.name == "DEQUANTIZE" and bool(op.outputs) and op.outputs[0].name in outputs)
 
 
+def _cpu_share(first: OpPlacement, graph_ops: tuple[TFLiteOp, ...]) -> OpPlacement:
+    """The first op off the Edge TPU, with how much of the model's arithmetic runs on the CPU from there on: a
+    detector's decoding after its last large convolution (YOLO's DFL softmax) splits off a sliver of the work,
+    an unsupported activation early in the network nearly all of it."""
+    total = sum(op.multiply_adds for op in graph_ops)
+    if not total:
+        return first
+    share = sum(op.multiply_adds for op in graph_ops[first.index:]) / total
+    why = (f"{first.why}; from here on, {len(graph_ops) - first.index} ops and {share:.2%} of the model's "
+           "multiply-adds run on the CPU")
+    change = first.change if share >= 0.01 else \
+        f"{first.change}, or leave it there: the Edge TPU segment already holds {1 - share:.2%} of the multiply-adds"
+    return OpPlacement(first.index, first.op, first.layer, first.runs_on, why, change)
+
+
 def check(path: Path, kind: str, target) -> Compatibility:
     graph = read_graph(path)
     ops, split, refusing = [], None, _refusing(graph.ops)
@@ -186,6 +201,8 @@ def check(path: Path, kind: str, target) -> Compatibility:
         elif runs_on == CPU and split is None:
             split = op
         ops.append(OpPlacement(op.index, f"{op.name} v{op.version}", op.layer, runs_on, why, change))
+    if split is not None:
+        ops[split.index] = _cpu_share(ops[split.index], graph.ops)
     mapped = {op.index for op, placed in zip(graph.ops, ops) if placed.runs_on == ACCELERATED}
     parameter_bytes = sum(t.nbytes for op in graph.ops if op.index in mapped for t in op.inputs if t.constant)
     problems = []
