@@ -322,9 +322,30 @@ figure{{display:inline-block;margin:1em}}</style></head><body>
     return ["report.md", "report.json", "report.html", *pngs]
 
 
-def budget_text(plan, target, data: dict) -> str:
+def latency_text(max_ms: float, rows: list[dict], location: dict, board_estimates: list[dict]) -> str:
+    """A latency budget against the fastest deployable artifact, decoding included where there is one: measured on the
+    board when the run reached it over SSH; else measured here, beside the board's roofline lower bound, whose excess
+    alone says OVER."""
+    text = f"latency at most {max_ms:g} ms per image ({1000 / max_ms:.3g} fps)"
+    timed = [(r.get("latency_with_postprocess_ms", r["latency_ms"])["p50"], r["kind"]) for r in rows
+             if FORMATS[r["kind"]].deployable]
+    if not timed:
+        return f"{text}: nothing deployable was timed"
+    p50, kind = min(timed)
+    with_decoding = " with decoding" if any("latency_with_postprocess_ms" in r for r in rows) else ""
+    if location.get("kind") == "ssh":
+        return f"{text}: {kind} {p50:.2f} ms p50{with_decoding} on the board ({'within' if p50 <= max_ms else 'OVER'})"
+    text += f": {kind} {p50:.2f} ms p50{with_decoding} on this host, not the board"
+    if not board_estimates:
+        return text
+    bound = min(board_estimates, key=lambda e: e["latency_ms"])
+    verdict = "OVER even so" if bound["latency_ms"] > max_ms else "not measured there"
+    return f"{text}; the board's roofline lower bound {bound['latency_ms']:.2f} ms ({bound['kind']}; {verdict})"
+
+
+def budget_text(plan, target, data: dict, rows: list[dict], location: dict, board_estimates: list[dict]) -> str:
     """The budget the model is judged against: the profile's for a built-in network, else the user's (the profiles'
-    are sized for the built-in networks)."""
+    are sized for the built-in networks); a latency budget against the artifacts' timings."""
     if plan.source.row.profile_budgets:
         max_flops, max_params, max_size = target.budgets.max_flops, target.budgets.max_params, \
             target.budgets.max_model_size_mb
@@ -340,10 +361,12 @@ def budget_text(plan, target, data: dict) -> str:
                      f"({'within' if data['params'] <= max_params else 'OVER'})")
     if max_size:
         parts.append(f"model size at most {max_size:g} MiB per artifact")
+    if plan.budget.max_latency_ms:
+        parts.append(latency_text(plan.budget.max_latency_ms, rows, location, board_estimates))
     if parts or plan.source.row.profile_budgets:
         return "; ".join(parts) or "none"
-    return ("none set for this model (the board's profile budgets the built-in networks; --max-flops, --max-params "
-            "set one)")
+    return ("none set for this model (the board's profile budgets the built-in networks; --max-flops, --max-params, "
+            "--max-latency-ms set one)")
 
 
 def estimates(target, rows: list[dict], flops: int, onnx_path: Path) -> list[dict]:
@@ -374,6 +397,9 @@ def report_step(plan, target, built: list, evaluation: dict, benched: dict, comp
         rows = merge_rows(evaluation["data"]["evaluations"], benched["data"]["results"],
                           target.budgets.max_model_size_mb if plan.source.row.profile_budgets else None)
         details = plan.model_record["files"].get("report")
+        board_estimates = estimates(target, rows, data["flops"], plan.path(export, onnx_key)) \
+            if export and not options.host else []
+        location = benched["data"]["location"]
         content = {
             "target": target.to_dict(), "rows": rows,
             "recommendation": recommend(rows, evaluation["gate"]["tolerance"], reference),
@@ -382,17 +408,17 @@ def report_step(plan, target, built: list, evaluation: dict, benched: dict, comp
                       "input_shape": data["input_shape"], "teacher": data.get("teacher"),
                       "compression_details": os.path.relpath((plan.out / details).with_suffix(".md"), target_dir)
                       if details else None},
-            "budget_text": budget_text(plan, target, data), "preprocess": data["preprocess"],
+            "budget_text": budget_text(plan, target, data, rows, location, board_estimates),
+            "preprocess": data["preprocess"],
             "flop_counter": FLOP_COUNTERS[plan.source.row.framework],
             "dataset": data["dataset"], "export_parity": export["data"]["parity_max_abs"] if export else None,
             "calibration": {a.kind: a.calibration for a, _ in built if a.calibration},
-            "measured_on": {**benched["data"]["location"], "system": benched["data"]["system"],
+            "measured_on": {**location, "system": benched["data"]["system"],
                             "system_after": benched["data"]["system_after"]},
             "profile_threads": target.threads,
             "bench": {k: getattr(options, k) for k in ("repeats", "runs", "warmup", "noise_threshold")},
             "versions": tool_versions(),
-            "estimates": estimates(target, rows, data["flops"], plan.path(export, onnx_key))
-            if export and not options.host else [],
+            "estimates": board_estimates,
             "accuracy_gate": evaluation["gate"],
             "compatibility": compat_results(plan, compat),
             "board_evaluation": benched["data"].get("board_evaluation"),
@@ -404,7 +430,9 @@ def report_step(plan, target, built: list, evaluation: dict, benched: dict, comp
         pictures = {"detections.png": plan.path(evaluation, "picture").read_bytes()} if picture else None
         return {"files": {n: n for n in write_report(content, tmp, pictures)}}
 
-    params = {"profile": target.to_dict(), "accuracy_gate": evaluation["gate"]}  # a changed profile: a new report
+    # a changed profile or latency budget: a new report
+    params = {"profile": target.to_dict(), "accuracy_gate": evaluation["gate"],
+              "max_latency_ms": plan.budget.max_latency_ms}
     needs = [plan.model_record, *([export] if export else []), *([int8_model] if int8_model else []), evaluation,
              benched, compat]
     return plan.run(Step(f"{target.name}/report", "report", params, needs,
