@@ -96,7 +96,7 @@ def one_seed(args, seed: int, data, spec, memory: PeakMemory) -> list[dict]:
     record = {}
     torch.manual_seed(seed)
     with memory.phase(record):
-        teacher, _ = train_classifier(BUILTINS[args.teacher](), train, data.test, spec,
+        teacher, _ = train_classifier(BUILTINS[args.teacher].factory(), train, data.test, spec,
                                       TrainOptions(epochs=args.epochs, seed=seed),
                                       {"model": args.teacher, "benchmark": "compress", "subset": args.train_subset})
     row("teacher", teacher, **record)

@@ -15,6 +15,8 @@ from typing import Callable
 
 import numpy as np
 
+from .registry import Registry, did_you_mean
+
 # decode(outputs, input_hw, options) -> (boxes (N, 4) xyxy in [0, 1], scores (N, C))
 DecodeFn = Callable[[list, tuple, dict], tuple]
 
@@ -55,14 +57,11 @@ class Decoder:
     options: dict = field(default_factory=dict)  # its own options with their defaults
 
 
-DECODERS: dict[str, Decoder] = {}
+DECODERS: Registry[Decoder] = Registry("decoder")
 
 
 def register_decoder(row: Decoder) -> Decoder:
-    if row.name in DECODERS:
-        raise ValueError(f"decoder '{row.name}' is registered twice")
-    DECODERS[row.name] = row
-    return row
+    return DECODERS.register(row.name, row)
 
 
 COMMON = {"decoder": None, "outputs": None, "score_threshold": 0.001, "iou_threshold": 0.5, "max_detections": 100,
@@ -73,7 +72,8 @@ def check_options(options: dict) -> dict:
     """``options`` with the decoder's defaults filled in; a ValueError names an unknown decoder or option."""
     name = options.get("decoder")
     if not isinstance(name, str) or (name not in DECODERS and ":" not in name):
-        raise ValueError(f"decoder: bad value {name!r}, expected one of {', '.join(DECODERS)} or package.module:function")
+        raise ValueError(f"decoder: bad value {name!r}{did_you_mean(name, DECODERS)}, expected one of "
+                         f"{', '.join(DECODERS)} or package.module:function")
     own = DECODERS[name].options if name in DECODERS else {}
     unknown = sorted(set(options) - set(COMMON) - set(own))
     if unknown:

@@ -20,12 +20,12 @@ class Model:
 
     def __init__(self, artifact: dict, base: Path, threads: int, providers: list[str] = ()):
         self.artifact = artifact
-        session = SESSIONS.get(artifact.get("session"))
-        if session is None:
+        kind = SESSIONS.get(artifact.get("session"))
+        if kind is None:
             raise SystemExit(f"error: artifact {artifact['kind']}: unknown session {artifact.get('session')!r}; "
                              f"this runtime has {', '.join(SESSIONS)} (rebuild the bundle with this pipeline)")
         started = time.perf_counter()
-        self.session = session(str(base / artifact["path"]), threads, list(providers))
+        self.session = kind.opens(str(base / artifact["path"]), threads, list(providers))
         self.load_seconds = time.perf_counter() - started
 
     def prepare(self, x_nchw: np.ndarray) -> np.ndarray:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import ctypes.util
 import functools
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .registry import Registry
 
 # TFLite runtimes in order of preference: (module with Interpreter, runtime name, distribution).
 TFLITE_RUNTIMES = (("ai_edge_litert.interpreter", "litert", "ai-edge-litert"),
@@ -174,7 +177,14 @@ class TorchSession:
         return self.outputs(x)[0]
 
 
-SESSIONS = {"tflite": TFLiteSession, "edgetpu": EdgeTPUSession, "onnx": OnnxSession, "torch": TorchSession}
-# The runtimes ``probe`` reports that let each session run, by name.
-SESSION_RUNTIMES = {"tflite": tuple(name for _, name, _ in TFLITE_RUNTIMES), "edgetpu": ("edgetpu",),
-                    "onnx": ("onnxruntime", "onnxruntime-cuda"), "torch": ("torch",)}
+@dataclass(frozen=True)
+class SessionKind:
+    opens: type  # the session class: (path, threads, providers) -> a session
+    runtimes: tuple[str, ...]  # the runtimes ``probe`` reports, any of which lets it run
+
+
+SESSIONS: Registry[SessionKind] = Registry("session")
+SESSIONS.register("tflite", SessionKind(TFLiteSession, tuple(name for _, name, _ in TFLITE_RUNTIMES)))
+SESSIONS.register("edgetpu", SessionKind(EdgeTPUSession, ("edgetpu",)))
+SESSIONS.register("onnx", SessionKind(OnnxSession, ("onnxruntime", "onnxruntime-cuda")))
+SESSIONS.register("torch", SessionKind(TorchSession, ("torch",)))

@@ -1,7 +1,6 @@
 """The run configuration: one dataclass, read from a YAML file and overridden by command-line flags."""
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field, fields
 from enum import Enum
@@ -9,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from board_runtime.registry import did_you_mean
 
 from .artifacts import plain_data, write_text
 from .calibration import CalibrationOptions
@@ -175,9 +176,8 @@ def _typed(cls: type, data: Any, where: str, source: str) -> Any:
     valid = [f.name for f in fields(cls)]
     for key in data:
         if key not in valid:
-            close = difflib.get_close_matches(str(key), valid, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"{source}: unknown field '{where}{key}'{hint}; valid fields: {', '.join(valid)}")
+            raise ConfigError(f"{source}: unknown field '{where}{key}'{did_you_mean(key, valid)}; valid fields: "
+                              f"{', '.join(valid)}")
     try:
         return cls(**data)
     except TypeError as exc:

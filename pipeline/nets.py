@@ -2,24 +2,28 @@
 the detector ``fmnist-detector``; each with its task (classify or detect)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
-BUILTINS: dict[str, Callable[..., nn.Module]] = {}
-BUILTIN_TASKS: dict[str, str] = {}  # name -> classify | detect
-BUILTIN_DECODERS: dict[str, dict] = {}  # a built-in detector's decoder options (``board_runtime.detection``)
+from board_runtime.registry import Registry
+
+
+@dataclass(frozen=True)
+class Builtin:
+    factory: Callable[..., nn.Module]  # (in_channels=, num_classes=) -> the untrained network
+    task: str = "classify"  # classify | detect
+    decoder: dict | None = None  # a detector's decoder options (``board_runtime.detection``)
+
+
+BUILTINS: Registry[Builtin] = Registry("built-in model")
 
 
 def register_builtin(name: str, task: str = "classify", decoder: dict | None = None):
     def wrap(factory):
-        if name in BUILTINS:
-            raise ValueError(f"built-in model '{name}' is registered twice")
-        BUILTINS[name] = factory
-        BUILTIN_TASKS[name] = task
-        if decoder:
-            BUILTIN_DECODERS[name] = decoder
+        BUILTINS.register(name, Builtin(factory, task, decoder))
         return factory
 
     return wrap

@@ -14,6 +14,7 @@ from .engine import Engine
 from .errors import AccuracyError
 from .planner import Planner
 from .profile import TargetProfile
+from .sources.ultralytics_checkpoint import with_exported_checkpoint
 from .targets import load_target
 
 
@@ -21,10 +22,11 @@ class Run:
     """One pipeline run over a run directory: ``Run(config).execute()``."""
 
     def __init__(self, config: RunConfig, log: Callable[[str], None] = print):
-        self.config = config
         self.out = Path(config.out)
         self.targets: list[TargetProfile] = [load_target(t) for t in config.targets]
         self.log = log
+        # an Ultralytics checkpoint goes on as its ONNX export, at the opset every target parses
+        self.config = with_exported_checkpoint(config, self.out, min(t.onnx_opset for t in self.targets), log)
 
     def execute(self, stages: Iterable[str] | None = None) -> dict[str, Path]:
         """Run ``stages`` (all by default) for every target; returns each target's directory."""

@@ -50,9 +50,10 @@ class Planner:
     @cached_property
     def task(self) -> Task:
         """The configuration's task, else the model file's card's, else the built-in model's, else classify."""
-        from .nets import BUILTIN_TASKS
+        from .nets import BUILTINS
 
-        return self.config.task or Task(self.card.task or BUILTIN_TASKS.get(self.config.model, Task.CLASSIFY))
+        builtin = BUILTINS.get(self.config.model)
+        return self.config.task or Task(self.card.task or (builtin.task if builtin else Task.CLASSIFY))
 
     @cached_property
     def decoder(self) -> dict | None:
@@ -62,9 +63,10 @@ class Planner:
             return None
         from board_runtime.detection import check_options
 
-        from .nets import BUILTIN_DECODERS
+        from .nets import BUILTINS
 
-        decoder = self.config.detect or self.card.decoder or BUILTIN_DECODERS.get(self.config.model)
+        builtin = BUILTINS.get(self.config.model)
+        decoder = self.config.detect or self.card.decoder or (builtin.decoder if builtin else None)
         if decoder is None:
             raise ConfigError(f"{self.config.model}: a detector needs its decoder: give 'detect: {{decoder: NAME, ...}}'"
                               " in the configuration or --decoder NAME")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, Callable
 
 from board_runtime.schemas import LOGITS_SCHEMA, PROBE_SCHEMA, SUITE_SCHEMA, TIMINGS_SCHEMA
-from board_runtime.sessions import SESSION_RUNTIMES
+from board_runtime.sessions import SESSIONS
 
 from .artifacts import write_json
 from .errors import BenchmarkError
@@ -225,7 +225,7 @@ def check_board(ssh: SSHTarget, probe: dict, profile: TargetProfile, manifest: d
         kind = artifact["kind"]
         if kinds is not None and kind not in kinds:
             continue
-        served_by = SESSION_RUNTIMES.get(artifact["session"], (artifact["session"],))
+        served_by = SESSIONS[artifact["session"]].runtimes if artifact["session"] in SESSIONS else (artifact["session"],)
         if not any(runtimes.get(name) for name in served_by):
             raise BenchmarkError(
                 f"artifact {kind} cannot run on {ssh.label}: no {artifact['format']} runtime "

@@ -5,7 +5,6 @@ Every validation error names the file, the field, the bad value and what was exp
 """
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 from dataclasses import fields
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from board_runtime.registry import did_you_mean
 
 from .compat import get_toolchain, toolchain_of
 from .errors import ConfigError
@@ -52,11 +53,8 @@ class _Fields:
     def check_keys(self, allowed: list[str]) -> None:
         for key in self.data:
             if key not in allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise ConfigError(
-                    f"{self.source}: unknown field '{self.prefix}{key}'{hint}; valid fields: {', '.join(allowed)}"
-                )
+                raise ConfigError(f"{self.source}: unknown field '{self.prefix}{key}'{did_you_mean(key, allowed)}; "
+                                  f"valid fields: {', '.join(allowed)}")
 
     def get(self, key: str, optional: bool = False) -> Any:
         if key not in self.data:
@@ -156,9 +154,7 @@ def load_target(name_or_path: str | os.PathLike) -> TargetProfile:
         path = TARGETS_DIR / f"{text}.yaml"
         if not path.is_file():
             valid = list_targets()
-            close = difflib.get_close_matches(text, valid, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown target '{text}'{hint}; valid targets: {', '.join(valid)}")
+            raise ConfigError(f"unknown target '{text}'{did_you_mean(text, valid)}; valid targets: {', '.join(valid)}")
     if not path.is_file():
         raise ConfigError(f"{path}: target profile file not found")
     return _parse_profile(path, _read_yaml(path))

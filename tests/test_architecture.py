@@ -86,7 +86,7 @@ def dummy_kind():
     try:
         yield "onnx-copy"
     finally:
-        del FORMATS["onnx-copy"]
+        FORMATS.remove("onnx-copy")
 
 
 def _host_profile(tmp_path: Path, name: str, kinds: list[str]) -> Path:
@@ -125,6 +125,26 @@ def test_one_step_id_means_one_step(tmp_path):
     assert plan.run(step("minmax")) is first and lines == ["[run ] calibrate-x"]  # built once per run
     with pytest.raises(RuntimeError, match="two different steps share the id 'calibrate-x'"):
         plan.run(step("entropy"))
+
+
+def test_every_registry_is_one_registry():
+    """Formats, sources, built-in networks, toolchains, decoders and sessions: each a ``Registry``, filled, refusing
+    a second row of a name, and naming the close one for a misspelt name."""
+    import board_runtime.detection  # noqa: F401  (the decoders' rows)
+    import board_runtime.sessions  # noqa: F401
+    import pipeline.nets  # noqa: F401
+    import pipeline.sources  # noqa: F401
+    from board_runtime.registry import REGISTRIES
+
+    held = {r.what: r for r in REGISTRIES}
+    assert {"artifact kind", "model source", "built-in model", "toolchain", "decoder", "session"} <= set(held)
+    for what, registry in held.items():
+        name, row = next(iter(registry.items()))
+        with pytest.raises(ValueError, match=f"{what} '{name}' is registered twice"):
+            registry.register(name, row)
+        with pytest.raises(Exception, match=f"unknown {what} '{name[:-1]}' \\(did you mean '{name}'\\?\\); valid: "):
+            registry.find(name[:-1])
+        assert registry.find(name) is row
 
 
 def test_each_step_record_has_its_own_peak_memory(tmp_path):
@@ -233,7 +253,7 @@ def broken_kind():
     try:
         yield "onnx-negated"
     finally:
-        del FORMATS["onnx-negated"]
+        FORMATS.remove("onnx-negated")
 
 
 def test_a_missed_accuracy_gate_still_writes_the_report_and_a_failing_bundle(broken_kind, tmp_path, capsys):

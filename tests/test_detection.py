@@ -56,7 +56,8 @@ def test_nms_suppresses_within_a_class_only():
 
 
 def test_decoder_options_are_checked_by_name():
-    with pytest.raises(ValueError, match="decoder: bad value 'yolov8', expected one of boxes-scores, yolo, yolo-end2end, ssd, grid"):
+    with pytest.raises(ValueError, match=r"decoder: bad value 'yolov8' \(did you mean 'yolo'\?\), expected one of "
+                                         "boxes-scores, yolo, yolo-end2end, ssd, grid"):
         check_options({"decoder": "yolov8"})
     with pytest.raises(ValueError, match="decoder 'ssd': unknown option 'anchor'"):
         check_options({"decoder": "ssd", "anchor": []})

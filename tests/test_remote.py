@@ -247,7 +247,7 @@ def engine_kind():
     try:
         yield "trt-fp16"
     finally:
-        del FORMATS["trt-fp16"]
+        FORMATS.remove("trt-fp16")
 
 
 def test_runtime_missing(board, tmp_path, engine_kind):

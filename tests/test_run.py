@@ -172,14 +172,21 @@ def test_stage_commands_run_alone_on_the_previous_output(tmp_path, capsys):
     profile.write_text((TARGETS_DIR / "jetson-nano.yaml").read_text()
                        .replace("name: jetson-nano", "name: my-jetson").replace("accuracy_tolerance: 1.0", "accuracy_tolerance: 5"))
     out = str(tmp_path / "run")
-    assert main(["evaluate", "--out", out, "--target", str(profile), *_cli()]) == 7
+    assert main(["evaluate", "--out", out, "--target", str(profile)]) == 7
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "stage 'model' has no up-to-date output" in err and "run 'pipeline export'" in err
-    assert main(["export", "--out", out, "--target", str(profile), *_cli()]) == 0
+    with pytest.raises(SystemExit) as refused:  # a flag of another stage is refused, not silently saved
+        main(["evaluate", "--out", out, "--target", str(profile), "--epochs", "4"])
+    err = capsys.readouterr().err.strip()
+    assert refused.value.code == 2 and "\n" not in err and "--epochs does not apply to 'pipeline evaluate' (it sets " \
+        "train.epochs; run, compress, export take it)" in err, err
+    assert main(["export", "--out", out, "--target", str(profile), "--model", "fmnist-tiny", "--epochs", "4",
+                 "--train-subset", "10000", "--no-compress"]) == 0
     assert (tmp_path / "run" / "shared" / "export-opset13" / "model.onnx").is_file()
-    # later stage commands read the run's saved configuration: no options needed
-    for stage in ("quantize", "evaluate", "bench", "report", "bundle"):
-        assert main([stage, "--out", out]) == 0, stage
+    # later stage commands read the run's saved configuration: each takes its own options only
+    for stage, own in (("quantize", ["--calibration-samples", "128"]), ("evaluate", ["--eval-samples", "400"]),
+                       ("bench", ["--bench-runs", "10"]), ("report", []), ("bundle", [])):
+        assert main([stage, "--out", out, *own]) == 0, stage
     assert (tmp_path / "run" / "my-jetson" / "bundle" / "artifacts" / "onnx-fp16.onnx").is_file()
     assert "my-jetson/report.md" in capsys.readouterr().out
 
@@ -190,11 +197,13 @@ def test_config_file_with_flag_override(tmp_path):
                       "calibration: {num_samples: 16}\neval_samples: 50\nbench: {runs: 5, warmup: 1}\n"
                       "compress: {enabled: false}\n")
     out = tmp_path / "run"
-    assert main(["export", "--config", str(config), "--out", str(out), "--calibration-samples", "24"]) == 0
+    assert main(["export", "--config", str(config), "--out", str(out), "--train-subset", "1000"]) == 0
     import yaml
 
     effective = yaml.safe_load((out / "pipeline.yaml").read_text())
-    assert effective["targets"] == ["coral-edgetpu"] and effective["calibration"]["num_samples"] == 24
+    assert effective["targets"] == ["coral-edgetpu"] and effective["train"] == {**effective["train"], "epochs": 1,
+                                                                                "train_subset": 1000}
+    assert effective["calibration"]["num_samples"] == 16
     assert effective["out"] == str(out)
 
 

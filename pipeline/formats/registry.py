@@ -8,9 +8,10 @@ row's session into every artifact entry. Adding a kind is one module that calls 
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from board_runtime.registry import Registry
 
 from ..errors import ConfigError
 
@@ -34,24 +35,17 @@ class Format:
     deployable: bool = True  # goes into the bundle (not the PyTorch reference: boards have no torch)
 
 
-FORMATS: dict[str, Format] = {}
+FORMATS: Registry[Format] = Registry("artifact kind", ConfigError)
 
 
 def register_format(row: Format) -> Format:
-    if row.kind in FORMATS:
-        raise ValueError(f"artifact kind '{row.kind}' is registered twice")
     if row.built_on not in ("host", "board"):
         raise ValueError(f"artifact kind '{row.kind}': built_on must be 'host' or 'board', not {row.built_on!r}")
-    FORMATS[row.kind] = row
-    return row
+    return FORMATS.register(row.kind, row)
 
 
 def get_format(kind: str) -> Format:
-    if kind not in FORMATS:
-        close = difflib.get_close_matches(kind, list(FORMATS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"unknown artifact kind '{kind}'{hint}; valid kinds: {', '.join(FORMATS)}")
-    return FORMATS[kind]
+    return FORMATS.find(kind)
 
 
 def float_io(record: dict, key: str, target: Any, input_shape: tuple[int, ...]) -> dict:

@@ -6,9 +6,10 @@ reference every other artifact is measured against, and the preprocessing the mo
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from board_runtime.registry import Registry, did_you_mean
 
 from ..errors import ModelError
 
@@ -58,14 +59,11 @@ class SourceKind:
     profile_budgets: bool = False
 
 
-SOURCES: dict[str, SourceKind] = {}
+SOURCES: Registry[SourceKind] = Registry("model source")
 
 
 def register_source(row: SourceKind) -> SourceKind:
-    if row.name in SOURCES:
-        raise ValueError(f"model source '{row.name}' is registered twice")
-    SOURCES[row.name] = row
-    return row
+    return SOURCES.register(row.name, row)
 
 
 def resolve(model: str) -> SourceKind:
@@ -75,9 +73,8 @@ def resolve(model: str) -> SourceKind:
             return row
     from ..nets import list_builtins
 
-    close = difflib.get_close_matches(model, list_builtins(), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise ModelError(f"{model}: unknown model{hint}; give " + ", ".join(row.usage for row in SOURCES.values()))
+    raise ModelError(f"{model}: unknown model{did_you_mean(model, list_builtins())}; give "
+                     + ", ".join(row.usage for row in SOURCES.values()))
 
 
 def not_a_module(what: str) -> Callable[[ModelSource, int, int], object]:

@@ -61,7 +61,7 @@ def _timm_preprocessing(source: ModelSource) -> tuple[PreprocessOptions, str] | 
 
 register_source(SourceKind(
     "builtin", lambda model: model in BUILTINS,
-    lambda source, channels, classes: _with_weights(BUILTINS[source.model](in_channels=channels, num_classes=classes),
+    lambda source, channels, classes: _with_weights(BUILTINS[source.model].factory(in_channels=channels, num_classes=classes),
                                                     source),
     usage=f"a built-in name ({', '.join(list_builtins())})", trainable=True, keeps_weights=True, profile_budgets=True,
     preprocessing=lambda source: (PreprocessOptions(preset=DATASET),
