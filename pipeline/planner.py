@@ -56,6 +56,13 @@ class Planner:
         return self.config.task or Task(self.card.task or (builtin.task if builtin else Task.CLASSIFY))
 
     @cached_property
+    def task_row(self):
+        """The row of the run's task (``tasks.TASKS``): what the stages ask instead of testing the task."""
+        from .tasks import TASKS
+
+        return TASKS.find(self.task.value)
+
+    @cached_property
     def decoder(self) -> dict | None:
         """A detector's decoder options (``board_runtime.detection``): the configuration's, the model file's card's or
         the built-in model's; None for a classifier."""

@@ -76,3 +76,17 @@ def test_a_tflite_classifier_is_evaluated_on_data_as_the_run_that_made_it(imagen
     [row] = _report(tmp_path / "alone", "tflite-board")["rows"]
     assert row["kind"] == "tflite-int8" and row["samples"] == rows["tflite-int8"]["samples"]
     assert row["top1"] == rows["tflite-int8"]["top1"]
+
+
+def test_a_detector_file_benchmarked_without_data_has_a_detectors_columns(blazeface, tmp_path):
+    """Not evaluated (no data), a detector's report still has a detector's columns, all empty: mAP, not top-1."""
+    config = tmp_path / "blazeface.yaml"
+    config.write_text("task: detect\ndetect: {decoder: ssd, anchors: [{stride: 8, per_cell: 2}, "
+                      "{stride: 16, per_cell: 6}], scale: [128, 128]}\n")
+    out = tmp_path / "run"
+    assert main(["bench", "--config", str(config), "--model", str(blazeface), "--target", "host", "--out", str(out),
+                 "--bench-runs", "10", "--bench-repeats", "1"]) == 0
+    report = _report(out, "host")
+    [row] = report["rows"]
+    assert report["task"] == "detect" and "top1" not in row and row["map50_95"] is None and row["recall"] is None
+    assert "| mAP50-95 (%) | mAP50 (%) |" in (out / "host" / "report.md").read_text().replace("| size (KiB) ", "")

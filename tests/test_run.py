@@ -230,13 +230,13 @@ def test_bad_config_key_is_named(tmp_path, capsys):
 
 
 def test_accuracy_gate_names_the_artifact(tmp_path, small_config):
-    from pipeline.errors import AccuracyError
-    from pipeline.stages.evaluate import check_tolerance
+    from pipeline.stages.evaluate import accuracy_gate, gate_message
 
     rows = [{"kind": "torch-fp32", "drop": 0.0, "top1": 90.0}, {"kind": "tflite-int8", "drop": 2.5, "top1": 87.5}]
-    with pytest.raises(AccuracyError, match=r"pi: tflite-int8 drops 2.50 points \(top-1 87.50%\); the profile allows 1"):
-        check_tolerance(rows, 1.0, "pi")
-    check_tolerance(rows, 3.0, "pi")
+    gate = accuracy_gate(rows, 1.0, "torch-fp32")
+    assert not gate["passed"] and gate_message(gate, "pi").startswith(
+        "pi: tflite-int8 drops 2.50 points (top-1 87.50%); the profile allows 1 points below")
+    assert accuracy_gate(rows, 3.0, "torch-fp32")["passed"]
 
 
 def test_int8_vs_float_benchmark_prints_ratios(tiny_run, tmp_path):

@@ -25,6 +25,10 @@ from .runs import sqnr_db
 from .weights import ChosenWeights, Layer, find_layers, grid_scale
 
 BATCH = 16  # samples per step
+# Input pixels per forward and backward pass: a step's samples go through in micro-batches of at most this many pixels,
+# their gradients summed (the same step). Every fake-quantized tensor of the graph is kept for the backward pass:
+# NudeNet's YOLOv8n at 320 x 320 peaked at 10.8 GB with all 16 samples at once (benchmarks/tuning_memory.py).
+MICRO_BATCH_PIXELS = 4 * 320 * 320
 LEARNING_RATE = 3e-5  # Adam's, cosine-annealed: a few int8 steps of a typical weight over the run
 CHECKPOINTS = 10  # held-out measurements along the run; the best is kept
 PARITY_SAMPLES = 4  # held-out samples the torch run of the graph is checked on against ONNX Runtime's
@@ -276,10 +280,12 @@ def not_tuned(reason: CannotTune) -> dict:
 
 
 def tune_weights(reference_path: Path, model_path: Path, qdq_path: Path, inputs: np.ndarray, steps: int,
-                 granularity: Int8Granularity = Int8Granularity.PER_CHANNEL, seed: int = 0) -> TuningResult:
+                 granularity: Int8Granularity = Int8Granularity.PER_CHANNEL, seed: int = 0,
+                 micro_batch: int | None = None) -> TuningResult:
     """``model_path``'s weights and biases trained for ``steps`` Adam steps so that, rounded as ``qdq_path`` (its int8
     model) rounds them, its outputs match ``reference_path``'s (the float model) on ``inputs`` (and their mirror
-    images); the last quarter of ``inputs`` is held out and picks the best of the checkpoints taken along the way."""
+    images); the last quarter of ``inputs`` is held out and picks the best of the checkpoints taken along the way.
+    ``micro_batch``: samples per forward and backward pass (default: ``MICRO_BATCH_PIXELS`` of input)."""
     import onnx
     import torch
     from tqdm.auto import tqdm
@@ -291,6 +297,7 @@ def tune_weights(reference_path: Path, model_path: Path, qdq_path: Path, inputs:
     teacher = GraphModule(onnx.load(str(reference_path)))
     student = GraphModule(onnx.load(str(model_path)), activation_grids(qdq_path), granularity)
     generator = torch.Generator().manual_seed(seed)
+    micro_batch = micro_batch or max(1, min(BATCH, MICRO_BATCH_PIXELS // int(np.prod(inputs.shape[2:]))))
     try:
         with torch.no_grad():
             targets = {flip: torch.cat([teacher(_batch(train, i, flip)) for i in range(0, len(train), BATCH)])
@@ -318,10 +325,11 @@ def tune_weights(reference_path: Path, model_path: Path, qdq_path: Path, inputs:
             order = torch.cat([order, torch.randperm(len(train), generator=generator)])
         picked, order = order[:BATCH], order[BATCH:]
         flip = bool(torch.rand(1, generator=generator) < 0.5)
-        x = _batch(train, picked.numpy(), flip)
-        loss = torch.nn.functional.mse_loss(student(x), targets[flip][picked])
         optimizer.zero_grad()
-        loss.backward()
+        for part in picked.split(micro_batch):  # the batch's mean squared error, its gradient summed part by part
+            target = targets[flip][part]
+            loss = torch.nn.functional.mse_loss(student(_batch(train, part.numpy(), flip)), target, reduction="sum")
+            (loss / (len(picked) * target[0].numel())).backward()
         optimizer.step()
         schedule.step()
         if step % every == 0 or step == steps:

@@ -13,7 +13,6 @@ from ..calibration import CalibrationRanges
 from ..calibration.fallback import by_output_impact, keep_in_float
 from ..calibration.sensitivity import activation_errors, fallback_candidates, onnx_tail
 from ..compat import toolchain_of
-from ..config import Task
 from ..errors import ConversionError
 from ..profile import Int8Granularity, Int8Scheme
 from .registry import Format, float_io, register_format
@@ -90,8 +89,8 @@ def build(plan, target) -> tuple[dict, str]:
     variant = plan.variant(model)
     quantized_bias = toolchain_of(target).quantized_bias
     # ONNX Runtime runs float ops beside int8 ones: a detector's decoding stays in float, as NNCF's YOLOv8 recipe
-    # keeps it (int8 would round its boxes and scores at the outputs' full range)
-    float_tail = plan.task is Task.DETECT
+    # keeps it
+    float_tail = plan.task_row.float_tail
     tolerance = plan.fallback_tolerance(target)
     name = (f"quantize-opset{model['data']['opset']}{variant}-{method}-{scheme.granularity.value}-"
             f"{'sym' if scheme.activation_symmetric else 'asym'}{'' if quantized_bias else '-float-bias'}"

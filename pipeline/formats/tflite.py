@@ -26,7 +26,6 @@ from ..calibration import CalibrationRanges
 from ..calibration.fallback import Fallback
 from ..calibration.sensitivity import tflite_activation_errors
 from ..compat import toolchain_of
-from ..config import Task
 from ..errors import ConversionError
 from ..profile import IODtype, Layout
 from ..onnxmodel import has_grouped_conv, onnx_output_shapes
@@ -198,7 +197,7 @@ def conversion_step(plan, target, int8: bool) -> dict:
     # float there from the start
     float_beside_int8 = serves_int8 and toolchain_of(target).float_ops_in_int8 and scheme.io_dtype is IODtype.FLOAT32
     fallback = plan.fallback_tolerance(target) if float_beside_int8 else None
-    float_tail = float_beside_int8 and plan.task is Task.DETECT
+    float_tail = float_beside_int8 and plan.task_row.float_tail
     # the int8 model takes the ranges onnx-int8 has (and the weights were tuned through); a conversion that serves
     # no int8 kind makes the float models only
     ranges = plan.calibration_ranges(target) if serves_int8 else None

@@ -15,7 +15,6 @@ from ..calibration.methods import candidate_ranges
 from ..calibration.runs import output_sqnr_db
 from ..calibration.tuning import CannotTune, not_tuned, tune_weights
 from ..calibration.weights import ChosenWeights, apply_weights, choose_weights, weights_kept
-from ..config import Task
 from ..data.datasets import BATCH
 from ..profile import Int8Granularity, Int8Scheme
 
@@ -37,18 +36,15 @@ def samples_step(plan) -> dict:
             start += len(batch)
         images.flush()
         inputs.flush()
-        if plan.task is Task.DETECT and len(subset) < DETECTOR_CALIBRATION_IMAGES:
-            plan.engine.log(f"[warn] int8 calibration of a detector on {len(subset)} images: fewer than "
-                            f"{DETECTOR_CALIBRATION_IMAGES} can lose boxes (YOLO11n's TensorRT int8 on 4 images fell "
-                            "from 0.608 to 0.318 mAP50-95); give more training images or --calibration-samples")
+        few = plan.task_row.few_calibration_images
+        if len(subset) < few:
+            plan.engine.log(f"[warn] int8 calibration of a {plan.task.value} model on {len(subset)} images: fewer than "
+                            f"{few} can lose accuracy (YOLO11n's TensorRT int8 on 4 images fell from 0.608 to 0.318 "
+                            "mAP50-95); give more training images or --calibration-samples")
         return {"files": {"inputs": "inputs.npy", "images": "images.npy"}, "num_samples": len(subset)}
 
     params = {"num_samples": options.num_samples, "seed": options.seed}  # the data: through the model record
     return plan.shared_step("calibration-samples", "quantize", params, [plan.model_record], produce)
-
-
-# Below this many calibration images a detector's int8 ranges are a guess (Ultralytics' int8 exports ask for ~300+).
-DETECTOR_CALIBRATION_IMAGES = 300
 
 
 def ranges_step(plan, export: dict, scheme: Int8Scheme) -> dict:

@@ -15,7 +15,6 @@ from ..artifacts import Artifact
 from ..calibration.fallback import with_shares
 from ..config import Task
 from ..engine import Step
-from ..errors import AccuracyError
 from ..formats import FORMATS
 
 
@@ -105,13 +104,6 @@ def gate_message(gate: dict, target: str) -> str:
     metric = gate.get("metric", "top-1")
     worst = ", ".join(f"{f['kind']} drops {f['drop']:.2f} points ({metric} {f['value']:.2f}%)" for f in gate["failing"])
     return f"{target}: {worst}; the profile allows {gate['tolerance']:g} points below {gate['reference']}"
-
-
-def check_tolerance(evaluations: list[dict], tolerance: float, target: str) -> None:
-    """Fail, naming every artifact whose top-1 fell more than ``tolerance`` points below the reference (the first)."""
-    gate = accuracy_gate(evaluations, tolerance, evaluations[0]["kind"])
-    if not gate["passed"]:
-        raise AccuracyError(gate_message(gate, target))
 
 
 def to_dicts(evaluations: list[Evaluation]) -> list[dict]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..data.preprocess import PreprocessSpec
 from ..engine import Step
 from ..formats import FORMATS
+from ..tasks import TASKS, TaskRow
 from .bench import board_evaluation_sections
 from .budgets import budget_text
 from .compat import compat_results, compat_sections
@@ -39,29 +40,14 @@ def png_bytes(fig) -> bytes:
     return buffer.getvalue()
 
 
-NOT_EVALUATED = {"samples": None, "top1": None, "agreement": None, "max_logit_diff": None, "drop": None}
-
-
-def accuracy_of(row: dict) -> float | None:
-    """The figure an artifact's accuracy is read by: top-1 for a classifier; a detector's mAP50-95 against the
-    labels, else its mAP50 against the reference's boxes."""
-    if "top1" in row:
-        return row["top1"]
-    return row["map50_95"] if row.get("map50_95") is not None else row.get("reference_map50")
-
-
-def accuracy_name(row: dict) -> str:
-    if "top1" in row:
-        return "top-1"
-    return "mAP50-95" if row.get("map50_95") is not None else "mAP50 vs the reference"
-
-
-def merge_rows(evaluations: list[dict] | None, benches: list[dict], size_budget_mb: float | None) -> list[dict]:
+def merge_rows(evaluations: list[dict] | None, benches: list[dict], size_budget_mb: float | None,
+               task: TaskRow) -> list[dict]:
     """One row per benchmarked artifact: its accuracy (None without data) next to its latency (a board's bundle has
     no PyTorch row)."""
     by_kind = {b["artifact"]: b for b in benches}
     rows = []
-    for e in evaluations if evaluations is not None else [{"kind": b["artifact"], **NOT_EVALUATED} for b in benches]:
+    for e in evaluations if evaluations is not None else [{"kind": b["artifact"], **task.not_evaluated}
+                                                          for b in benches]:
         b = by_kind.get(e["kind"])
         if b is None:
             continue
@@ -78,7 +64,7 @@ def merge_rows(evaluations: list[dict] | None, benches: list[dict], size_budget_
     return rows
 
 
-def recommend(rows: list[dict], tolerance: float, reference: str) -> dict | None:
+def recommend(rows: list[dict], tolerance: float, reference: str, task: TaskRow) -> dict | None:
     """The fastest deployable artifact (by median latency) within the accuracy tolerance and size budget."""
     evaluated = rows and rows[0]["drop"] is not None
     eligible = [r for r in rows if FORMATS[r["kind"]].deployable and (not evaluated or r["drop"] <= tolerance)
@@ -87,25 +73,25 @@ def recommend(rows: list[dict], tolerance: float, reference: str) -> dict | None
         return None
     best = min(eligible, key=lambda r: r["latency_ms"]["p50"])
     within = f"within {tolerance:g} points of {FORMATS[reference].label} and " if evaluated else "(not evaluated) within "
-    return {"kind": best["kind"], "p50_ms": best["latency_ms"]["p50"], "accuracy": accuracy_of(best),
-            "metric": accuracy_name(best), "drop": best["drop"],
+    return {"kind": best["kind"], "p50_ms": best["latency_ms"]["p50"], "accuracy": task.accuracy(best),
+            "metric": task.metric(best), "drop": best["drop"],
             "reason": f"fastest median latency among the {len(eligible)} artifacts {within}the size budget"}
 
 
-def _plots(rows: list[dict], sensitivity: dict[str, dict] | None) -> dict[str, bytes]:
+def _plots(rows: list[dict], sensitivity: dict[str, dict] | None, task: TaskRow) -> dict[str, bytes]:
     plt = pyplot()
     labels = [r["kind"] for r in rows]
     figures = {}
     fig, ax = plt.subplots(figsize=(6, 4))
-    for r in (r for r in rows if accuracy_of(r) is not None):
-        ax.scatter(r["latency_ms"]["p50"], accuracy_of(r), s=40)
-        ax.annotate(r["kind"], (r["latency_ms"]["p50"], accuracy_of(r)), textcoords="offset points", xytext=(4, 4),
+    for r in (r for r in rows if task.accuracy(r) is not None):
+        ax.scatter(r["latency_ms"]["p50"], task.accuracy(r), s=40)
+        ax.annotate(r["kind"], (r["latency_ms"]["p50"], task.accuracy(r)), textcoords="offset points", xytext=(4, 4),
                     fontsize=8)
     ax.set_xlabel("median latency (ms)")
-    ax.set_ylabel(f"{accuracy_name(rows[0])} (%)")
+    ax.set_ylabel(f"{task.metric(rows[0])} (%)")
     ax.set_title("accuracy vs latency")
     ax.grid(alpha=0.3)
-    if accuracy_of(rows[0]) is not None:
+    if task.accuracy(rows[0]) is not None:
         figures["accuracy_vs_latency.png"] = fig
     else:
         plt.close(fig)
@@ -130,25 +116,8 @@ def spread_text(row: dict) -> str:
     return f"{row['spread']:.1%}" + (" NOISY" if row["noisy"] else "")
 
 
-def shown(value, form: str) -> str:
-    return "—" if value is None else format(value, form)  # — : not evaluated
-
-
-def _accuracy_columns(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """The accuracy part of the main table, by task."""
-    if "top1" in rows[0]:
-        return (["top-1 (%)", "drop (pts)", "agreement (%)", "max logit diff"],
-                [[shown(r["top1"], ".2f"), shown(r["drop"], "+.2f"), shown(r["agreement"], ".2f"),
-                  shown(r["max_logit_diff"], ".4f")] for r in rows])
-    return (["mAP50-95 (%)", "mAP50 (%)", "drop (pts)", "mAP50-95 vs ref (%)", "mAP50 vs ref (%)", "ref boxes found (%)",
-             "their IoU"],
-            [[shown(r["map50_95"], ".2f"), shown(r["map50"], ".2f"), shown(r["drop"], "+.2f"),
-              shown(r["reference_map50_95"], ".2f"), shown(r["reference_map50"], ".2f"), shown(r["recall"], ".1f"),
-              shown(r["mean_iou"], ".3f")] for r in rows])
-
-
-def _table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    accuracy_header, accuracy_cells = _accuracy_columns(rows)
+def _table(rows: list[dict], task: TaskRow) -> tuple[list[str], list[list[str]]]:
+    accuracy_header, accuracy_cells = task.columns(rows)
     decoded = "latency_with_postprocess_ms" in rows[0]  # a detector's: with its decoding and NMS on the board
     header = ["artifact", "runtime", "size (KiB)", *accuracy_header, "p50 (ms)",
               *(["p50 + decoding, NMS (ms)"] if decoded else []), "p90 (ms)", "p99 (ms)", "mean ± std (ms)", "spread",
@@ -217,7 +186,7 @@ def conditions_text(measured: dict) -> str:
 
 def detection_sections(rows: list[dict]) -> list[tuple[str, str, list[str], list[list[str]]]]:
     """A detector's raw outputs, each artifact's against the reference's."""
-    if not rows or "sqnr_db" not in rows[0]:
+    if not rows or not rows[0].get("sqnr_db"):  # a classifier's, or not evaluated
         return []
     names = list(rows[0]["sqnr_db"])
     return [("Raw outputs against the reference", "SQNR (dB) of each output tensor over the held-out images, before "
@@ -233,11 +202,12 @@ def write_report(data: dict, directory: Path, pictures: dict[str, bytes] | None 
     import json
 
     rows, target, reference = data["rows"], data["target"], data["reference"]["label"]
-    pngs = {**(pictures or {}), **_plots(rows, data.get("int8_sensitivity"))}
+    task = TASKS.find(data["task"])
+    pngs = {**(pictures or {}), **_plots(rows, data.get("int8_sensitivity"), task)}
     for name, png in pngs.items():
         (directory / name).write_bytes(png)
     (directory / "report.json").write_text(json.dumps(data, indent=2, default=str))
-    header, body = _table(rows)
+    header, body = _table(rows, task)
     rec = data["recommendation"]
     accuracy = lambda rec: "" if rec["accuracy"] is None else (  # noqa: E731
         f", {rec['metric']} {rec['accuracy']:.2f}% ({rec['drop']:+.2f} points vs {reference})")
@@ -262,7 +232,7 @@ def write_report(data: dict, directory: Path, pictures: dict[str, bytes] | None 
         ("Budgets", data["budget_text"]),
         ("Evaluation", f"{rows[0]['samples']} held-out samples from {data['dataset']}; tolerance "
                        f"{data['accuracy_gate']['tolerance']:g} points of {data['accuracy_gate'].get('metric', 'top-1')} "
-                       f"below {reference}" + data.get("detection_note", "") if rows[0]["samples"] is not None
+                       f"below {reference}" if rows[0]["samples"] is not None
          else "none: no data given (--data); latency and memory only"),
         ("Accuracy gate", gate_text if data["accuracy_gate"]["passed"] else f"FAILED: {gate_text}"),
         ("Compatibility", "; ".join(f"{r['kind']}: {r['verdict']}" for r in data["compatibility"])
@@ -349,14 +319,15 @@ def report_step(plan, target, built: list, evaluation: dict, benched: dict, comp
         from .bundle import tool_versions
 
         rows = merge_rows(evaluation["data"]["evaluations"], benched["data"]["results"],
-                          target.budgets.max_model_size_mb if plan.source.row.profile_budgets else None)
+                          target.budgets.max_model_size_mb if plan.source.row.profile_budgets else None, plan.task_row)
         details = plan.model_record["files"].get("report")
         board_estimates = estimates(target, rows, data["flops"], plan.path(export, onnx_key)) \
             if export and not options.host else []
         location = benched["data"]["location"]
         content = {
             "target": target.to_dict(), "rows": rows,
-            "recommendation": recommend(rows, evaluation["gate"]["tolerance"], reference),
+            "task": plan.task.value, "recommendation": recommend(rows, evaluation["gate"]["tolerance"], reference,
+                                                                   plan.task_row),
             "reference": {"kind": reference, "label": FORMATS[reference].label},
             "model": {"source": plan.config.model, "params": data["params"], "flops": data["flops"],
                       "input_shape": data["input_shape"], "teacher": data.get("teacher"),
