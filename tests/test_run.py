@@ -247,3 +247,14 @@ def test_int8_vs_float_benchmark_prints_ratios(tiny_run, tmp_path):
     assert done.returncode == 0, done.stderr[-1000:]
     assert "tflite-int8" in done.stdout and "1.00x" in done.stdout
     assert set(json.loads((tmp_path / "r.json").read_text())["p50_ms"]) == {"torch-fp32", "tflite-fp32", "tflite-int8"}
+
+
+@pytest.mark.slow
+def test_boards_with_symmetric_and_asymmetric_int8_each_get_their_tuned_weights(tmp_path, small_config):
+    """A Pi (asymmetric int8 activations) beside a Jetson (TensorRT's symmetric ones): the weights are tuned through
+    each board's own rounding, in two steps (they once shared one id, and the run stopped there)."""
+    lines: list[str] = []
+    Run(small_config(tmp_path, targets="raspberry-pi-4,jetson-orin-nano", calibration={"num_samples": 16,
+                     "method": "minmax", "tuning_steps": 4}), log=lines.append).execute(["model", "export", "quantize"])
+    ran = [line.split()[-1] for line in lines if line.startswith("[run ]")]
+    assert "weights-opset17-tuned-per-channel" in ran and "weights-opset17-tuned-per-channel-sym" in ran, ran

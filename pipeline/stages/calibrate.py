@@ -149,8 +149,9 @@ def tuning_step(plan, export: dict, key: str, model: dict, ranges: dict, scheme:
 
     params = {"weight_rounding": WeightRounding.TUNED.value, "steps": options.tuning_steps,
               "symmetric": scheme.activation_symmetric}
-    return plan.shared_step(f"weights-opset{model['data']['opset']}-{variant}", "quantize", params,
-                            [export, model, samples, ranges], produce)
+    # tuned through symmetric activations (TensorRT's) the weights differ from the asymmetric boards' ones
+    name = f"weights-opset{model['data']['opset']}-{variant}" + ("-sym" if scheme.activation_symmetric else "")
+    return plan.shared_step(name, "quantize", params, [export, model, samples, ranges], produce)
 
 
 def weights_note(plan, model: dict, found: list[np.ndarray], layout: str) -> tuple[str, tuple[int, int]]:
