@@ -10,6 +10,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
+from ..allocator import release
 from ..calibration import CalibrationMethod, CalibrationRanges, WeightRounding, calibrate
 from ..calibration.methods import candidate_ranges
 from ..calibration.runs import output_sqnr_db
@@ -132,7 +133,7 @@ def tuning_step(plan, export: dict, key: str, model: dict, ranges: dict, scheme:
         quantize_int8(plan.path(model, "onnx"), CalibrationRanges.load(plan.path(ranges, "ranges")), rounding, scheme)
         try:
             result = tune_weights(plan.path(export, key), plan.path(model, "onnx"), rounding, inputs,
-                                  options.tuning_steps, scheme.granularity, options.seed)
+                                  options.tuning_steps, scheme.granularity, options.seed, after_step=release)
             record, chosen = result.to_json(), result.chosen
         except CannotTune as reason:
             record, chosen = not_tuned(reason), None
