@@ -47,7 +47,7 @@ from board_runtime.detection import check_options, postprocess  # noqa: E402
 from board_runtime.model import Model  # noqa: E402
 from pipeline.artifacts import Artifact  # noqa: E402
 from pipeline.config import build_config  # noqa: E402
-from pipeline.calibration.sensitivity import onnx_tail  # noqa: E402
+from calibration.sensitivity import onnx_tail  # noqa: E402
 from pipeline.detection.evaluate import evaluate_detectors  # noqa: E402
 from pipeline.formats.tflite import recorded_io, tflite_io, write_onnx2tf_sample  # noqa: E402
 from pipeline.onnxmodel import onnx_output_shapes  # noqa: E402

@@ -270,9 +270,9 @@ def pipeline_onnx(fp32: Path, out: Path, calib: np.ndarray, work: Path, target="
                   ) -> tuple[Path, Path, object]:
     """This pipeline's steps before tuning, called as its stages call them: GPTQ weights, then auto calibration, in
     ``target``'s int8 scheme."""
-    from pipeline.calibration import CalibrationOptions
-    from pipeline.calibration.methods import candidate_ranges
-    from pipeline.calibration.weights import apply_weights, choose_weights
+    from calibration import CalibrationOptions
+    from calibration.methods import candidate_ranges
+    from calibration.weights import apply_weights, choose_weights
     from pipeline.formats.onnx_int8 import quantize_int8
     from pipeline.stages.calibrate import judge_ranges
 
@@ -292,9 +292,9 @@ def pipeline_tuned(fp32: Path, gptq: Path, gptq_int8: Path, ranges, calib: np.nd
                    target="raspberry-pi-4") -> tuple[Path, Path, str]:
     """The pipeline's default: GPTQ's weights tuned through their int8 model's rounding (its tuning step), then
     quantized with the same ranges."""
-    from pipeline.calibration import CalibrationOptions
-    from pipeline.calibration.tuning import tune_weights
-    from pipeline.calibration.weights import apply_weights
+    from calibration import CalibrationOptions
+    from calibration.tuning import tune_weights
+    from calibration.weights import apply_weights
     from pipeline.formats.onnx_int8 import quantize_int8
 
     scheme = _profile(target).int8
@@ -312,8 +312,8 @@ def pipeline_in_float(fp32: Path, int8: Path, grid: Path, ranges, calib: np.ndar
                       ) -> tuple[Path, list[str]]:
     """The pipeline's int8 ONNX with the ``count`` tensors its fallback would keep in float first (the order measured
     on the last 32 calibration crops, as the quantize step measures it on its sensitivity samples)."""
-    from pipeline.calibration.fallback import by_output_impact
-    from pipeline.calibration.sensitivity import activation_errors, fallback_candidates
+    from calibration.fallback import by_output_impact
+    from calibration.sensitivity import activation_errors, fallback_candidates
     from pipeline.formats.onnx_int8 import SENSITIVITY_SAMPLES, quantize_int8
     from pipeline.targets import load_target
 
@@ -334,7 +334,7 @@ def tflite_int8(onnx_path: Path, calib: np.ndarray, to_pixels, work: Path, fallb
                 ranges=None, target="raspberry-pi-4") -> tuple[Path, str]:
     """The TFLite int8 model in ``target``'s scheme (its granularity and I/O; no grouped convolution for an Edge TPU
     compiler, as the pipeline converts)."""
-    from pipeline.calibration.fallback import Fallback
+    from calibration.fallback import Fallback
     from pipeline.compat import toolchain_of
     from pipeline.formats.tflite import convert_tflite
     from pipeline.profile import Layout
@@ -352,7 +352,7 @@ def tflite_int8(onnx_path: Path, calib: np.ndarray, to_pixels, work: Path, fallb
 
 class OnnxRunner:
     """``unfused``: a QDQ model's int8 arithmetic run exactly, not in this host's int8 kernels (which saturate on x86
-    without VNNI: pipeline.calibration.runs.ort_session); its outputs are what a board's exact kernels give."""
+    without VNNI: calibration.runs.ort_session); its outputs are what a board's exact kernels give."""
 
     def __init__(self, path: Path, unfused: bool = False):
         import onnxruntime as ort

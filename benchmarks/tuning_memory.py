@@ -25,9 +25,9 @@ CHILD = """
 import json, resource, sys, time
 import numpy as np
 from pathlib import Path
-from pipeline.calibration import CalibrationRanges
+from calibration import CalibrationRanges
 from pipeline.allocator import release
-from pipeline.calibration.tuning import tune_weights
+from calibration.tuning import tune_weights
 from pipeline.formats.onnx_int8 import quantize_int8
 from pipeline.profile import Int8Granularity, Int8Scheme, IODtype
 run, steps, micro, released = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[5] == "released"

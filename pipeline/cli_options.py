@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from board_runtime.detection import DECODERS
+from calibration import CalibrationMethod, WeightRounding
 
-from .calibration import CalibrationMethod, WeightRounding
 from .compress.options import LATENCY_SOURCES
 from .config import PRECISIONS, STAGES, Task
 from .data.preprocess import DATASET, PRESETS, ChannelOrder

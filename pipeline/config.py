@@ -10,9 +10,9 @@ from typing import Any
 import yaml
 
 from board_runtime.registry import did_you_mean
+from calibration import CalibrationOptions, OptionError
 
 from .artifacts import plain_data, write_text
-from .calibration import CalibrationOptions
 from .compress.options import CompressOptions
 from .data.preprocess import PreprocessOptions
 from .errors import ConfigError
@@ -182,7 +182,7 @@ def _typed(cls: type, data: Any, where: str, source: str) -> Any:
         return cls(**data)
     except TypeError as exc:
         raise ConfigError(f"{source}: field '{where.rstrip('.') or '<top level>'}': {exc}") from exc
-    except ConfigError as exc:  # a section's own check names the field and the value; add the file
+    except (ConfigError, OptionError) as exc:  # a section's own check names the field and the value; add the file
         raise ConfigError(f"{source}: {exc}") from exc
 
 

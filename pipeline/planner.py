@@ -100,7 +100,7 @@ class Planner:
 
     def fallback_judge(self, input_hw: tuple[int, int]):
         """How the int8 fallback scores that agreement (``calibration.fallback.Judge``), on inputs of ``input_hw``."""
-        from .calibration.fallback import TOP1
+        from calibration.fallback import TOP1
         from .detection.metrics import reference_map50_judge
 
         return reference_map50_judge(self.decoder, input_hw) if self.task is Task.DETECT else TOP1
@@ -189,7 +189,7 @@ class Planner:
     def int8_model(self, target: TargetProfile) -> tuple[dict, str]:
         """The float model the int8 kinds quantize: the export itself, or with its weights chosen on the target's
         int8 grid (``calibration.weight_rounding``)."""
-        from .calibration import WeightRounding
+        from calibration import WeightRounding
         from .stages.calibrate import tuning_step
 
         model, key = self._rounded_model(target)
@@ -200,7 +200,7 @@ class Planner:
 
     def _rounded_model(self, target: TargetProfile) -> tuple[dict, str]:
         """The export, or with its weights chosen layer by layer: the model the activation ranges are computed on."""
-        from .calibration import WeightRounding
+        from calibration import WeightRounding
         from .stages.calibrate import weights_step
 
         export, key = self.build("onnx-fp32", target)

@@ -9,21 +9,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+
+from calibration.weights import Int8Granularity  # noqa: F401  (a profile's int8 scheme names it)
+
 from .artifacts import plain_data
-
-
-class Int8Granularity(str, Enum):
-    """Which int8 weights get a scale per output channel. ``per-channel-conv`` is the TensorFlow Lite converter's
-    full-integer scheme until 2024 (convolutions per channel, fully connected layers per tensor): the one the Edge TPU
-    compiler and NNAPI take. The converter has made fully connected layers per channel too since then."""
-
-    PER_CHANNEL = "per-channel"
-    PER_CHANNEL_CONV = "per-channel-conv"
-    PER_TENSOR = "per-tensor"
-
-    def per_channel(self, op: str) -> bool:
-        """Whether the weight of an ONNX ``op`` (Conv, Gemm or MatMul) has a scale per output channel."""
-        return self is Int8Granularity.PER_CHANNEL or (self is Int8Granularity.PER_CHANNEL_CONV and op == "Conv")
 
 
 class IODtype(str, Enum):

@@ -5,8 +5,9 @@ import numpy as np
 import onnx
 import pytest
 
+from calibration import CalibrationMethod, CalibrationOptions, CalibrationRanges, OptionError, calibrate
+from pipeline.config import build_config
 from pipeline.errors import ConfigError
-from pipeline.calibration import CalibrationMethod, CalibrationOptions, CalibrationRanges, calibrate
 from pipeline.data import PreprocessSpec, load_dataset
 from pipeline.formats.onnx_fp16 import convert_fp16
 from pipeline.formats.onnx_fp32 import export_onnx
@@ -54,9 +55,11 @@ def test_ranges_round_trip_json(ranges, tmp_path):
 
 
 def test_bad_calibration_method_is_rejected():
-    with pytest.raises(ConfigError, match="calibration.method: bad value 'kl', expected one of minmax, percentile, "
+    with pytest.raises(OptionError, match="calibration.method: bad value 'kl', expected one of minmax, percentile, "
                                           "entropy, mse, auto"):
         CalibrationOptions(method="kl")
+    with pytest.raises(ConfigError, match="<options>: calibration.method: bad value 'kl'"):  # as the pipeline says it
+        build_config(calibration={"method": "kl"})
 
 
 def _ops(path):
@@ -101,7 +104,8 @@ def test_fp16_keeps_float32_io(tiny_onnx, tmp_path):
 
 
 def test_bad_weight_rounding_is_rejected():
-    with pytest.raises(ConfigError, match="calibration.weight_rounding: bad value 'adaround', expected one of nearest, gptq, tuned"):
+    with pytest.raises(OptionError, match="calibration.weight_rounding: bad value 'adaround', expected one of nearest, "
+                                          "gptq, tuned"):
         CalibrationOptions(weight_rounding="adaround")
 
 
@@ -109,8 +113,8 @@ def test_chosen_weights_are_on_the_grid_and_beat_nearest_rounding(tiny_onnx, tmp
     """Chosen on 64 samples, judged on 32 others: the float model with the chosen int8 weights is closer to the
     original than the one with nearest-rounded weights (the converters' own), layer by layer and at the output.
     (This net is untrained; tests/test_weight_rounding.py has the margin on a pretrained one.)"""
-    from pipeline.calibration.runs import output_sqnr_db
-    from pipeline.calibration.weights import ChosenWeights, QMAX, apply_weights, choose_weights
+    from calibration.runs import output_sqnr_db
+    from calibration.weights import ChosenWeights, QMAX, apply_weights, choose_weights
 
     path, inputs = tiny_onnx
     chosen, layers = choose_weights(path, "input", inputs[:64])
@@ -137,7 +141,7 @@ def test_chosen_int8_weights_survive_both_converters_bit_exactly(tiny_run, tmp_p
     makes it."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from pipeline.calibration.weights import ChosenWeights, find_layers
+    from calibration.weights import ChosenWeights, find_layers
     from pipeline.targets import load_target
 
     run, _ = tiny_run

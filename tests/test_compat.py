@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.calibration import CalibrationMethod, CalibrationOptions, calibrate
+from calibration import CalibrationMethod, CalibrationOptions, calibrate
 from pipeline.compat import TOOLCHAINS
 from pipeline.compat.tensorrt import engines_script, qdq_problems
 from pipeline.data import PreprocessSpec, load_dataset

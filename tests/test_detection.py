@@ -80,9 +80,9 @@ def test_the_int8_fallback_judges_a_detector_by_map50_against_its_float_boxes(pn
     """P-Net all in int8 loses some of its float boxes on crops of a photo it was not calibrated on; with no
     tolerance the fallback, judged by mAP50 against the float model's boxes (not by output 0's top-1), keeps
     tensors in float until it reaches 100 or MAX_KEPT, and says so."""
-    from pipeline.calibration import CalibrationOptions, calibrate
-    from pipeline.calibration.fallback import MAX_KEPT, ONNX_RUNTIME, by_output_impact, keep_in_float
-    from pipeline.calibration.sensitivity import activation_errors, fallback_candidates
+    from calibration import CalibrationOptions, calibrate
+    from calibration.fallback import MAX_KEPT, ONNX_RUNTIME, by_output_impact, keep_in_float
+    from calibration.sensitivity import activation_errors, fallback_candidates
     from pipeline.detection.metrics import reference_map50_judge
     from pipeline.formats.onnx_int8 import quantize_int8
     from pipeline.targets import load_target

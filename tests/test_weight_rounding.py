@@ -6,8 +6,8 @@ import onnx
 import pytest
 import torch
 
-from pipeline.calibration.runs import ort_session
-from pipeline.calibration.weights import ChosenWeights, QMAX, apply_weights, choose_weights
+from calibration.runs import ort_session
+from calibration.weights import ChosenWeights, QMAX, apply_weights, choose_weights
 from pipeline.formats.onnx_fp32 import export_onnx
 
 
@@ -83,10 +83,10 @@ def test_fallback_keeps_in_float_the_tensors_that_cost_most_at_the_output_until_
     worst. With no tolerance the fallback keeps them in float in that order until none disagree or MAX_KEPT are kept,
     and those tensors, the ops that write and read them and the convolution a Clip is folded into are float
     (it stops when none disagree, MAX_KEPT are kept, or the search has built the models it was allowed)."""
-    from pipeline.calibration import CalibrationOptions, calibrate
-    from pipeline.calibration.fallback import MAX_KEPT, by_output_impact, keep_in_float
-    from pipeline.calibration.runs import output_sqnr_db
-    from pipeline.calibration.sensitivity import activation_errors, fallback_candidates
+    from calibration import CalibrationOptions, calibrate
+    from calibration.fallback import MAX_KEPT, by_output_impact, keep_in_float
+    from calibration.runs import output_sqnr_db
+    from calibration.sensitivity import activation_errors, fallback_candidates
     from pipeline.formats.onnx_int8 import quantize_int8
     from pipeline.stages.evaluate import sensitive_tensors
     from pipeline.targets import load_target
@@ -149,8 +149,8 @@ def test_tflite_int8_takes_the_pipeline_ranges_and_its_fallback_keeps_the_stem_i
 
     from ai_edge_litert.interpreter import Interpreter
 
-    from pipeline.calibration import CalibrationOptions, calibrate
-    from pipeline.calibration.fallback import MAX_KEPT, Fallback
+    from calibration import CalibrationOptions, calibrate
+    from calibration.fallback import MAX_KEPT, Fallback
     from pipeline.formats.tflite import convert_tflite
     from pipeline.profile import IODtype, Layout
 
@@ -182,7 +182,7 @@ def test_tflite_int8_takes_the_pipeline_ranges_and_its_fallback_keeps_the_stem_i
 
 
 def _minmax_int8(lite0, crops, out):
-    from pipeline.calibration import CalibrationOptions, calibrate
+    from calibration import CalibrationOptions, calibrate
     from pipeline.formats.onnx_int8 import quantize_int8
     from pipeline.targets import load_target
 
@@ -196,7 +196,7 @@ def test_the_graph_run_in_torch_rounds_as_the_int8_model_does(lite0, tmp_path):
     """The ONNX graph run node by node in torch gives ONNX Runtime's float logits; with the int8 model's rounding
     of every tensor it quantizes (and the weights on the converters' grid), it gives the int8 model's logits, up to
     ONNX Runtime's int32 bias and requantization, far below int8's own noise."""
-    from pipeline.calibration.tuning import GraphModule, activation_grids
+    from calibration.tuning import GraphModule, activation_grids
 
     crops = _crops(12)
     _minmax_int8(lite0, crops[:8], tmp_path / "int8.onnx")
@@ -220,8 +220,8 @@ def test_tuning_through_the_int8_rounding_recovers_what_it_costs_on_unseen_crops
     tensor rounded as the int8 model rounds it, against the float model's logits: a short run on 24 crops recovers
     much of what int8 costs, on crops it never saw. The weights it gives stay on the grid, so the QDQ model built from
     them carries its int8 values exactly."""
-    from pipeline.calibration.tuning import tune_weights
-    from pipeline.calibration.weights import weights_kept
+    from calibration.tuning import tune_weights
+    from calibration.weights import weights_kept
     from pipeline.formats.onnx_int8 import int8_weights, quantize_int8
     from pipeline.targets import load_target
 
@@ -243,7 +243,7 @@ def test_tuning_through_the_int8_rounding_recovers_what_it_costs_on_unseen_crops
 def test_a_graph_the_tuning_cannot_run_is_refused_with_the_reason(tmp_path):
     """An op the torch run of the graph does not have: the tuning refuses it, naming the op (the tuning step then
     keeps GPTQ's weights and says why)."""
-    from pipeline.calibration.tuning import CannotTune, tune_weights
+    from calibration.tuning import CannotTune, tune_weights
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(144, 3))
     path = tmp_path / "tanh.onnx"
@@ -258,7 +258,7 @@ def test_a_graph_the_tuning_cannot_run_is_refused_with_the_reason(tmp_path):
 def test_a_step_in_micro_batches_is_the_same_step(tmp_path):
     """A step's samples run through in parts (for memory: a YOLO at 320 x 320 held 10.8 GB at 16 at once), their
     gradients summed: the tuning takes the same steps, to the same held-out SQNR, as with the whole batch at once."""
-    from pipeline.calibration.tuning import tune_weights
+    from calibration.tuning import tune_weights
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, stride=2),

@@ -79,7 +79,7 @@ def test_the_weight_tuning_runs_a_yolov8n_graph_in_torch_as_onnx_runtime_does(yo
     Softmax, the split head's Slice), run node by node in torch, gives ONNX Runtime's boxes and scores."""
     import torch
 
-    from pipeline.calibration.tuning import GraphModule
+    from calibration.tuning import GraphModule
 
     _split_at_320(yolov8n, tmp_path / "model.onnx")
     model = onnx.load(str(tmp_path / "model.onnx"))

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from board_runtime.detection import Detections, box_iou, check_options, postprocess
-
-from ..calibration.fallback import Judge
-from ..calibration.runs import sqnr_db
+from calibration.fallback import Judge
+from calibration.runs import sqnr_db
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from board_runtime.sessions import output_order, tflite_output_names
+from calibration.runs import feed_tflite, ort_session, tflite_interpreter, with_outputs
 
-from ..calibration.runs import feed_tflite, ort_session, tflite_interpreter, with_outputs
 from ..tflite_file import layout_back
 
 PARITY_SAMPLES = 8

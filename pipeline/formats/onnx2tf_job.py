@@ -113,7 +113,7 @@ def write_int8(job: TFLiteJob) -> None:
     """The int8 model (``INT8_MODEL``) from onnx2tf's saved model: calibrated once on the job's samples, with the
     pipeline's ranges where given, then quantized; then, with a tolerance, the fallback re-quantizes that same
     calibrated model with ops left in float."""
-    from ..calibration.methods import CalibrationRanges
+    from calibration.methods import CalibrationRanges
     from ..profile import Int8Granularity
     from .tflite_int8 import calibrate, quantize, set_ranges
 
@@ -134,14 +134,14 @@ def write_int8(job: TFLiteJob) -> None:
 
     quantize_to([], out / INT8_MODEL)
     if job.float_tail:
-        from ..calibration.sensitivity import tflite_tail
+        from calibration.sensitivity import tflite_tail
 
         tail = tflite_tail(out / INT8_MODEL)
         quantize_to([], out / INT8_MODEL)
         (out / TAIL_REPORT).write_text(json.dumps(tail))
     if job.fallback_tolerance is not None:
         print(f"{PHASE}int8: fallback check", flush=True)
-        from ..calibration.fallback import TOP1
+        from calibration.fallback import TOP1
         from .tflite_mixed import keep_ops_in_float
 
         judge = TOP1

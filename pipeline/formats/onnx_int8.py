@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..calibration import CalibrationRanges
-from ..calibration.fallback import by_output_impact, keep_in_float
-from ..calibration.sensitivity import activation_errors, fallback_candidates, onnx_tail
+
+from calibration import CalibrationRanges
+from calibration.fallback import by_output_impact, keep_in_float
+from calibration.sensitivity import activation_errors, fallback_candidates, onnx_tail
+
 from ..compat import toolchain_of
 from ..errors import ConversionError
 from ..profile import Int8Granularity, Int8Scheme

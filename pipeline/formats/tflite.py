@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from calibration import CalibrationRanges
+from calibration.fallback import Fallback
+from calibration.sensitivity import tflite_activation_errors
+
 from ..artifacts import QuantParams
-from ..calibration import CalibrationRanges
-from ..calibration.fallback import Fallback
-from ..calibration.sensitivity import tflite_activation_errors
 from ..compat import toolchain_of
 from ..errors import ConversionError
 from ..profile import IODtype, Layout

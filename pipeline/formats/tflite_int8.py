@@ -96,7 +96,7 @@ def _onnx_statistics(onnx_path: Path, names: list[str], inputs_nchw: np.ndarray)
     """The statistics of the named ONNX tensors (the graph input among them) per sample."""
     import onnx
 
-    from ..calibration.runs import ort_session, with_outputs
+    from calibration.runs import ort_session, with_outputs
 
     model = onnx.load(str(onnx_path))
     graph_inputs = {i.name for i in model.graph.input}

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from calibration.fallback import Judge, Runtime, by_output_impact, keep_in_float, timed_p50_ms
 
-from ..calibration.fallback import Judge, Runtime, by_output_impact, keep_in_float, timed_p50_ms
 
 SEARCH_SAMPLES = 32  # of the calibration samples, those the search measures the output noise on (as onnx-int8's)
 

@@ -10,12 +10,14 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
+
+from calibration import CalibrationMethod, CalibrationRanges, WeightRounding, calibrate
+from calibration.methods import candidate_ranges
+from calibration.runs import output_sqnr_db
+from calibration.tuning import CannotTune, not_tuned, tune_weights
+from calibration.weights import ChosenWeights, apply_weights, choose_weights, weights_kept
+
 from ..allocator import release
-from ..calibration import CalibrationMethod, CalibrationRanges, WeightRounding, calibrate
-from ..calibration.methods import candidate_ranges
-from ..calibration.runs import output_sqnr_db
-from ..calibration.tuning import CannotTune, not_tuned, tune_weights
-from ..calibration.weights import ChosenWeights, apply_weights, choose_weights, weights_kept
 from ..data.datasets import BATCH
 from ..profile import Int8Granularity, Int8Scheme
 

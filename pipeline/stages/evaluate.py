@@ -10,9 +10,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from board_runtime.model import Model
+from calibration.fallback import with_shares
 
 from ..artifacts import Artifact
-from ..calibration.fallback import with_shares
 from ..config import Task
 from ..engine import Step
 from ..formats import FORMATS

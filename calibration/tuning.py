@@ -21,9 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..profile import Int8Granularity
 from .runs import sqnr_db
-from .weights import ChosenWeights, Layer, find_layers, grid_scale
+from .weights import ChosenWeights, Int8Granularity, Layer, find_layers, grid_scale
 
 BATCH = 16  # samples per step
 # Input pixels per forward and backward pass: a step's samples go through in micro-batches of at most this many pixels,

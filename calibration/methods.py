@@ -16,9 +16,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
 
 CHUNK = 32  # samples per collect_data call: bounds the intermediate outputs held in memory
+
+
+class OptionError(ValueError):
+    """An invalid calibration option, named with its value (the pipeline reports it as a configuration error)."""
 
 
 class CalibrationMethod(str, Enum):
@@ -52,16 +55,16 @@ class CalibrationOptions:
                 object.__setattr__(self, name, enum(getattr(self, name)))
             except ValueError:
                 valid = ", ".join(m.value for m in enum)
-                raise ConfigError(f"calibration.{name}: bad value {getattr(self, name)!r}, expected one of {valid}") \
+                raise OptionError(f"calibration.{name}: bad value {getattr(self, name)!r}, expected one of {valid}") \
                     from None
         if self.num_samples < 1:
-            raise ConfigError(f"calibration.num_samples: bad value {self.num_samples!r}, expected an integer >= 1")
+            raise OptionError(f"calibration.num_samples: bad value {self.num_samples!r}, expected an integer >= 1")
         if self.tuning_steps < 1:
-            raise ConfigError(f"calibration.tuning_steps: bad value {self.tuning_steps!r}, expected an integer >= 1")
+            raise OptionError(f"calibration.tuning_steps: bad value {self.tuning_steps!r}, expected an integer >= 1")
         if not 50.0 < self.percentile <= 100.0:
-            raise ConfigError(f"calibration.percentile: bad value {self.percentile!r}, expected a number in (50, 100]")
+            raise OptionError(f"calibration.percentile: bad value {self.percentile!r}, expected a number in (50, 100]")
         if self.num_quantized_bins >= self.num_bins:
-            raise ConfigError("calibration.num_quantized_bins must be smaller than calibration.num_bins")
+            raise OptionError("calibration.num_quantized_bins must be smaller than calibration.num_bins")
 
 
 @dataclass(frozen=True)

@@ -14,17 +14,31 @@ Nagel et al. 2019): ``b' = b + (w - q) . E[patch]``. Layers are handled on the f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..profile import Int8Granularity
 from .runs import ort_session, sqnr_db, with_outputs
 
 QMAX = 127  # symmetric int8 weights: [-127, 127] in ONNX Runtime and TFLite alike
 DAMPING = 0.01  # of the mean diagonal of H, for the layers whose inputs are (nearly) collinear
 DEAD_CHANNEL = 1e-4  # a channel whose largest weight is below this fraction of the layer's is set to 0
+
+
+class Int8Granularity(str, Enum):
+    """Which int8 weights get a scale per output channel. ``per-channel-conv`` is the TensorFlow Lite converter's
+    full-integer scheme until 2024 (convolutions per channel, fully connected layers per tensor): the one the Edge TPU
+    compiler and NNAPI take. The converter has made fully connected layers per channel too since then."""
+
+    PER_CHANNEL = "per-channel"
+    PER_CHANNEL_CONV = "per-channel-conv"
+    PER_TENSOR = "per-tensor"
+
+    def per_channel(self, op: str) -> bool:
+        """Whether the weight of an ONNX ``op`` (Conv, Gemm or MatMul) has a scale per output channel."""
+        return self is Int8Granularity.PER_CHANNEL or (self is Int8Granularity.PER_CHANNEL_CONV and op == "Conv")
 
 
 @dataclass(frozen=True)
