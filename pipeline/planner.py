@@ -94,16 +94,11 @@ class Planner:
     def fallback_tolerance(self, target: TargetProfile) -> float:
         """The points of agreement with the float model the int8 fallback lets an int8 model lose on the calibration
         samples: top-1 points for a classifier, mAP50 against the float model's boxes for a detector."""
-        if self.task is Task.DETECT:
-            return target.detection_tolerance.reference_map50
-        return target.accuracy_tolerance
+        return self.task_row.fallback_tolerance(target)
 
     def fallback_judge(self, input_hw: tuple[int, int]):
         """How the int8 fallback scores that agreement (``calibration.fallback.Judge``), on inputs of ``input_hw``."""
-        from calibration.fallback import TOP1
-        from .detection.metrics import reference_map50_judge
-
-        return reference_map50_judge(self.decoder, input_hw) if self.task is Task.DETECT else TOP1
+        return self.task_row.judge(self, input_hw)
 
     @cached_property
     def data(self) -> DataSplits | None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -13,7 +13,6 @@ from board_runtime.model import Model
 from calibration.fallback import with_shares
 
 from ..artifacts import Artifact
-from ..config import Task
 from ..engine import Step
 from ..formats import FORMATS
 
@@ -106,10 +105,6 @@ def gate_message(gate: dict, target: str) -> str:
     return f"{target}: {worst}; the profile allows {gate['tolerance']:g} points below {gate['reference']}"
 
 
-def to_dicts(evaluations: list[Evaluation]) -> list[dict]:
-    return [asdict(e) for e in evaluations]
-
-
 def evaluate_step(plan, target, built: list[tuple[Artifact, dict]]) -> dict:
     """Every artifact of ``target`` on the held-out split; the record's ``gate`` says which miss the profile's
     tolerance (the run still writes the bundle and the report, then fails). Without data (a model file benchmarked
@@ -118,35 +113,18 @@ def evaluate_step(plan, target, built: list[tuple[Artifact, dict]]) -> dict:
     artifacts = [a for a, _ in built]
     threads = min(target.threads, os.cpu_count() or 1)  # for evaluation on this host
 
-    detect = plan.task is Task.DETECT
-
     def produce(tmp: Path) -> dict:
         if plan.data is None:
             return {"evaluations": None}
         test, spec = plan.data.test.take(plan.config.eval_samples), plan.preprocess()
         batches = ((spec.apply(images), labels) for images, labels in test.batches())
-        if not detect:
-            return {"evaluations": to_dicts(evaluate_artifacts(artifacts, target_dir, batches, len(test), threads))}
-        from ..detection.evaluate import evaluate_detectors
-        from ..detection.picture import write_picture
-
-        data = plan.model_record["data"]
-        rows, found = evaluate_detectors(artifacts, target_dir, batches, len(test), threads, plan.decoder,
-                                         plan.data.labelled, len(data["classes"]), data["output_names"])
-        write_picture(tmp / PICTURE, test, found, plan.decoder["display_threshold"], data["classes"])
-        return {"evaluations": to_dicts(rows), "files": {"picture": PICTURE}}
+        return plan.task_row.evaluate(plan, artifacts, target_dir, batches, len(test), threads, tmp, test)
 
     record = plan.run(Step(f"{target.name}/evaluate", "evaluate", {"samples": plan.config.eval_samples},
                            [plan.model_record, *[r for _, r in built]], target_dir / "evaluate", produce))
     sensitive = {a.kind: sensitive_tensors(r) for a, r in built if a.precision == "int8"}
-    if detect:
-        labelled = plan.data is None or plan.data.labelled
-        tolerance = target.detection_tolerance.map50_95 if labelled else target.detection_tolerance.reference_map50
-        gate = accuracy_gate(record["data"]["evaluations"], tolerance, artifacts[0].kind, sensitive,
-                             "map50_95" if labelled else "reference_map50")
-    else:
-        gate = accuracy_gate(record["data"]["evaluations"], target.accuracy_tolerance, artifacts[0].kind, sensitive)
+    tolerance, metric = plan.task_row.gate(target, plan.data is None or plan.data.labelled)
+    gate = accuracy_gate(record["data"]["evaluations"], tolerance, artifacts[0].kind, sensitive, metric)
     return {**record, "gate": gate}
 
 
-PICTURE = "detections.png"  # a few held-out images with every artifact's boxes, for the report
