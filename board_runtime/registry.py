@@ -39,9 +39,6 @@ class Registry(Mapping[str, Row], Generic[Row]):
         """Take a row out again (a test's or a plugin's own row)."""
         return self._rows.pop(name)
 
-    def get(self, name: str, default=None):  # Mapping's: no error
-        return self._rows.get(name, default)
-
     def find(self, name: str) -> Row:
         """The row named ``name``; else ``error`` naming the valid names and the closest."""
         if name not in self._rows:

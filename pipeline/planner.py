@@ -91,15 +91,6 @@ class Planner:
         params = [t.budgets.max_params for t in self.targets if t.budgets.max_params]
         return budget.with_defaults(min(flops, default=None), min(params, default=None))
 
-    def fallback_tolerance(self, target: TargetProfile) -> float:
-        """The points of agreement with the float model the int8 fallback lets an int8 model lose on the calibration
-        samples: top-1 points for a classifier, mAP50 against the float model's boxes for a detector."""
-        return self.task_row.fallback_tolerance(target)
-
-    def fallback_judge(self, input_hw: tuple[int, int]):
-        """How the int8 fallback scores that agreement (``calibration.fallback.Judge``), on inputs of ``input_hw``."""
-        return self.task_row.judge(self, input_hw)
-
     @cached_property
     def data(self) -> DataSplits | None:
         """The data; None for a model file benchmarked alone without ``--data`` (no Fashion-MNIST default then)."""

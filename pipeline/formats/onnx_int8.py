@@ -93,7 +93,7 @@ def build(plan, target) -> tuple[dict, str]:
     # ONNX Runtime runs float ops beside int8 ones: a detector's decoding stays in float, as NNCF's YOLOv8 recipe
     # keeps it
     float_tail = plan.task_row.float_tail
-    tolerance = plan.fallback_tolerance(target)
+    tolerance = plan.task_row.fallback_tolerance(target)
     name = (f"quantize-opset{model['data']['opset']}{variant}-{method}-{scheme.granularity.value}-"
             f"{'sym' if scheme.activation_symmetric else 'asym'}{'' if quantized_bias else '-float-bias'}"
             f"-tol{tolerance:g}" + ("-float-tail" if float_tail else ""))
@@ -113,7 +113,7 @@ def build(plan, target) -> tuple[dict, str]:
         harmful = by_output_impact(quantize, reference, tmp / "impact_trial.onnx", judged[:SENSITIVITY_SAMPLES],
                                    fallback_candidates(reference, errors))
         fallback = keep_in_float(quantize, reference, out, judged, harmful, tolerance,
-                                 judge=plan.fallback_judge(tuple(inputs.shape[2:])))
+                                 judge=plan.task_row.judge(plan, tuple(inputs.shape[2:])))
         (tmp / "impact_trial.onnx").unlink(missing_ok=True)
         if fallback.kept and fallback.reached:
             errors = activation_errors(reference, out, "input", inputs[:SENSITIVITY_SAMPLES])

@@ -197,7 +197,7 @@ def conversion_step(plan, target, int8: bool) -> dict:
     # (float-I/O int8: the fallback's trial runs feed the float calibration samples); a detector's decoding stays in
     # float there from the start
     float_beside_int8 = serves_int8 and toolchain_of(target).float_ops_in_int8 and scheme.io_dtype is IODtype.FLOAT32
-    fallback = plan.fallback_tolerance(target) if float_beside_int8 else None
+    fallback = plan.task_row.fallback_tolerance(target) if float_beside_int8 else None
     float_tail = float_beside_int8 and plan.task_row.float_tail
     # the int8 model takes the ranges onnx-int8 has (and the weights were tuned through); a conversion that serves
     # no int8 kind makes the float models only

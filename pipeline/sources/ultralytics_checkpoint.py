@@ -63,7 +63,7 @@ def exported_onnx(checkpoint: Path, out: Path, image_size: tuple[int, int] | Non
     work = folder / f".{onnx_path.stem}.partial"
     work.mkdir(parents=True, exist_ok=True)
     copy = work / checkpoint.name  # the exporter writes beside the file it reads: not into the user's folder
-    copy.write_bytes(checkpoint.read_bytes())
+    shutil.copyfile(checkpoint, copy)
     env = {**os.environ, "YOLO_OFFLINE": "true", "YOLO_AUTOINSTALL": "false", "YOLO_CONFIG_DIR": str(work / "settings")}
     done = subprocess.run([sys.executable, "-c", EXPORT, str(copy), ",".join(map(str, image_size or ())), str(opset)],
                           capture_output=True, text=True, env=env, cwd=work)
